@@ -1,0 +1,138 @@
+"""Run snapshots: the validated form of one run object, as every source produces it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from exporter import statuses
+
+# invalid_objects_total{reason} values; documented in the README.
+REASON_NOT_OBJECT = "not_object"
+REASON_MISSING_ID = "missing_id"
+REASON_WRONG_TYPE = "wrong_type"
+REASON_MISSING_STATUS = "missing_status"
+REASON_UNKNOWN_STATUS = "unknown_status"
+REASON_MALFORMED_PAGE = "malformed_page"
+INVALID_REASONS: tuple[str, ...] = (
+    REASON_NOT_OBJECT,
+    REASON_MISSING_ID,
+    REASON_WRONG_TYPE,
+    REASON_MISSING_STATUS,
+    REASON_UNKNOWN_STATUS,
+    REASON_MALFORMED_PAGE,
+)
+
+_MAX_ID_LEN = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """What one observation says about one run. Times are integer epoch seconds from the API."""
+
+    id: str
+    thread_id: str
+    status: str  # one of statuses.ALL_STATUSES
+    created_at: int
+    assistant_id: str = ""
+    model: str = ""
+    started_at: int | None = None
+    expires_at: int | None = None
+    cancelled_at: int | None = None
+    failed_at: int | None = None
+    completed_at: int | None = None
+    error_code: str | None = None
+    incomplete_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in statuses.TERMINAL
+
+    def ended_at(self) -> int | None:
+        """The API's own end timestamp for a terminal run, if it gave one."""
+        return {
+            "completed": self.completed_at,
+            "failed": self.failed_at,
+            "cancelled": self.cancelled_at,
+            "expired": self.expires_at,
+            "incomplete": self.completed_at,
+        }.get(self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class ParseResult:
+    """A snapshot, an invalid-object reason, or both (a run with an unrecognized status is kept as `unknown`)."""
+
+    snapshot: RunSnapshot | None
+    invalid_reason: str | None = None
+
+
+def _opt_int(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(key)
+    return int(value)
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _nested_str(obj: dict[str, Any], outer: str, inner: str) -> str | None:
+    sub = obj.get(outer)
+    return _opt_str(sub.get(inner)) if isinstance(sub, dict) else None
+
+
+def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    return _opt_int(usage, "prompt_tokens"), _opt_int(usage, "completion_tokens")
+
+
+def parse_run(obj: object, thread_id: str | None = None) -> ParseResult:
+    """Validate one run object from the network. Never raises."""
+    if not isinstance(obj, dict):
+        return ParseResult(None, REASON_NOT_OBJECT)
+    run_id = obj.get("id")
+    if not isinstance(run_id, str) or not run_id or len(run_id) > _MAX_ID_LEN:
+        return ParseResult(None, REASON_MISSING_ID if run_id is None else REASON_WRONG_TYPE)
+    tid = obj.get("thread_id", thread_id)
+    if not isinstance(tid, str) or not tid:
+        tid = thread_id
+    if tid is None:
+        return ParseResult(None, REASON_WRONG_TYPE)
+    raw_status = obj.get("status")
+    try:
+        created_at = _opt_int(obj, "created_at")
+        if created_at is None:
+            raise TypeError("created_at")
+        prompt, completion = _usage(obj)
+        snap = RunSnapshot(
+            id=run_id,
+            thread_id=tid,
+            status=statuses.normalize(raw_status),
+            created_at=created_at,
+            assistant_id=_opt_str(obj.get("assistant_id")) or "",
+            model=_opt_str(obj.get("model")) or "",
+            started_at=_opt_int(obj, "started_at"),
+            expires_at=_opt_int(obj, "expires_at"),
+            cancelled_at=_opt_int(obj, "cancelled_at"),
+            failed_at=_opt_int(obj, "failed_at"),
+            completed_at=_opt_int(obj, "completed_at"),
+            error_code=_nested_str(obj, "last_error", "code"),
+            incomplete_reason=_nested_str(obj, "incomplete_details", "reason"),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
+    except TypeError:
+        return ParseResult(None, REASON_WRONG_TYPE)
+    if raw_status is None:
+        return ParseResult(snap, REASON_MISSING_STATUS)
+    if not statuses.is_recognized(raw_status):
+        return ParseResult(snap, REASON_UNKNOWN_STATUS)
+    return ParseResult(snap)
