@@ -14,6 +14,9 @@ API_STATUSES: tuple[str, ...] = (
     "incomplete",
     "expired",
 )
+QUEUED = "queued"
+IN_PROGRESS = "in_progress"
+REQUIRES_ACTION = "requires_action"
 CREATED = "created"  # client-side only (RunStatus.Created), for pushed runs
 UNKNOWN = "unknown"  # RunStatus.Null, a missing status, or a status the API adds later
 

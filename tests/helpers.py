@@ -1,0 +1,60 @@
+"""Shared test utilities: deadlines instead of sleeps, loopback ports, required binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+OPENAPI_SPEC = SHARED / "openai-openapi" / "openapi.yaml"
+
+T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_binary(name: str) -> str:
+    """Path of a binary; skip when it is missing, but fail under CI=true, where .ci/run installs it."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if in_ci():
+        pytest.fail(f"{name} is required under CI=true (.ci/run installs it)")
+    pytest.skip(f"{name} not installed")
+
+
+def require_file(path: Path) -> Path:
+    if path.exists():
+        return path
+    if in_ci():
+        pytest.fail(f"{path} is required under CI=true")
+    pytest.skip(f"{path} not present")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T = predicate()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)  # polling interval under a deadline, not synchronisation
+        last = predicate()
+    return last
