@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -68,8 +69,8 @@ class ThreadsFile:
                 return False
             threads = tuple(self._reader(self.path))
         except OSError as exc:
-            log.warning("cannot read threads file %s: %s; keeping %d threads", self.path, exc.strerror,
-                        len(self.threads))
+            log.warning("cannot read threads file %s: %s; keeping %d threads", self.path,
+                        exc.strerror or exc, len(self.threads))
             return False
         self._stamp = stamp
         if threads == self.threads:
@@ -177,10 +178,8 @@ class Daemon:
         timeout = self.schedule.tick
         if idle_due:
             timeout = max(0.0, min(timeout, min(idle_due) - now))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(timeout, 0.01))
-        except TimeoutError:
-            pass
 
     def _apply_finished(self) -> None:
         results: list[PollResult] = []

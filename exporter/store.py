@@ -83,6 +83,7 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._db.execute("INSERT INTO meta VALUES ('extra_labels', ?)", (",".join(self.extra_labels),))
         elif int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"state file {self.path} has schema {row[0]}, this version reads {SCHEMA_VERSION}")
 

@@ -1,0 +1,144 @@
+"""`assistants-exporter`: wires config, store, tracker, source, metrics and server, then runs the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from pathlib import Path
+
+from prometheus_client import disable_created_metrics
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import logs
+from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
+from exporter.daemon import Daemon, Schedule, ThreadsFile
+from exporter.metrics import SnapshotCollector
+from exporter.server import MetricsServer, PortInUseError
+from exporter.sources.assistants import ApiSettings, AssistantsSource
+from exporter.store import Store, StoreError
+from exporter.tracker import Tracker
+
+log = logging.getLogger("exporter")
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["simulate"]:
+        from exporter.simulator.cli import main as simulate
+
+        return simulate(args[1:])
+    try:
+        config = load_config(args, os.environ)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    logs.setup_logging(config.log_level, config.log_format, config.secrets())
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    try:
+        with _demo(config) as effective:
+            return asyncio.run(_serve(effective))
+    except (ConfigError, PortInUseError, StoreError) as exc:
+        return _config_error(str(exc))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _config_error(message: str) -> int:
+    print(f"assistants-exporter: error: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+@contextmanager
+def _demo(config: Config) -> Iterator[Config]:
+    """With --demo, run the simulator on loopback and watch its threads."""
+    if not config.demo:
+        yield config
+        return
+    from exporter.simulator import Simulator
+
+    sim = Simulator(scenario=config.demo_scenario, seed=0, speed=config.demo_speed)
+    sim.start()
+    with tempfile.TemporaryDirectory(prefix="assistants-exporter-demo-") as tmp:
+        # The simulator's runs are new at every start, so the demo keeps no state unless asked to.
+        state = config.state_file
+        if state == default_state_file(os.environ):
+            state = Path(tmp) / "state.db"
+        log.info("demo: simulator scenario %r at %s with %d threads", config.demo_scenario, sim.base_url,
+                 len(sim.thread_ids()))
+        try:
+            yield replace(config, api_base=sim.base_url, api_key="demo", threads=tuple(sim.thread_ids()),
+                          state_file=state)
+        finally:
+            sim.stop()
+
+
+def _open_tracker(config: Config) -> tuple[Store, Tracker, float]:
+    store = Store(config.state_file, config.labels)
+    loaded = store.load()
+    tracker = Tracker(config.labels, config.terminal_retention, loaded.aggregates)
+    tracker.restore(loaded.threads, loaded.runs, loaded.finishes)
+    last_success = float(loaded.meta.get("last_poll_success", "0") or 0)
+    log.info("state %s: %d runs, %d threads known", config.state_file, len(loaded.runs), len(loaded.threads))
+    return store, tracker, last_success
+
+
+def _api_settings(config: Config) -> ApiSettings:
+    return ApiSettings(
+        base_url=config.api_base,
+        api_key=config.api_key or "",
+        auth_header="api-key" if config.auth_header == "api-key" else "bearer",
+        api_version=config.api_version,
+        organization=config.organization,
+        project=config.project,
+        max_concurrency=config.max_concurrency,
+        max_requests_per_second=config.max_requests_per_second,
+    )
+
+
+async def _serve(config: Config) -> int:
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    store, tracker, last_success = _open_tracker(config)
+    collector = SnapshotCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    threads_file = ThreadsFile(config.threads_file, read_threads_file) if config.threads_file else None
+    # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
+    source = AssistantsSource(
+        _api_settings(config),
+        on_request=lambda endpoint, code: daemon.on_request(endpoint, code),
+        on_rate_limit_remaining=lambda remaining: daemon.on_rate_limit_remaining(remaining),
+    )
+    daemon = Daemon(
+        source=source,
+        tracker=tracker,
+        store=store,
+        collector=collector,
+        schedule=Schedule(config.poll_interval, config.idle_poll_interval),
+        static_threads=config.threads,
+        threads_file=threads_file,
+    )
+    daemon.state.last_poll_success = last_success
+    server = MetricsServer(registry, config.listen_host, config.listen_port, daemon.healthy, daemon.ready)
+    try:
+        server.start()
+        log.info("serving /metrics on %s", config.listen)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await daemon.run(stop)
+    finally:
+        server.stop()
+        store.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,184 @@
+"""The real daemon, as a subprocess, against the simulator: its numbers must equal the simulator's truth."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter import statuses
+from exporter.simulator import Simulator
+from tests.exporter_process import ExporterProcess, Samples, by_label, total
+from tests.helpers import require_binary, wait_until
+
+pytestmark = pytest.mark.slow
+
+SPEED = 40  # scenario durations / 40: the API's 10-minute expiry takes 15 s
+FINISHED = "assistants_runs_finished_total"
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    s = Simulator(scenario="steady", seed=7, speed=SPEED).start()
+    s.engine.set_workload(False)
+    yield s
+    s.stop()
+
+
+def _quiesce(sim: Simulator, timeout: float = 40) -> None:
+    """Wait until no run is unfinished, so that nothing can end between two points of a test."""
+    def idle() -> bool:
+        by_status = sim.engine.truth().by_status
+        return not any(by_status.get(s, 0) for s in statuses.NON_TERMINAL)
+    wait_until(idle, timeout, interval=0.2, what="simulator runs to finish")
+
+
+def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str], state: str = "state.db") -> ExporterProcess:
+    threads_file = tmp_path / "threads.txt"
+    if not threads_file.exists():
+        threads_file.write_text("# watched threads\n" + "\n".join(threads) + "\n")
+    args = ["--api-base", sim.base_url, "--threads-file", str(threads_file), "--state-file", str(tmp_path / state),
+            "--poll-interval", "0.2", "--idle-poll-interval", "0.5", "--max-requests-per-second", "500",
+            "--log-level", "info"]
+    return ExporterProcess(args, {"OPENAI_API_KEY": "sk-test-integration"}, tmp_path / "exporter.log").start()
+
+
+def _swept(exporter: ExporterProcess, sim: Simulator) -> None:
+    """Every listed run is known to the exporter: history is taken, and nothing more will end."""
+    want = sum(sim.engine.truth().by_status.values())
+    wait_until(lambda: total(exporter.scrape(), "assistants_runs") == want, 30, 0.2, "initial sweep")
+
+
+def _run_workload(sim: Simulator, finishes: int) -> int:
+    """Start arrivals one second after now; stop after `finishes` runs ended. Returns that start second."""
+    since = sim.engine.truth().now + 1
+    wait_until(lambda: sim.engine.now() >= since, 5, 0.05, "the next second")
+    sim.engine.set_workload(True)
+    wait_until(lambda: sum(sim.engine.truth(since).finished.values()) >= finishes, 90, 0.2, "workload")
+    sim.engine.set_workload(False)
+    return since
+
+
+def _assert_totals_match(exporter: ExporterProcess, sim: Simulator, since: int) -> Samples:
+    truth = sim.engine.truth(since)
+    want = {s: float(truth.finished.get(s, 0)) for s in statuses.TERMINAL_STATUSES}
+    wait_until(lambda: by_label(exporter.scrape(), FINISHED, "status") == want, 30, 0.2,
+               f"finished totals to equal {want}")
+    samples = exporter.scrape()
+    errors = {k: v for k, v in by_label(samples, "assistants_run_errors_total", "code").items() if v}
+    assert errors == {k: float(v) for k, v in truth.error_codes.items()}
+    reasons = {k: v for k, v in by_label(samples, "assistants_run_incomplete_total", "reason").items() if v}
+    assert reasons == {k: float(v) for k, v in truth.incomplete_reasons.items()}
+    assert by_label(samples, "assistants_run_tokens_total", "type") == {k: float(v) for k, v in truth.tokens.items()}
+    return samples
+
+
+def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> None:
+    _quiesce(sim)
+    exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+    try:
+        exporter.wait_ready()
+        _swept(exporter, sim)
+        history = exporter.scrape()
+        assert total(history, FINISHED) == 0  # history never counts
+        since = _run_workload(sim, finishes=80)
+        _quiesce(sim)
+        samples = _assert_totals_match(exporter, sim, since)
+
+        truth = sim.engine.truth(since)
+        # Plateau: every run finished, and the gauge holds each one (retention is an hour).
+        runs = {k: v for k, v in by_label(samples, "assistants_runs", "status").items() if v}
+        assert runs == {k: float(v) for k, v in sim.engine.truth().by_status.items()}
+        assert total(samples, "assistants_run_oldest_age_seconds") == 0
+        # Queued time comes from the API's own timestamps: within 10% of the truth.
+        queued_sum = total(samples, "assistants_run_status_duration_seconds_sum", status="queued")
+        queued_count = total(samples, "assistants_run_status_duration_seconds_count", status="queued")
+        assert queued_count >= len(truth.queued_seconds) > 0
+        assert queued_sum == pytest.approx(sum(truth.queued_seconds), rel=0.10)
+        assert total(samples, "assistants_run_duration_seconds_count") == sum(truth.finished.values())
+        assert total(samples, "assistants_exporter_api_up") == 1
+        assert total(samples, "assistants_exporter_threads", state="idle") == len(sim.thread_ids())
+    finally:
+        exporter.stop()
+    print(exporter.logs())
+
+
+def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> None:
+    _quiesce(sim)
+    exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+    try:
+        exporter.wait_ready()
+        _swept(exporter, sim)
+        since = sim.engine.truth().now + 1
+        wait_until(lambda: sim.engine.now() >= since, 5, 0.05, "the next second")
+        sim.engine.set_workload(True)
+        wait_until(lambda: total(exporter.scrape(), FINISHED) >= 20, 60, 0.2, "some counted finishes")
+        exporter.kill9()
+        # Runs keep ending while the exporter is down; they must be counted once after the restart.
+        down_until = sum(sim.engine.truth(since).finished.values()) + 15
+        wait_until(lambda: sum(sim.engine.truth(since).finished.values()) >= down_until, 60, 0.2, "downtime")
+        exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+        exporter.wait_ready()
+        wait_until(lambda: sum(sim.engine.truth(since).finished.values()) >= down_until + 40, 60, 0.2, "workload")
+        sim.engine.set_workload(False)
+        _quiesce(sim)
+        _assert_totals_match(exporter, sim, since)
+    finally:
+        exporter.stop()
+
+
+def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_path: Path) -> None:
+    _quiesce(sim)
+    sim.faults.error_rate = 0.05
+    sim.faults.malformed_rate = 0.2
+    sim.faults.truncate_rate = 0.03
+    sim.faults.rate_limit_rps = 25.0
+    sim.faults.rate_limit_burst = 5
+    threads = sim.thread_ids()
+    exporter = _start_exporter(sim, tmp_path, threads)
+    try:
+        exporter.wait_ready()
+        _swept(exporter, sim)
+        since = _run_workload(sim, finishes=40)
+
+        # A thread added to the threads file is picked up while running.
+        new_thread = sim.engine.create_thread()
+        run_id = sim.engine.create_run(new_thread, [("queued", 1), ("in_progress", 600), ("completed", 0)],
+                                       assistant_id="asst_added")
+        with (tmp_path / "threads.txt").open("a") as f:
+            f.write(f"{new_thread}  # added while running\n")
+        wait_until(lambda: total(exporter.scrape(), "assistants_runs", assistant_id="asst_added") == 1, 30, 0.2,
+                   "the added thread's run")
+        sim.engine.cancel_run(new_thread, run_id)
+        _quiesce(sim)
+        samples = _assert_totals_match(exporter, sim, since)
+        assert total(samples, FINISHED, assistant_id="asst_added", status="cancelled") == 1
+
+        codes = by_label(samples, "assistants_exporter_api_requests_total", "code")
+        assert codes.get("429", 0) > 0 and codes.get("200", 0) > 0
+        assert codes.get("500", 0) + codes.get("503", 0) > 0
+        invalid = by_label(samples, "assistants_exporter_invalid_objects_total", "reason")
+        assert invalid["malformed_page"] > 0
+        assert invalid["unknown_status"] + invalid["missing_status"] + invalid["wrong_type"] > 0
+
+        sim.engine.delete_thread(threads[0])
+        wait_until(lambda: total(exporter.scrape(), "assistants_exporter_threads", state="gone") == 1, 30, 0.2,
+                   "the deleted thread to be reported gone")
+        assert exporter.proc is not None and exporter.proc.poll() is None
+    finally:
+        exporter.stop()
+
+
+def test_promtool_accepts_a_real_scrape(sim: Simulator, tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+    try:
+        exporter.wait_ready()
+        text = exporter.scrape_text()
+    finally:
+        exporter.stop()
+    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""

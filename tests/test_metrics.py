@@ -1,0 +1,89 @@
+"""The collector's exposition: the contract's names, types and labels, zeros, and no per-run series."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import statuses
+from exporter.metrics import ExporterState, SnapshotCollector, build_families
+from exporter.metrics_spec import METRICS, spec
+from exporter.model import RunSnapshot
+from exporter.tracker import Tracker
+
+T0 = 1_700_000_000
+
+
+def _scrape(tracker: Tracker, state: ExporterState | None = None, now: float = T0 + 20) -> dict[str, list]:  # type: ignore[type-arg]
+    collector = SnapshotCollector()
+    collector.update(build_families(tracker, state or ExporterState(rate_limit_remaining=42), now))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    return {f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)}
+
+
+def _busy_tracker(labels: list[str]) -> Tracker:
+    tr = Tracker(labels, 3600)
+    tr.observe("t", [], T0, complete=True, ok=True)
+    runs = [RunSnapshot(f"r{i}", "t", "failed" if i % 3 == 0 else "in_progress", T0 + 1, assistant_id="a",
+                        model="m", started_at=T0 + 2, failed_at=T0 + 5) for i in range(50)]
+    tr.observe("t", runs, T0 + 10, complete=True, ok=True)
+    return tr
+
+
+def test_every_contract_metric_is_exported_with_its_type_and_labels() -> None:
+    families = _scrape(_busy_tracker(["assistant_id"]))
+    for m in METRICS:
+        family_name = m.name.removesuffix("_total") if m.type == "counter" else m.name
+        if m.name == "assistants_exporter_api_requests_total":
+            continue  # no request made yet: no series (endpoint/code are not known in advance)
+        assert family_name in families, m.name
+        sample_labels = set().union(*(set(lbl) for _, lbl, _ in families[family_name]))
+        expected = set(m.labels) | ({"assistant_id"} if m.run_metric else set())
+        if m.type == "histogram":
+            expected |= {"le"}
+        assert sample_labels == expected, m.name
+
+
+def test_all_eleven_statuses_are_exported_at_zero_when_empty() -> None:
+    families = _scrape(_busy_tracker(["assistant_id"]))
+    runs = {lbl["status"]: v for _, lbl, v in families["assistants_runs"]}
+    assert set(runs) == set(statuses.ALL_STATUSES)
+    assert runs["in_progress"] == 33 and runs["failed"] == 17 and runs["queued"] == 0
+
+
+def test_no_run_or_thread_id_ever_becomes_a_label_and_series_do_not_grow_with_runs() -> None:
+    small = _scrape(_busy_tracker(["assistant_id", "model"]))
+    tr = _busy_tracker(["assistant_id", "model"])
+    more = [RunSnapshot(f"x{i}", "t", "completed", T0 + 3, assistant_id="a", model="m") for i in range(500)]
+    tr.observe("t", more, T0 + 11, complete=False, ok=True)
+    big = _scrape(tr)
+    assert sum(map(len, small.values())) == sum(map(len, big.values()))
+    for samples in big.values():
+        for _, labels, _ in samples:
+            assert not any(v.startswith(("r", "x", "t")) and v[1:].isdigit() for v in labels.values())
+
+
+def test_empty_exporter_still_exports_every_status_with_empty_extra_labels() -> None:
+    families = _scrape(Tracker(["assistant_id"], 3600))
+    assert {lbl["assistant_id"] for _, lbl, _ in families["assistants_runs"]} == {""}
+    assert len(families["assistants_runs"]) == 11
+
+
+def test_ratio_windows_and_build_info() -> None:
+    families = _scrape(_busy_tracker(["assistant_id"]))
+    failure = {lbl["window"]: v for _, lbl, v in families["assistants_run_failure_ratio"]}
+    assert failure == {"5m": 1.0, "1h": 1.0}
+    (_, info_labels, info_value), = families["assistants_exporter_build_info"]
+    assert info_value == 1 and info_labels["version"]
+
+
+def test_spec_lookup_rejects_unknown_names() -> None:
+    assert spec("assistants_runs").type == "gauge"
+    try:
+        spec("assistants_nope")
+    except KeyError:
+        return
+    raise AssertionError("unknown metric name accepted")
