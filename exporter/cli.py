@@ -28,6 +28,9 @@ from exporter.tracker import Tracker
 log = logging.getLogger("exporter")
 
 EXIT_CONFIG = 2
+# The demo's simulated runs are short: poll often enough that they show up at once.
+DEMO_POLL = 1.0
+DEMO_IDLE_POLL = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,23 +41,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate(args[1:])
     try:
         config = load_config(args, os.environ)
+        _check_demo_scenario(config)
     except ConfigError as exc:
         return _config_error(str(exc))
     logs.setup_logging(config.log_level, config.log_format, config.secrets())
     for warning in config.warnings:
         log.warning("%s", warning)
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    collector = SnapshotCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    probes = Probes()
+    # Bind first: a taken port is a configuration error, reported before anything else starts.
+    server = MetricsServer(registry, config.listen_host, config.listen_port, probes.healthy, probes.ready)
     try:
+        server.start()
+        log.info("serving /metrics on %s", config.listen)
         with _demo(config) as effective:
-            return asyncio.run(_serve(effective))
+            return asyncio.run(_serve(effective, collector, probes))
     except (ConfigError, PortInUseError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
         return 0
+    finally:
+        server.stop()
+
+
+class Probes:
+    """/healthz and /readyz answers, delegated to the daemon once it exists."""
+
+    def __init__(self) -> None:
+        self.daemon: Daemon | None = None
+
+    def healthy(self) -> tuple[bool, str]:
+        return (True, "starting") if self.daemon is None else self.daemon.healthy()
+
+    def ready(self) -> tuple[bool, str]:
+        return (False, "starting") if self.daemon is None else self.daemon.ready()
 
 
 def _config_error(message: str) -> int:
     print(f"assistants-exporter: error: {message}", file=sys.stderr)
     return EXIT_CONFIG
+
+
+def _check_demo_scenario(config: Config) -> None:
+    from exporter.simulator import SCENARIOS
+
+    if config.demo and config.demo_scenario not in SCENARIOS:
+        raise ConfigError(f"--demo-scenario: unknown scenario {config.demo_scenario!r}; "
+                          f"choose from {', '.join(SCENARIOS)}")
 
 
 @contextmanager
@@ -76,7 +112,8 @@ def _demo(config: Config) -> Iterator[Config]:
                  len(sim.thread_ids()))
         try:
             yield replace(config, api_base=sim.base_url, api_key="demo", threads=tuple(sim.thread_ids()),
-                          state_file=state)
+                          state_file=state, poll_interval=min(config.poll_interval, DEMO_POLL),
+                          idle_poll_interval=min(config.idle_poll_interval, DEMO_IDLE_POLL))
         finally:
             sim.stop()
 
@@ -104,12 +141,8 @@ def _api_settings(config: Config) -> ApiSettings:
     )
 
 
-async def _serve(config: Config) -> int:
-    disable_created_metrics()  # type: ignore[no-untyped-call]
+async def _serve(config: Config, collector: SnapshotCollector, probes: Probes) -> int:
     store, tracker, last_success = _open_tracker(config)
-    collector = SnapshotCollector()
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
     threads_file = ThreadsFile(config.threads_file, read_threads_file) if config.threads_file else None
     # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
     source = AssistantsSource(
@@ -127,10 +160,8 @@ async def _serve(config: Config) -> int:
         threads_file=threads_file,
     )
     daemon.state.last_poll_success = last_success
-    server = MetricsServer(registry, config.listen_host, config.listen_port, daemon.healthy, daemon.ready)
+    probes.daemon = daemon
     try:
-        server.start()
-        log.info("serving /metrics on %s", config.listen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -138,7 +169,6 @@ async def _serve(config: Config) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await daemon.run(stop)
     finally:
-        server.stop()
         store.close()
     log.info("stopped")
     return 0

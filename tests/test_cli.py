@@ -1,0 +1,92 @@
+"""The command line as a user meets it: the demo, bad configuration, the simulate subcommand."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.exporter_process import ExporterProcess, total
+from tests.helpers import REPO_ROOT, free_port, wait_until
+
+SECRET = "sk-cli-test-secret-0123456789"
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent-home", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "exporter", *args], env={**base, **(env or {})},
+                          capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+
+
+@pytest.mark.slow
+def test_demo_serves_non_trivial_metrics_within_10_seconds(tmp_path: Path) -> None:
+    exporter = ExporterProcess(["--demo", "--state-file", str(tmp_path / "s.db")], log_path=tmp_path / "log").start()
+    try:
+        def busy() -> bool:
+            if exporter.get("/metrics") is None:
+                return False
+            s = exporter.scrape()
+            return total(s, "assistants_runs") > 0 and total(s, "assistants_runs_finished_total") > 0
+        wait_until(busy, timeout=10, interval=0.2, what="demo metrics")
+        samples = exporter.scrape()
+        assert total(samples, "assistants_exporter_api_up") == 1
+        assert total(samples, "assistants_exporter_threads") > 0
+        health = exporter.get("/healthz")
+        assert health is not None and health.status_code == 200
+    finally:
+        assert exporter.stop() == 0, exporter.logs()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--thread", "thread_1", "--state-file", "{tmp}/s.db"], {}, "API key"),
+        (["--demo", "--poll-interval", "fast", "--state-file", "{tmp}/s.db"], {}, "--poll-interval"),
+        (["--demo", "--config", "{tmp}/missing.yml"], {}, "missing.yml"),
+        (["--demo", "--demo-scenario", "nope", "--state-file", "{tmp}/s.db"], {}, "--demo-scenario"),
+        (["--thread", "thread_1", "--api-key-file", "{tmp}/no-key", "--state-file", "{tmp}/s.db"], {}, "no-key"),
+        (["--thread", "t1", "--labels", "thread_id", "--state-file", "{tmp}/s.db"], {"OPENAI_API_KEY": SECRET},
+         "--labels"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                 needle: str) -> None:
+    result = _run([a.replace("{tmp}", str(tmp_path)) for a in args], env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("assistants-exporter: error:"), result.stderr
+    assert needle in lines[0]
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_taken_port_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = _run(["--demo", "--listen", f"127.0.0.1:{port}", "--state-file", str(tmp_path / "s.db")])
+    assert result.returncode == 2
+    assert "address already in use" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_corrupt_state_file_exits_2(tmp_path: Path) -> None:
+    state = tmp_path / "s.db"
+    state.write_text("not sqlite " * 200)
+    result = _run(["--thread", "t1", "--state-file", str(state), "--listen", f"127.0.0.1:{free_port()}"],
+                  {"OPENAI_API_KEY": SECRET})
+    assert result.returncode == 2 and "s.db" in result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_simulate_subcommand_rejects_bad_arguments() -> None:
+    result = _run(["simulate", "--scenario", "no-such-scenario"])
+    assert result.returncode == 2
+    assert "no-such-scenario" in result.stderr
+
+
+def test_version() -> None:
+    result = _run(["--version"])
+    assert result.returncode == 0 and result.stdout.startswith("assistants-exporter ")
