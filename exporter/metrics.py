@@ -113,7 +113,7 @@ def run_families(tracker: Tracker, now: float) -> list[Metric]:
     fams: list[Metric] = []
 
     runs = _gauge("assistants_runs", extra)
-    counts = tracker.status_counts(now)
+    counts = tracker.status_counts()
     for ls in label_sets:
         for status in statuses.ALL_STATUSES:
             runs.add_metric([status, *ls], counts.get((status, *ls), 0))

@@ -9,6 +9,7 @@ Semantics (the README's "What the numbers mean" states them for users):
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -105,8 +106,16 @@ class Tracker:
         self.aggregates = aggregates if aggregates is not None else Aggregates()
         self.runs: dict[str, RunState] = {}
         self.threads: dict[str, ThreadState] = {}
+        # Indexes kept in step with `runs`, so that per-tick views cost O(unfinished runs), not O(runs).
         self._by_thread: dict[str, set[str]] = {}
-        self.finishes: deque[Finish] = deque()
+        self._open: dict[str, set[str]] = {}  # unfinished runs by thread
+        self._counts: dict[tuple[str, ...], int] = {}  # (status, *labels) -> runs in assistants_runs
+        self._retire_at: list[tuple[float, str]] = []  # heap of (end + retention, run id)
+        self._retired: dict[str, set[str]] = {}  # past retention, kept until coverage passes them
+        self._oldest: dict[tuple[str, ...], list[tuple[float, str]]] = {}  # lazy heaps of (stint start, id)
+        self.finishes: deque[Finish] = deque()  # the longest window's finish events, as persisted
+        self._window_events: dict[str, deque[Finish]] = {w: deque() for w in RATIO_WINDOWS}
+        self._window_totals: dict[tuple[str, LabelValues], list[int]] = {}  # [finished, failed, expired]
         self.changes = Changes()
 
     # -- loading and thread membership ------------------------------------------------------
@@ -116,7 +125,8 @@ class Tracker:
             self.threads[t.id] = t
         for r in runs:
             self._put(r)
-        self.finishes.extend(sorted(finishes, key=lambda f: f.at))
+        for finish in sorted(finishes, key=lambda f: f.at):
+            self._record_finish(finish)
 
     def watch(self, thread_id: str) -> None:
         if thread_id not in self.threads:
@@ -141,7 +151,7 @@ class Tracker:
     # -- polling economy ---------------------------------------------------------------------
 
     def is_active(self, thread_id: str) -> bool:
-        return any(not self.runs[r].terminal for r in self._by_thread.get(thread_id, ()))
+        return bool(self._open.get(thread_id))
 
     def accounted(self, thread_id: str, snap: RunSnapshot) -> bool:
         """True when this run needs no more attention: known terminal, or below the thread's horizon."""
@@ -158,8 +168,7 @@ class Tracker:
         if thread is None or not thread.swept:
             return False
         seen_ids = {s.id for s in seen}
-        pending = (r for r in self._by_thread.get(thread_id, ()) if not self.runs[r].terminal)
-        if any(r not in seen_ids for r in pending):
+        if any(r not in seen_ids for r in self._open.get(thread_id, ())):
             return False
         return any(s.created_at < thread.covered and self.accounted(thread_id, s) for s in seen)
 
@@ -187,6 +196,7 @@ class Tracker:
                 thread.swept = True
                 thread.covered = max(thread.covered, newest)
                 self.changes.threads[thread_id] = thread
+                self._release_retired(thread)
 
     def mark_gone(self, thread_id: str) -> None:
         """The API says the thread does not exist: its unfinished runs can never be seen to end."""
@@ -194,9 +204,8 @@ class Tracker:
         thread = self.threads[thread_id]
         thread.gone = True
         self.changes.threads[thread_id] = thread
-        for run_id in list(self._by_thread.get(thread_id, ())):
-            if not self.runs[run_id].terminal:
-                self._drop(run_id)
+        for run_id in list(self._open.get(thread_id, ())):
+            self._drop(run_id)
 
     def _observe_one(self, thread: ThreadState, snap: RunSnapshot, now: float) -> None:
         known = self.runs.get(snap.id)
@@ -232,7 +241,21 @@ class Tracker:
         self.changes.upsert(run)
 
     def _update(self, run: RunState, snap: RunSnapshot, now: float) -> None:
-        run.assistant_id, run.model = snap.assistant_id, snap.model
+        if snap.status == run.status and (snap.assistant_id, snap.model) == (run.assistant_id, run.model):
+            if run.started_at is None and snap.started_at is not None:
+                run.started_at = snap.started_at
+                self.changes.upsert(run)
+            return  # the common case: nothing moved, and the indexes stay as they are
+        self._unindex(run)
+        try:
+            self._transition(run, snap, now)
+        finally:
+            self._index(run)
+
+    def _transition(self, run: RunState, snap: RunSnapshot, now: float) -> None:
+        if (run.assistant_id, run.model) != (snap.assistant_id, snap.model):
+            run.assistant_id, run.model = snap.assistant_id, snap.model
+            self.changes.upsert(run)
         if snap.status == run.status:
             if run.started_at is None and snap.started_at is not None:
                 run.started_at = snap.started_at
@@ -266,13 +289,13 @@ class Tracker:
         if snap.completion_tokens:
             agg.inc(TOKENS, ("completion", *labels), snap.completion_tokens)
         finish = Finish(now, labels, snap.status)
-        self.finishes.append(finish)
+        self._record_finish(finish)
         self.changes.finishes.append(finish)
 
     def _drop_vanished(self, thread: ThreadState, seen: set[str]) -> None:
         """A full listing without a known unfinished run: it was deleted, and can never be seen to end."""
-        for run_id in list(self._by_thread.get(thread.id, ())):
-            if run_id not in seen and not self.runs[run_id].terminal:
+        for run_id in list(self._open.get(thread.id, ())):
+            if run_id not in seen:
                 self._drop(run_id)  # never counted, so it may count if it ever comes back finished
 
     # -- time passing ------------------------------------------------------------------------
@@ -281,9 +304,16 @@ class Tracker:
         """Forget finished runs past retention, and finish events older than the longest ratio window.
 
     A forgotten run raises its thread's horizon, so seeing it again later never counts it twice."""
-        for run in [r for r in self.runs.values() if r.ended_at is not None]:
-            if run.ended_at is not None and run.ended_at + self.retention <= now and self._forgettable(run):
-                self._forget(run.id)
+        heap = self._retire_at
+        while heap and heap[0][0] <= now:
+            deadline, run_id = heapq.heappop(heap)
+            run = self.runs.get(run_id)
+            if run is None or run.ended_at is None or run.ended_at + self.retention != deadline:
+                continue  # stale entry
+            if self._forgettable(run):
+                self._forget(run_id)
+            else:
+                self._retire(run)
         cutoff = now - _MAX_WINDOW
         if self.finishes and self.finishes[0].at < cutoff:
             while self.finishes and self.finishes[0].at < cutoff:
@@ -295,45 +325,67 @@ class Tracker:
     def label_sets(self) -> set[LabelValues]:
         """Every extra-label combination seen: in counters (persisted) and among known runs."""
         n = len(self.extra_labels)
-        found = {self.labels_of(r) for r in self.runs.values()}
+        found = {key[1:] for key, count in self._counts.items() if count}
         for (name, values) in self.aggregates.counters:
             if name == FINISHED:
                 found.add(values[1:])
         return {v for v in found if len(v) == n}
 
-    def status_counts(self, now: float) -> dict[tuple[str, ...], int]:
+    def status_counts(self) -> dict[tuple[str, ...], int]:
+        """(status, *labels) -> runs in assistants_runs: unfinished, or finished within retention."""
+        return {key: count for key, count in self._counts.items() if count}
+
+    def recount(self) -> dict[tuple[str, ...], int]:
+        """status_counts() the slow way, from every run: for tests of the indexes."""
         out: dict[tuple[str, ...], int] = {}
+        retired = set().union(*self._retired.values()) if self._retired else set()
         for run in self.runs.values():
-            if run.ended_at is not None and run.ended_at + self.retention <= now:
-                continue  # past retention, kept only until its thread's coverage lets it go
-            key = (run.status, *self.labels_of(run))
-            out[key] = out.get(key, 0) + 1
+            if run.id not in retired:
+                key = (run.status, *self.labels_of(run))
+                out[key] = out.get(key, 0) + 1
         return out
 
     def oldest_ages(self, now: float) -> dict[tuple[str, ...], float]:
         out: dict[tuple[str, ...], float] = {}
-        for run in self.runs.values():
-            if run.terminal:
-                continue
-            key = (run.status, *self.labels_of(run))
-            out[key] = max(out.get(key, 0.0), now - run.stint_start)
+        for key in list(self._oldest):
+            heap = self._oldest[key]
+            while heap and not self._is_current(key, *heap[0]):
+                heapq.heappop(heap)  # a stint that has ended since it was pushed
+            if heap:
+                out[key] = now - heap[0][0]
+            else:
+                del self._oldest[key]
         return out
+
+    def _is_current(self, key: tuple[str, ...], stint_start: float, run_id: str) -> bool:
+        run = self.runs.get(run_id)
+        return (run is not None and run.ended_at is None and run.stint_start == stint_start
+                and (run.status, *self.labels_of(run)) == key)
 
     def ratios(self, now: float) -> dict[tuple[str, ...], float]:
         """(kind 'failure'|'expiry', window, *labels) -> ratio among runs finished within the window."""
-        totals: dict[tuple[str, LabelValues], list[int]] = {}
-        for finish in self.finishes:
-            for window, seconds in RATIO_WINDOWS.items():
-                if finish.at >= now - seconds:
-                    t = totals.setdefault((window, finish.labels), [0, 0, 0])
-                    t[0] += 1
-                    t[1] += finish.status == "failed"
-                    t[2] += finish.status == "expired"
+        for window, seconds in RATIO_WINDOWS.items():
+            events = self._window_events[window]
+            while events and events[0].at < now - seconds:
+                self._tally(window, events.popleft(), -1)
         out: dict[tuple[str, ...], float] = {}
-        for (window, labels), (total, failed, expired) in totals.items():
-            out[("failure", window, *labels)] = failed / total
-            out[("expiry", window, *labels)] = expired / total
+        for (window, labels), (total, failed, expired) in self._window_totals.items():
+            if total:
+                out[("failure", window, *labels)] = failed / total
+                out[("expiry", window, *labels)] = expired / total
         return out
+
+    def _record_finish(self, finish: Finish) -> None:
+        self.finishes.append(finish)
+        for window in RATIO_WINDOWS:
+            self._window_events[window].append(finish)
+            self._tally(window, finish, +1)
+
+    def _tally(self, window: str, finish: Finish, sign: int) -> None:
+        totals = self._window_totals.setdefault((window, finish.labels), [0, 0, 0])
+        totals[0] += sign
+        totals[1] += sign * (finish.status == "failed")
+        totals[2] += sign * (finish.status == "expired")
 
     def thread_states(self) -> dict[str, int]:
         out = {"active": 0, "idle": 0, "gone": 0}
@@ -346,17 +398,42 @@ class Tracker:
     def _put(self, run: RunState) -> None:
         self.runs[run.id] = run
         self._by_thread.setdefault(run.thread_id, set()).add(run.id)
+        self._index(run)
 
     def _drop(self, run_id: str) -> None:
         run = self.runs.pop(run_id, None)
         if run is None:
             return
-        ids = self._by_thread.get(run.thread_id)
-        if ids is not None:
-            ids.discard(run_id)
-            if not ids:
-                del self._by_thread[run.thread_id]
+        self._unindex(run)
+        _discard(self._by_thread, run.thread_id, run_id)
         self.changes.delete(run_id)
+
+    def _index(self, run: RunState) -> None:
+        key = (run.status, *self.labels_of(run))
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if run.ended_at is None:
+            self._open.setdefault(run.thread_id, set()).add(run.id)
+            heapq.heappush(self._oldest.setdefault(key, []), (run.stint_start, run.id))
+        else:
+            heapq.heappush(self._retire_at, (run.ended_at + self.retention, run.id))
+
+    def _unindex(self, run: RunState) -> None:
+        if run.id in self._retired.get(run.thread_id, ()):
+            _discard(self._retired, run.thread_id, run.id)
+        else:
+            key = (run.status, *self.labels_of(run))
+            self._counts[key] -= 1
+        _discard(self._open, run.thread_id, run.id)
+
+    def _retire(self, run: RunState) -> None:
+        """Past retention: out of assistants_runs, but kept so it cannot be mistaken for a new run."""
+        self._counts[(run.status, *self.labels_of(run))] -= 1
+        self._retired.setdefault(run.thread_id, set()).add(run.id)
+
+    def _release_retired(self, thread: ThreadState) -> None:
+        for run_id in list(self._retired.get(thread.id, ())):
+            if self.runs[run_id].created_at < thread.covered:
+                self._forget(run_id)
 
     def _forgettable(self, run: RunState) -> bool:
         """Only below what a successful poll covered: an older unseen run could hide behind the horizon."""
@@ -376,6 +453,14 @@ class Tracker:
         if created_at > thread.horizon:
             thread.horizon = created_at
             self.changes.threads[thread.id] = thread
+
+
+def _discard(index: dict[str, set[str]], key: str, item: str) -> None:
+    items = index.get(key)
+    if items is not None:
+        items.discard(item)
+        if not items:
+            del index[key]
 
 
 def _entry_time(snap: RunSnapshot, now: float) -> float:

@@ -44,7 +44,7 @@ def test_history_is_never_counted_and_recent_history_shows_in_gauge() -> None:
     assert tracker.aggregates.histograms == {}
     assert "r_old" not in tracker.runs  # past retention: not even kept
     assert tracker.threads[TH].horizon == T0 - 10_000
-    assert tracker.status_counts(T0) == {("failed", "asst_1"): 1, ("in_progress", "asst_1"): 1}
+    assert tracker.status_counts() == {("failed", "asst_1"): 1, ("in_progress", "asst_1"): 1}
     # Seeing history again never counts it.
     tracker.observe(TH, [running, recent, old], T0 + 5, complete=True, ok=True)
     assert tracker.aggregates.counters == {}
@@ -102,7 +102,7 @@ def test_retention_forgets_and_a_forgotten_run_never_counts_again(tr: Tracker) -
     tr.expire(T0 + 5 + 3599)
     assert "r1" in tr.runs
     tr.expire(T0 + 5 + 3600)
-    assert tr.status_counts(T0 + 5 + 3600) == {}
+    assert tr.status_counts() == {}
     assert "r1" in tr.runs  # the newest run of its thread: a same-second sibling may still be unseen
     newer = snap("r2", "queued", created=T0 + 3700)
     tr.observe(TH, [newer, r], T0 + 3700, complete=True, ok=True)
@@ -136,7 +136,7 @@ def test_vanished_and_gone_runs_leave_the_gauge_without_counting(tr: Tracker) ->
     assert "r1" not in tr.runs
     tr.observe(TH, [snap("r2", "queued", created=T0 + 9)], T0 + 10, complete=True, ok=True)
     tr.mark_gone(TH)
-    assert tr.status_counts(T0 + 10) == {}
+    assert tr.status_counts() == {}
     assert tr.thread_states() == {"active": 0, "idle": 0, "gone": 1}
     assert sum(v for (n, _), v in tr.aggregates.counters.items() if n == FINISHED) == 0
 

@@ -76,6 +76,15 @@ def worlds(draw: st.DrawFn) -> tuple[list[Script], list[int], list[str], float]:
 PAGE = 3
 
 
+def _oldest_brute_force(tracker: Tracker, now: float) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    for run in tracker.runs.values():
+        if not run.terminal:
+            key = (run.status, *tracker.labels_of(run))
+            out[key] = max(out.get(key, float("-inf")), now - run.stint_start)
+    return out
+
+
 def _new_tracker(store: Store, retention: float) -> Tracker:
     loaded = store.load()
     tracker = Tracker(["assistant_id"], retention, loaded.aggregates)
@@ -121,6 +130,8 @@ def test_each_finished_run_is_counted_exactly_once(tmp_path: Path, world: tuple,
         seen, complete = _poll(tracker, listing, None if ok else fail_pages)
         tracker.observe(TH, seen, t, complete=complete, ok=ok)
         tracker.expire(t)
+        assert tracker.status_counts() == tracker.recount()  # the incremental indexes stay exact
+        assert tracker.oldest_ages(t) == _oldest_brute_force(tracker, t)
         if event == "crash":  # kill -9 before the commit: this poll's effects are lost
             tracker = _new_tracker(store, retention)
             continue

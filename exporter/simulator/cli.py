@@ -1,0 +1,153 @@
+"""`assistants-exporter simulate`: serve the simulator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from exporter.simulator.faults import Faults
+from exporter.simulator.scenarios import SCENARIOS
+from exporter.simulator.server import Simulator
+
+PROG = "assistants-exporter simulate"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line and exit 2 (argparse would print the whole usage first).
+        raise _UsageError(message)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _positive(value: str) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return number
+
+
+def _non_negative(value: str) -> float:
+    number = _number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value!r}")
+    return number
+
+
+def _probability(value: str) -> float:
+    number = _number(value)
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value!r}")
+    return number
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
+    return number
+
+
+def _burst(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Serve an Assistants-v2-compatible runs API on loopback.")
+    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8780), help="HOST:PORT (default 127.0.0.1:8780)")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", type=_positive, default=1.0, help="divide every scenario duration by this")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help="accept only this key (default: any non-empty key; env SIMULATOR_API_KEY)")
+    key.add_argument("--api-key-file", type=Path, help="read the accepted key from this file")
+    p.add_argument("--rate-limit-rps", type=_positive, default=None, help="token bucket refill, requests/s")
+    p.add_argument("--rate-limit-burst", type=_burst, default=20, help="token bucket size")
+    p.add_argument("--error-rate", type=_probability, default=0.0, help="probability of a random 500/503")
+    p.add_argument("--latency", type=_non_negative, default=0.0, help="seconds added to every response")
+    p.add_argument("--malformed-rate", type=_probability, default=0.0, help="probability per list item")
+    p.add_argument("--truncate-rate", type=_probability, default=0.0, help="probability of a cut JSON body")
+    return p
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key is not None:
+        key: str = args.api_key.strip()
+    elif args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise _UsageError(f"--api-key-file: cannot read {args.api_key_file}: {err.strerror}") from None
+    else:
+        key = os.environ.get("SIMULATOR_API_KEY", "").strip()
+        return key or None
+    if not key:
+        raise _UsageError("the API key is empty")
+    return key
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        api_key = _api_key(args)
+    except _UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    host, port = args.listen
+    faults = Faults(
+        rate_limit_rps=args.rate_limit_rps,
+        rate_limit_burst=args.rate_limit_burst,
+        error_rate=args.error_rate,
+        latency=args.latency,
+        malformed_rate=args.malformed_rate,
+        truncate_rate=args.truncate_rate,
+    )
+    sim = Simulator(
+        scenario=args.scenario,
+        seed=args.seed,
+        host=host,
+        port=port,
+        api_key=api_key,
+        speed=args.speed,
+        faults=faults,
+    )
+    try:
+        sim.start()
+    except OSError as err:
+        print(f"{PROG}: error: cannot listen on {host}:{port}: {err.strerror}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        threads = ",".join(sim.thread_ids())
+        print(f"simulator: scenario={args.scenario} base_url={sim.base_url} threads={threads}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sim.stop()
+    return 0

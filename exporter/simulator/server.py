@@ -1,0 +1,442 @@
+"""The HTTP side: an Assistants-v2-compatible `/v1/threads...` API on a ThreadingHTTPServer."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hmac
+import json
+import logging
+import math
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from exporter.simulator.clock import Clock, FakeClock, WallClock
+from exporter.simulator.engine import Engine
+from exporter.simulator.faults import FaultInjector, Faults, RateLimitState, format_duration
+from exporter.simulator.scenarios import SCENARIOS
+from exporter.simulator.wire import JSON, ApiError
+
+_log = logging.getLogger(__name__)
+_THREAD = r"(?P<thread_id>[^/]+)"
+_RUN = r"(?P<run_id>[^/]+)"
+Handler = Callable[["_Request"], JSON]
+
+_SERVER_ERRORS: dict[int, tuple[str, str]] = {
+    500: ("The server had an error while processing your request. Sorry about that!", "server_error"),
+    502: ("Bad gateway.", "server_error"),
+    503: ("The server is overloaded or not ready yet.", "server_error"),
+}
+
+
+class _Request:
+    """What a route handler needs from one HTTP request."""
+
+    def __init__(self, params: dict[str, str], query: dict[str, list[str]], body: dict[str, Any]) -> None:
+        self.params = params
+        self.query = query
+        self.body = body
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return 20
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(
+            400,
+            f"Invalid 'limit': expected an integer, but got '{raw[:40]}' instead.",
+            param="limit",
+            code="invalid_type",
+        ) from None
+    if limit < 1:
+        raise ApiError(
+            400,
+            f"Invalid 'limit': integer below minimum value. Expected a value >= 1, but got {limit} instead.",
+            param="limit",
+            code="integer_below_min_value",
+        )
+    if limit > 100:
+        raise ApiError(
+            400,
+            f"Invalid 'limit': integer above maximum value. Expected a value <= 100, but got {limit} instead.",
+            param="limit",
+            code="integer_above_max_value",
+        )
+    return limit
+
+
+def _parse_order(raw: str | None) -> str:
+    if raw is None:
+        return "desc"
+    if raw not in ("asc", "desc"):
+        raise ApiError(
+            400,
+            f"Invalid value for 'order': expected one of 'asc' or 'desc', but got '{raw[:40]}' instead.",
+            param="order",
+            code="invalid_value",
+        )
+    return raw
+
+
+class Simulator:
+    """An Assistants-v2-compatible runs API on loopback, backed by a seeded lifecycle engine."""
+
+    def __init__(
+        self,
+        scenario: str = "steady",
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        clock: Clock | None = None,
+        speed: float = 1.0,
+        faults: Faults | None = None,
+    ) -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+        self.scenario = SCENARIOS[scenario]
+        self.host = host
+        self._requested_port = port
+        self.api_key = api_key
+        self.clock: Clock = clock if clock is not None else WallClock()
+        self.engine = Engine(self.scenario, seed, self.clock, speed)
+        self.faults: Faults = faults if faults is not None else copy.deepcopy(self.scenario.faults)
+        fault_seed = self.faults.seed if self.faults.seed is not None else seed
+        self._injector = FaultInjector(fault_seed)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._routes = self._build_routes()
+
+    # ----- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Simulator:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        server = _Server((self.host, self._requested_port), _RequestHandler)
+        server.simulator = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="simulator-http", daemon=True
+        )
+        self._thread.start()
+        if not isinstance(self.clock, FakeClock):
+            # With the wall clock, tick the engine so memory and catch-up work stay small between requests.
+            self._ticker = threading.Thread(target=self._tick, name="simulator-tick", daemon=True)
+            self._ticker.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(1.0):
+            self.engine.now()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        for thread in (self._thread, self._ticker):
+            if thread is not None:
+                thread.join(timeout=5.0)
+        self._thread = self._ticker = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        port: int = self._server.server_address[1]
+        return port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def thread_ids(self) -> list[str]:
+        return self.engine.thread_ids()
+
+    # ----- request handling ----------------------------------------------------------------------
+
+    def _build_routes(self) -> list[tuple[str, re.Pattern[str], Handler]]:
+        e = self.engine
+
+        def list_runs(r: _Request) -> JSON:
+            limit, order = _parse_limit(r.arg("limit")), _parse_order(r.arg("order"))
+            page, data = e.list_runs(
+                r.params["thread_id"], limit=limit, order=order, after=r.arg("after"), before=r.arg("before")
+            )
+            page["data"] = self._injector.corrupt_items(self.faults, data)
+            return page
+
+        def list_steps(r: _Request) -> JSON:
+            limit, order = _parse_limit(r.arg("limit")), _parse_order(r.arg("order"))
+            return e.list_steps(r.params["thread_id"], r.params["run_id"], limit=limit, order=order)
+
+        def create_thread(r: _Request) -> JSON:
+            meta = r.body.get("metadata")
+            metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else None
+            return e.api_create_thread(metadata)
+
+        routes: list[tuple[str, str, Handler]] = [
+            ("POST", "/threads", create_thread),
+            ("GET", f"/threads/{_THREAD}", lambda r: e.api_get_thread(r.params["thread_id"])),
+            ("DELETE", f"/threads/{_THREAD}", lambda r: e.api_delete_thread(r.params["thread_id"])),
+            ("GET", f"/threads/{_THREAD}/runs", list_runs),
+            ("POST", f"/threads/{_THREAD}/runs", lambda r: e.api_create_run(r.params["thread_id"], r.body)),
+            (
+                "GET",
+                f"/threads/{_THREAD}/runs/{_RUN}",
+                lambda r: e.get_run(r.params["thread_id"], r.params["run_id"]),
+            ),
+            ("GET", f"/threads/{_THREAD}/runs/{_RUN}/steps", list_steps),
+            (
+                "POST",
+                f"/threads/{_THREAD}/runs/{_RUN}/cancel",
+                lambda r: e.cancel_run(r.params["thread_id"], r.params["run_id"]),
+            ),
+            (
+                "POST",
+                f"/threads/{_THREAD}/runs/{_RUN}/submit_tool_outputs",
+                lambda r: e.submit_tool_outputs(r.params["thread_id"], r.params["run_id"], r.body),
+            ),
+        ]
+        return [(method, re.compile(f"^{pattern}$"), fn) for method, pattern, fn in routes]
+
+    def _authorized(self, headers: Any) -> ApiError | None:
+        """Bearer (OpenAI) or api-key (Azure) auth. The key is never echoed back."""
+        auth = headers.get("Authorization") or ""
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        key = key or (headers.get("api-key") or "").strip()
+        if not key:
+            return ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        if self.api_key is not None and not hmac.compare_digest(key.encode(), self.api_key.encode()):
+            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return None
+
+    def handle(self, method: str, target: str, headers: Any, raw_body: bytes) -> _Response:
+        """Answer one request: forced statuses, auth, the rate limit, random errors, then the route."""
+        faults = self.faults
+        if faults.latency > 0:
+            time.sleep(faults.latency)  # a simulated slow API, not synchronisation
+        forced = self._injector.forced(faults)
+        if forced is not None:
+            response = self._with_rate_headers(self._error_response(forced, faults.forced_retry_after_ms), None)
+            if forced == 429:  # a forced 429 looks like an exhausted bucket
+                response.headers["x-ratelimit-remaining-requests"] = "0"
+                response.headers["x-ratelimit-reset-requests"] = format_duration(faults.forced_retry_after_ms / 1000)
+            return response
+        denied = self._authorized(headers)
+        if denied is not None:
+            return self._with_rate_headers(_Response.error(denied), None)
+        state = self._injector.rate_limit(faults, self.clock.now())
+        if not state.allowed:
+            retry_ms = max(1, math.ceil(state.retry_after_seconds * 1000))
+            return self._with_rate_headers(self._error_response(429, retry_ms), state)
+        random_status = self._injector.random_error(faults)
+        if random_status is not None:
+            return self._with_rate_headers(self._error_response(random_status, None), state)
+        try:
+            body = self._route(method, target, headers, raw_body)
+        except ApiError as err:
+            return self._with_rate_headers(_Response.error(err), state)
+        truncate = self._injector.should_truncate(faults)
+        return self._with_rate_headers(_Response(200, body, truncate=truncate), state)
+
+    def _route(self, method: str, target: str, headers: Any, raw_body: bytes) -> JSON:
+        parts = urlsplit(target)
+        path = parts.path.rstrip("/")
+        if not path.startswith("/v1/"):
+            raise ApiError(404, f"Invalid URL ({method} {parts.path[:200]})")
+        path = path[3:]
+        for route_method, pattern, fn in self._routes:
+            match = pattern.match(path)
+            if match is None or route_method != method:
+                continue
+            beta = headers.get("OpenAI-Beta") or ""
+            if "assistants=v2" not in beta.replace(" ", ""):
+                raise ApiError(
+                    400,
+                    "You must provide the 'OpenAI-Beta' header to access the Assistants API. "
+                    "Please try again by setting the header 'OpenAI-Beta: assistants=v2'.",
+                    code="invalid_beta",
+                )
+            # api-version (Azure) and any other unknown query parameter are ignored.
+            query = parse_qs(parts.query, keep_blank_values=True)
+            return fn(_Request(match.groupdict(), query, self._json_body(method, raw_body)))
+        raise ApiError(404, f"Invalid URL ({method} {parts.path[:200]})")
+
+    @staticmethod
+    def _json_body(method: str, raw: bytes) -> dict[str, Any]:
+        if method != "POST" or not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise ApiError(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                "your HTTP library correctly.)",
+            )
+        return body
+
+    def _error_response(self, status: int, retry_after_ms: int | None) -> _Response:
+        if status == 429:
+            err = ApiError(
+                429,
+                "Rate limit reached for requests. Please try again later.",
+                type_="requests",
+                code="rate_limit_exceeded",
+            )
+            response = _Response.error(err)
+            ms = retry_after_ms if retry_after_ms is not None else 1000
+            response.headers["retry-after"] = str(max(1, math.ceil(ms / 1000)))
+            response.headers["retry-after-ms"] = str(ms)
+            return response
+        message, type_ = _SERVER_ERRORS.get(status, (f"Simulated error {status}.", "server_error"))
+        return _Response.error(ApiError(status, message, type_=type_))
+
+    @staticmethod
+    def _with_rate_headers(response: _Response, state: RateLimitState | None) -> _Response:
+        response.headers.update(Simulator._rate_headers(state))
+        return response
+
+    @staticmethod
+    def _rate_headers(state: RateLimitState | None) -> dict[str, str]:
+        if state is None:  # a request that took no token (forced or unauthenticated); a full bucket
+            return {
+                "x-ratelimit-limit-requests": "10000",
+                "x-ratelimit-remaining-requests": "10000",
+                "x-ratelimit-reset-requests": "0ms",
+            }
+        return {
+            "x-ratelimit-limit-requests": str(state.limit),
+            "x-ratelimit-remaining-requests": str(state.remaining),
+            "x-ratelimit-reset-requests": format_duration(state.reset_seconds),
+        }
+
+
+class _Response:
+    def __init__(self, status: int, body: JSON, truncate: bool = False) -> None:
+        self.status = status
+        self.body = body
+        self.truncate = truncate
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    def error(cls, err: ApiError) -> _Response:
+        return cls(err.status, err.body())
+
+    def encode(self) -> bytes:
+        data = json.dumps(self.body, separators=(",", ":")).encode()
+        # A truncated body is still sent with a matching Content-Length: the JSON is broken, not the HTTP.
+        return data[: len(data) // 2] if self.truncate else data
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    simulator: Simulator
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Unblock handler threads waiting on idle keep-alive connections."""
+        with self._conn_lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients expect from the real API
+    server_version = "assistants-simulator"
+    sys_version = ""
+    timeout = 60  # idle keep-alive connections are dropped eventually
+    # Headers and body leave in one segment; otherwise Nagle + delayed ACK add ~40 ms per request.
+    wbufsize = -1
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests and demos do not want a line per request
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        started = time.monotonic()
+        try:
+            response = self.server.simulator.handle(method, self.path, self.headers, raw)
+        except Exception:  # a bug must still answer in the API's shape, not drop the connection
+            _log.exception("simulator request failed: %s %s", method, self.path.split("?")[0])
+            response = _Response.error(ApiError(500, "Internal simulator error.", type_="server_error"))
+        payload = response.encode()
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("x-request-id", "req_" + uuid.uuid4().hex)
+        self.send_header("openai-version", "2020-10-01")
+        self.send_header("openai-processing-ms", str(int((time.monotonic() - started) * 1000)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")

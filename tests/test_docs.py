@@ -1,0 +1,70 @@
+"""The README, the Dockerfile and the code must say the same thing."""
+
+from __future__ import annotations
+
+import re
+
+from exporter.config import FLAGS
+from exporter.metrics_spec import DURATION_BUCKETS, METRICS, POLL_BUCKETS
+from exporter.model import INVALID_REASONS
+from tests.helpers import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def _table_rows(first_header: str) -> list[list[str]]:
+    """Rows of the Markdown table whose header starts with `| first_header |`."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def _code(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def test_readme_metric_table_matches_the_code() -> None:
+    documented = {}
+    for name, mtype, labels, _meaning in _table_rows("metric"):
+        documented[_code(name)[0]] = (mtype, tuple(_code(labels)))
+    assert documented == {m.name: (m.type, m.labels) for m in METRICS}
+
+
+def test_readme_flag_table_matches_the_parser() -> None:
+    documented = {_code(row[0])[0].split()[0] for row in _table_rows("flag")}
+    assert documented == {f.name for f in FLAGS}
+
+
+def test_readme_states_the_buckets_and_invalid_reasons_in_use() -> None:
+    def fmt(buckets: tuple[float, ...]) -> str:
+        return ", ".join(f"{b:g}" for b in buckets)
+    assert f"the run histograms: {fmt(DURATION_BUCKETS)}" in " ".join(README.split())
+    assert f"For the poll duration: {fmt(POLL_BUCKETS)}" in " ".join(README.split())
+    section = README[README.index("`assistants_exporter_invalid_objects_total{reason}` reasons"):]
+    assert set(re.findall(r"`([a-z_]+)`", section.split("\n\n")[0])) >= set(INVALID_REASONS)
+
+
+def test_readme_quick_start_has_the_two_commands_ci_runs() -> None:
+    assert "pip install . && assistants-exporter --demo" in README
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    test_command = "pip install -e '.[dev]' && python -m pytest"
+    assert test_command in README
+    assert test_command in ci
+
+
+def test_dockerfile_is_non_root_with_state_volume_and_healthcheck() -> None:
+    docker = (REPO_ROOT / "Dockerfile").read_text()
+    user = re.findall(r"^USER (\S+)", docker, re.M)
+    assert user and user[-1] not in ("root", "0")
+    volume = re.search(r'^VOLUME \["([^"]+)"\]', docker, re.M)
+    assert volume is not None
+    state = re.search(r"ASSISTANTS_EXPORTER_STATE_FILE=(\S+)", docker)
+    assert state is not None and state.group(1).startswith(volume.group(1) + "/")
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", docker, re.M)
+    for src in re.findall(r"^COPY (?!--)(\S+)", docker, re.M):
+        assert (REPO_ROOT / src).exists(), src
