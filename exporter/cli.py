@@ -56,10 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = MetricsServer(registry, config.listen_host, config.listen_port, probes.healthy, probes.ready)
     try:
         server.start()
+    except PortInUseError as exc:
+        return _config_error(str(exc))
+    except OSError as exc:
+        return _config_error(exc.strerror or str(exc))
+    try:
         log.info("serving /metrics on %s", config.listen)
         with _demo(config) as effective:
             return asyncio.run(_serve(effective, collector, probes))
-    except (ConfigError, PortInUseError, StoreError) as exc:
+    except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
         return 0

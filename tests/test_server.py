@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import http.client
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import prometheus_client
 import pytest
 
+from exporter import server as server_module
 from exporter.server import MetricsServer, PortInUseError
 from tests.helpers import free_port, wait_until
 
@@ -160,10 +162,12 @@ def test_port_in_use(registry: prometheus_client.CollectorRegistry, flags: Flags
 
 
 def test_other_bind_error_is_a_clear_oserror(registry: prometheus_client.CollectorRegistry,
-                                            flags: Flags) -> None:
-    # 192.0.2.1 (TEST-NET-1) is on no local interface: EADDRNOTAVAIL, no packet is sent.
-    srv = MetricsServer(registry, "192.0.2.1", 0, flags.health, flags.readiness)
-    with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:0: ") as info:
+                                            flags: Flags, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: object) -> None:
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+    monkeypatch.setattr(server_module._ThreadingWSGIServer, "server_bind", refuse)
+    srv = MetricsServer(registry, HOST, 0, flags.health, flags.readiness)
+    with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:0: cannot assign requested address") as info:
         srv.start()
     assert not isinstance(info.value, PortInUseError)
 
