@@ -7,22 +7,7 @@ import asyncio
 import pytest
 
 from exporter.sources.ratelimit import TokenBucket
-
-
-class FakeTime:
-    """A clock that only moves when someone sleeps."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += max(0.0, delay)
-        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
+from tests.helpers import FakeTime
 
 
 def make(rate: float, burst: float, t: FakeTime, **kw: float) -> TokenBucket:
@@ -41,14 +26,14 @@ def grant_times(bucket: TokenBucket, t: FakeTime, n: int) -> list[float]:
 
 
 def test_burst_is_free_then_steady_rate() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(4.0, 2, t)
     times = grant_times(bucket, t, 6)
     assert [round(x - 100.0, 6) for x in times] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def test_average_rate_over_many_permits() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(10.0, 1, t)
     times = grant_times(bucket, t, 101)
     # 100 permits after the first take 10 seconds at 10/s.
@@ -56,7 +41,7 @@ def test_average_rate_over_many_permits() -> None:
 
 
 def test_idle_time_refills_up_to_burst_only() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(2.0, 3, t)
     grant_times(bucket, t, 3)  # empty it
     t.now += 1000.0  # a long idle period
@@ -66,7 +51,7 @@ def test_idle_time_refills_up_to_burst_only() -> None:
 
 
 def test_pause_holds_every_caller_and_restarts_without_burst() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(4.0, 4, t)
     bucket.pause_until(t.now + 5.0)
     assert bucket.paused_until == 105.0
@@ -88,7 +73,7 @@ def test_pause_holds_every_caller_and_restarts_without_burst() -> None:
 
 
 def test_an_earlier_pause_does_not_shorten_a_later_one() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(4.0, 4, t)
     bucket.pause_until(110.0)
     bucket.pause_until(103.0)
@@ -96,7 +81,7 @@ def test_an_earlier_pause_does_not_shorten_a_later_one() -> None:
 
 
 def test_slow_down_halves_rate_down_to_min_and_recover_adds_steps() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(10.0, 1, t)
     bucket.slow_down()
     assert bucket.rate == 5.0
@@ -111,7 +96,7 @@ def test_slow_down_halves_rate_down_to_min_and_recover_adds_steps() -> None:
 
 
 def test_slowed_bucket_spaces_permits_at_the_new_rate() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(4.0, 1, t)
     grant_times(bucket, t, 1)
     bucket.slow_down()  # 2/s
@@ -121,7 +106,7 @@ def test_slowed_bucket_spaces_permits_at_the_new_rate() -> None:
 
 
 def test_concurrent_waiters_are_served_in_order() -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     bucket = make(1.0, 1, t)
 
     async def run() -> list[int]:
@@ -140,6 +125,6 @@ def test_concurrent_waiters_are_served_in_order() -> None:
 
 @pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (-1.0, 1), (float("nan"), 1), (1.0, 0.5)])
 def test_rejects_nonsense(rate: float, burst: float) -> None:
-    t = FakeTime()
+    t = FakeTime(100.0)
     with pytest.raises(ValueError):
         make(rate, burst, t)

@@ -23,24 +23,13 @@ from exporter.model import RunSnapshot
 from exporter.sources import PollResult
 from exporter.sources import assistants as mod
 from exporter.sources.assistants import ApiSettings, AssistantsSource, backoff_delay, parse_retry_after
+from tests.helpers import FakeTime
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 BASE = "http://api.test/v1"
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
 
-class FakeTime:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += max(0.0, delay)
-        await asyncio.sleep(0)  # a yield, so other tasks run as they would during a real sleep
 
 
 class MaxRng(random.Random):
