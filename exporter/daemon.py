@@ -50,6 +50,8 @@ class ThreadSlot:
 class Health:
     last_tick: float = field(default_factory=time.monotonic)
     polls_applied: int = 0
+    reached_api: bool = False  # since this process started
+    started: bool = False
 
 
 class ThreadsFile:
@@ -152,6 +154,7 @@ class Daemon:
             self.threads_file.changed()
         self.sync_threads()
         self.publish()
+        self.health.started = True
         try:
             while not stop.is_set():
                 self.health.last_tick = self.mono()
@@ -215,6 +218,7 @@ class Daemon:
         self.state.api_up = 1.0 if result.api_reached else 0.0
         if result.api_reached:
             self.state.last_poll_success = now
+            self.health.reached_api = True
         if result.error:
             log.warning("poll of thread %s failed: %s", result.thread_id, result.error)
         self.health.polls_applied += 1
@@ -270,8 +274,10 @@ class Daemon:
         return (age < limit, "ok" if age < limit else f"poll loop stalled for {age:.0f}s")
 
     def ready(self) -> tuple[bool, str]:
+        if not self.health.started:
+            return False, "starting"
         if not self.slots:
             return True, "ok (no threads to watch)"
-        if self.state.api_up:
+        if self.health.reached_api:
             return True, "ok"
-        return False, "waiting for a poll that reaches the API"
+        return False, "waiting for the first poll that reaches the API"

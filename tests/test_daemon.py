@@ -195,3 +195,22 @@ def test_steady_state_poll_of_an_active_thread_is_one_request(tmp_path: Path) ->
 
     assert asyncio.run(scenario()) == [3, 1, 1]
     assert all(r.url.params["order"] == "desc" and r.url.params["limit"] == "100" for r in requests)
+
+
+def test_ready_after_the_first_poll_that_reaches_the_api_and_stays_ready(tmp_path: Path) -> None:
+    async def behaviour(thread_id: str) -> PollResult:
+        if source.polls[thread_id] == 1:
+            return PollResult(thread_id, "error", error="connection_error", started=time.monotonic())
+        if source.polls[thread_id] == 2:
+            return await ok(thread_id)
+        return PollResult(thread_id, "error", error="timeout", started=time.monotonic())
+
+    source = FakeSource(behaviour)
+    daemon = _daemon(tmp_path, source, ["t"], poll=0.01)
+    assert daemon.ready()[0] is False
+    asyncio.run(_run_until(daemon, lambda: source.polls["t"] >= 1 and daemon.health.polls_applied >= 1))
+    assert daemon.ready() == (False, "waiting for the first poll that reaches the API")
+    asyncio.run(_run_until(daemon, lambda: source.polls["t"] >= 4))
+    assert daemon.ready() == (True, "ok")
+    assert daemon.state.api_up == 0.0  # the outage shows in the metric, not in readiness
+    assert daemon.healthy()[0]
