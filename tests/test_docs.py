@@ -68,3 +68,26 @@ def test_dockerfile_is_non_root_with_state_volume_and_healthcheck() -> None:
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", docker, re.M)
     for src in re.findall(r"^COPY (?!--)(\S+)", docker, re.M):
         assert (REPO_ROOT / src).exists(), src
+
+
+def test_alert_table_in_the_docs_matches_the_shipped_rules() -> None:
+    import yaml
+
+    rules = yaml.safe_load((REPO_ROOT / "rules" / "assistants-exporter.rules.yml").read_text())
+    shipped = {r["alert"]: (r["labels"]["severity"], r.get("for", "0s"))
+               for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    doc = (REPO_ROOT / "docs" / "dashboards-and-alerts.md").read_text()
+    rows = re.findall(r"^\| (Assistants\w+) \| (\w+) \| (.+) \| (\w+) \|$", doc, re.M)
+    documented = {name: (severity, for_) for name, severity, _cond, for_ in rows}
+    assert documented == shipped
+    from mixin.config import DEFAULT
+
+    t = DEFAULT.thresholds
+    conditions = {name: cond for name, _s, cond, _f in rows}
+    assert f"> {t.failure_ratio:.0%}" in conditions["AssistantsRunFailureSpike"]
+    assert f"≥ {t.failure_min_finished} finished" in conditions["AssistantsRunFailureSpike"]
+    assert f"> {t.expiry_ratio:.0%}" in conditions["AssistantsRunExpirySpike"]
+    assert f"> {t.queued_age / 60:g}m" in conditions["AssistantsRunsStuckQueued"]
+    assert f"> {t.requires_action_age / 60:g}m" in conditions["AssistantsRunsRequiresActionNearExpiry"]
+    assert f"older than {t.poll_stale_age / 60:g}m" in conditions["AssistantsExporterPollingStale"]
+    assert f"> {t.rate_limited_share:.0%}" in conditions["AssistantsExporterRateLimited"]

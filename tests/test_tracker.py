@@ -186,3 +186,18 @@ def test_unswept_thread_treats_terminal_runs_as_history_until_a_poll_succeeds() 
     tracker.observe(TH, [done], T0 + 4, complete=True, ok=True)
     assert tracker.aggregates.counters == {}
     assert tracker.threads[TH].swept
+
+
+def test_forgetting_a_run_never_hides_an_unseen_older_one() -> None:
+    """Regression: a failed poll read only the newest page; forgetting what it saw raised the horizon over
+    a run still unread on the next page, which was then taken for history and never counted."""
+    tracker = Tracker(["assistant_id"], retention=5)
+    tracker.observe(TH, [], T0, complete=True, ok=True)
+    newest = snap("r_new", "cancelled", created=T0 + 1, cancelled_at=T0 + 1)
+    unread = snap("r_unread", "cancelled", created=T0 + 1, cancelled_at=T0 + 1)
+    tracker.observe(TH, [newest], T0 + 6, complete=False, ok=False)  # page 2 failed
+    tracker.expire(T0 + 6)
+    assert "r_new" in tracker.runs  # past retention, but kept until a successful poll covers it
+    assert not tracker.should_stop(TH, [newest])
+    tracker.observe(TH, [newest, unread], T0 + 7, complete=True, ok=True)
+    assert finished(tracker, "cancelled") == 2
