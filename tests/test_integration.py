@@ -182,3 +182,35 @@ def test_promtool_accepts_a_real_scrape(sim: Simulator, tmp_path: Path) -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def test_history_is_read_once_never_counted_and_later_polls_are_one_request(tmp_path: Path) -> None:
+    sim = Simulator(scenario="history", seed=3, speed=SPEED).start()
+    try:
+        sim.engine.set_workload(False)
+        _quiesce(sim)
+        exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+        try:
+            exporter.wait_ready()
+            history_pages = sum(1500 // 100 + 1 for _ in range(3))  # the seeded threads, 1,500 runs each
+
+            def requests_and_polls() -> tuple[float, float]:
+                s = exporter.scrape()
+                return (total(s, "assistants_exporter_api_requests_total"),
+                        total(s, "assistants_exporter_poll_duration_seconds_count"))
+
+            wait_until(lambda: requests_and_polls()[0] >= history_pages, 30, 0.2, "the first full read")
+            requests_before, polls_before = requests_and_polls()
+            wait_until(lambda: requests_and_polls()[1] >= polls_before + 30, 30, 0.2, "30 more polls")
+            requests_after, polls_after = requests_and_polls()
+            # One request a poll; the two counters are read at one instant, so polls in flight (at most one
+            # per thread) may have made their request and not yet been counted as polls.
+            extra_requests = (requests_after - requests_before) - (polls_after - polls_before)
+            assert abs(extra_requests) <= len(sim.thread_ids())
+            samples = exporter.scrape()
+            assert total(samples, FINISHED) == 0
+            assert total(samples, "assistants_run_duration_seconds_count") == 0
+        finally:
+            exporter.stop()
+    finally:
+        sim.stop()
