@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args, os.environ)
         _check_demo_scenario(config)
+        if not config.demo:
+            _api_settings(config)  # validate now, before anything starts
     except ConfigError as exc:
         return _config_error(str(exc))
     logs.setup_logging(config.log_level, config.log_format, config.secrets())
@@ -134,6 +136,13 @@ def _open_tracker(config: Config) -> tuple[Store, Tracker, float]:
 
 
 def _api_settings(config: Config) -> ApiSettings:
+    try:
+        return _build_api_settings(config)
+    except ValueError as exc:  # the message names the setting, never its value
+        raise ConfigError(str(exc)) from None
+
+
+def _build_api_settings(config: Config) -> ApiSettings:
     return ApiSettings(
         base_url=config.api_base,
         api_key=config.api_key or "",

@@ -50,6 +50,8 @@ def test_demo_serves_non_trivial_metrics_within_10_seconds(tmp_path: Path) -> No
         (["--thread", "thread_1", "--api-key-file", "{tmp}/no-key", "--state-file", "{tmp}/s.db"], {}, "no-key"),
         (["--thread", "t1", "--labels", "thread_id", "--state-file", "{tmp}/s.db"], {"OPENAI_API_KEY": SECRET},
          "--labels"),
+        (["--thread", "t1", "--state-file", "{tmp}/s.db", "--listen", "127.0.0.1:0"],
+         {"OPENAI_API_KEY": SECRET + "\u00e9"}, "api_key must be printable ASCII"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(tmp_path: Path, args: list[str], env: dict[str, str],
