@@ -88,6 +88,10 @@ class Aggregates:
             if n == name:
                 yield labels, hist
 
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_counters or self.dirty_histograms)
+
     def take_dirty(self) -> tuple[dict[Key, float], dict[Key, Histogram]]:
         counters = {k: self.counters[k] for k in self.dirty_counters}
         hists = {k: self.histograms[k] for k in self.dirty_histograms}

@@ -26,6 +26,7 @@ POLL_DURATION = "assistants_exporter_poll_duration_seconds"
 THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 MAX_BACKOFF = 300.0
 INVALID_LOG_INTERVAL = 60.0
+PUBLISH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class Daemon:
         self._rng = random.Random()
         self._next_file_check = 0.0
         self._invalid_logged: dict[str, float] = {}
+        self._published_at = float("-inf")
 
     # -- hooks from the source ------------------------------------------------------------
 
@@ -201,8 +203,11 @@ class Daemon:
         for result in results:
             self._apply(result, now)
         self.tracker.expire(now)
-        self.commit()
-        self.publish()
+        if results or self.tracker.changes or self.tracker.aggregates.dirty:
+            self.commit()
+        # Ages and windowed ratios move with time alone: refresh at least once a second.
+        if results or self.mono() - self._published_at >= PUBLISH_INTERVAL:
+            self.publish()
 
     def _apply(self, result: PollResult, now: float) -> None:
         tracker = self.tracker
@@ -257,6 +262,7 @@ class Daemon:
 
     def publish(self) -> None:
         self.collector.update(build_families(self.tracker, self.state, self.wall()))
+        self._published_at = self.mono()
 
     async def _shutdown(self) -> None:
         tasks = [s.task for s in self.slots.values() if s.task is not None]

@@ -78,6 +78,10 @@ class Changes:
     finishes: list[Finish] = field(default_factory=list)
     finishes_before: float | None = None  # prune finish events older than this
 
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.deleted_runs or self.threads or self.deleted_threads or self.finishes
+                    or self.finishes_before is not None)
+
     def upsert(self, run: RunState) -> None:
         self.runs[run.id] = run
         self.deleted_runs.discard(run.id)

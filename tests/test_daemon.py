@@ -198,19 +198,53 @@ def test_steady_state_poll_of_an_active_thread_is_one_request(tmp_path: Path) ->
 
 
 def test_ready_after_the_first_poll_that_reaches_the_api_and_stays_ready(tmp_path: Path) -> None:
+    api_answers = asyncio.Event()
+
     async def behaviour(thread_id: str) -> PollResult:
-        if source.polls[thread_id] == 1:
+        if not api_answers.is_set():
             return PollResult(thread_id, "error", error="connection_error", started=time.monotonic())
-        if source.polls[thread_id] == 2:
+        if source.polls[thread_id] % 2:
             return await ok(thread_id)
         return PollResult(thread_id, "error", error="timeout", started=time.monotonic())
 
     source = FakeSource(behaviour)
     daemon = _daemon(tmp_path, source, ["t"], poll=0.01)
-    assert daemon.ready()[0] is False
-    asyncio.run(_run_until(daemon, lambda: source.polls["t"] >= 1 and daemon.health.polls_applied >= 1))
-    assert daemon.ready() == (False, "waiting for the first poll that reaches the API")
-    asyncio.run(_run_until(daemon, lambda: source.polls["t"] >= 4))
-    assert daemon.ready() == (True, "ok")
-    assert daemon.state.api_up == 0.0  # the outage shows in the metric, not in readiness
-    assert daemon.healthy()[0]
+    assert daemon.ready() == (False, "starting")
+
+    async def scenario() -> None:
+        async def until(done: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 10
+            while not done():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)  # polling interval under a deadline
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        await until(lambda: daemon.health.polls_applied >= 2)
+        assert daemon.ready() == (False, "waiting for the first poll that reaches the API")
+        api_answers.set()
+        await until(lambda: daemon.health.reached_api and daemon.state.api_up == 0.0)
+        assert daemon.ready() == (True, "ok")  # the outage shows in the metric, not in readiness
+        assert daemon.healthy()[0]
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_loop_writes_nothing_and_still_refreshes_metrics(tmp_path: Path) -> None:
+    async def hang(thread_id: str) -> PollResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    source = FakeSource(hang)
+    daemon = _daemon(tmp_path, source, ["t"])
+    commits: list[float] = []
+    real_commit = daemon.store.commit
+    daemon.store.commit = lambda *a, **k: (commits.append(time.monotonic()), real_commit(*a, **k))[1]  # type: ignore[method-assign]
+    publishes: list[float] = []
+    real_update = daemon.collector.update
+    daemon.collector.update = lambda fams: (publishes.append(time.monotonic()), real_update(fams))[1]  # type: ignore[method-assign]
+    start = time.monotonic()
+    asyncio.run(_run_until(daemon, lambda: time.monotonic() - start > 2.5))
+    assert len(commits) <= 2  # the first tick (thread registered) and the shutdown
+    assert 3 <= len(publishes) <= 6  # about once a second
