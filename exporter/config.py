@@ -26,13 +26,13 @@ import yaml
 
 from exporter import __version__
 from exporter.metrics_spec import RUN_LABELS_CHOICES
+from exporter.model import thread_id_problem
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "ASSISTANTS_EXPORTER_"
 # Checked in this order; the first non-empty one wins. The key file, when given, wins over both.
 API_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "OPENAI_API_KEY")
-MAX_THREAD_ID_LEN = 256
 AUTH_HEADERS: tuple[str, ...] = ("bearer", "api-key")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
@@ -457,20 +457,6 @@ def _prepare_state_file(flag: Flag, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- threads
-
-
-_BAD_ID_CHARS = re.compile(r"[\s/\\?#%]|[\x00-\x1f\x7f]")
-
-
-def thread_id_problem(thread_id: str) -> str | None:
-    """Why thread_id can't be a thread id (it goes into a URL path), or None if it is fine."""
-    if not thread_id:
-        return "empty"
-    if len(thread_id) > MAX_THREAD_ID_LEN:
-        return f"longer than {MAX_THREAD_ID_LEN} characters"
-    if _BAD_ID_CHARS.search(thread_id):
-        return "contains whitespace, a slash or another character not allowed in an id"
-    return None
 
 
 @dataclass(frozen=True, slots=True)

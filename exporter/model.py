@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,21 @@ INVALID_REASONS: tuple[str, ...] = (
 )
 
 _MAX_ID_LEN = 256
+MAX_THREAD_ID_LEN = 256
+_BAD_ID_CHARS = re.compile(r"[\s/\\?#%]")
+
+
+def thread_id_problem(thread_id: object) -> str | None:
+    """Why a thread id cannot be used (it goes into a URL path), or None when it can."""
+    if not isinstance(thread_id, str) or not thread_id:
+        return "empty"
+    if len(thread_id) > MAX_THREAD_ID_LEN:
+        return f"longer than {MAX_THREAD_ID_LEN} characters"
+    if thread_id in (".", "..") or _BAD_ID_CHARS.search(thread_id) or any(
+        unicodedata.category(ch) == "Cc" for ch in thread_id
+    ):
+        return "contains whitespace, a slash or another character not allowed in an id"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,11 +199,11 @@ def test_empty_key_sends_no_credentials() -> None:
 
 def test_thread_id_is_path_quoted() -> None:
     h = Harness(lambda r: page([]))
-    assert h.poll("thr a?b#c%d").outcome == "ok"
-    assert h.requests[0].url.raw_path == b"/v1/threads/thr%20a%3Fb%23c%25d/runs?order=desc&limit=100"
+    assert h.poll("thr_a:b@c+\u00e9").outcome == "ok"
+    assert h.requests[0].url.raw_path == b"/v1/threads/thr_a%3Ab%40c%2B%C3%A9/runs?order=desc&limit=100"
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", ".", "..", "a\nb", "a\x00b", "a\x7fb", "x" * 257])
+@pytest.mark.parametrize("bad", ["", "a/b", ".", "..", "a\nb", "a\x00b", "a\x7fb", "x" * 257, "thr a?b#c%d"])
 def test_bad_thread_ids_are_rejected_without_a_request(bad: str) -> None:
     h = Harness(lambda r: page([]))
     result = h.poll(bad)

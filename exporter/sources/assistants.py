@@ -14,7 +14,6 @@ import math
 import random
 import re
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from exporter import __version__
-from exporter.model import REASON_MALFORMED_PAGE, RunSnapshot, parse_run
+from exporter.model import REASON_MALFORMED_PAGE, RunSnapshot, parse_run, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.ratelimit import TokenBucket
 
@@ -37,7 +36,6 @@ BACKOFF_CAP = 8.0
 RETRY_AFTER_DEFAULT = 1.0  # when a 429 carries no usable hint
 RETRY_AFTER_CAP = 60.0  # a hostile or buggy hint must not stall the exporter for hours
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 100 runs are ~0.5 MB; anything far larger is not a runs page
-MAX_THREAD_ID_LEN = 256
 
 _DIGITS = re.compile(r"[0-9]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
@@ -133,19 +131,6 @@ def build_headers(settings: ApiSettings) -> dict[str, str]:
     if settings.project:
         headers["OpenAI-Project"] = settings.project
     return headers
-
-
-def thread_id_problem(thread_id: object) -> str | None:
-    """Why a thread id cannot go into a URL path, or None when it can."""
-    if not isinstance(thread_id, str) or not thread_id:
-        return "empty or non-string thread id"
-    if len(thread_id) > MAX_THREAD_ID_LEN:
-        return "thread id too long"
-    if "/" in thread_id or thread_id in (".", ".."):
-        return "thread id contains a path separator"
-    if any(unicodedata.category(ch) == "Cc" for ch in thread_id):
-        return "thread id contains control characters"
-    return None
 
 
 def parse_retry_after(headers: httpx.Headers) -> float:
