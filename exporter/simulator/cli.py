@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from exporter.config import parse_listen
 from exporter.simulator.faults import Faults
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.server import Simulator
@@ -28,10 +29,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {value!r}") from None
 
 
 def _positive(value: str) -> float:
