@@ -11,8 +11,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter.logs import RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
-from exporter.sources import PollResult
+from exporter.sources import PollResult, StopRule
 from exporter.sources.assistants import AssistantsSource
 from exporter.store import Store
 from exporter.tracker import Tracker
@@ -55,7 +56,7 @@ class Health:
     started: bool = False
 
 
-class ThreadsFile:
+class ThreadsFileWatcher:
     """Re-reads a threads file when it changes; keeps the last good list when it cannot be read."""
 
     def __init__(self, path: Path, reader: Callable[[Path], Collection[str]]) -> None:
@@ -92,7 +93,7 @@ class Daemon:
         collector: SnapshotCollector,
         schedule: Schedule,
         static_threads: Collection[str] = (),
-        threads_file: ThreadsFile | None = None,
+        threads_file: ThreadsFileWatcher | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -110,7 +111,7 @@ class Daemon:
         self.slots: dict[str, ThreadSlot] = {}
         self._rng = random.Random()
         self._next_file_check = 0.0
-        self._invalid_logged: dict[str, float] = {}
+        self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._published_at = float("-inf")
 
     # -- hooks from the source ------------------------------------------------------------
@@ -133,7 +134,8 @@ class Daemon:
             if tid not in self.slots:
                 self.tracker.watch(tid)
                 self.slots[tid] = ThreadSlot(due=self.mono())
-        for tid in [t for t in self.slots if t not in set(wanted)]:
+        keep = set(wanted)
+        for tid in [t for t in self.slots if t not in keep]:
             slot = self.slots.pop(tid)
             if slot.task is not None:
                 slot.task.cancel()
@@ -174,7 +176,7 @@ class Daemon:
                 stop_rule = self._stop_rule(tid)
                 slot.task = asyncio.create_task(self.source.poll_thread(tid, stop_rule), name=f"poll:{tid}")
 
-    def _stop_rule(self, thread_id: str) -> Callable[..., bool]:
+    def _stop_rule(self, thread_id: str) -> StopRule:
         return lambda seen: self.tracker.should_stop(thread_id, seen)
 
     async def _wait(self, stop: asyncio.Event) -> None:
@@ -249,8 +251,7 @@ class Daemon:
         slot.due = result.started + delay
 
     def _log_invalid(self, reason: str, thread_id: str, now: float) -> None:
-        if now - self._invalid_logged.get(reason, float("-inf")) >= INVALID_LOG_INTERVAL:
-            self._invalid_logged[reason] = now
+        if self._invalid_log.allow(reason, now):
             log.warning("skipped malformed data from thread %s: %s (logged once a minute per reason)",
                         thread_id, reason)
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from exporter.config import read_threads_file
-from exporter.daemon import Daemon, Schedule, ThreadsFile
+from exporter.daemon import Daemon, Schedule, ThreadsFileWatcher
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
 from exporter.sources import PollResult, StopRule
@@ -51,7 +51,7 @@ def _daemon(tmp_path: Path, source: FakeSource, threads: Sequence[str] = (), thr
         collector=SnapshotCollector(),
         schedule=Schedule(poll, idle),
         static_threads=threads,
-        threads_file=ThreadsFile(threads_file, read_threads_file) if threads_file else None,
+        threads_file=ThreadsFileWatcher(threads_file, read_threads_file) if threads_file else None,
     )
 
 
