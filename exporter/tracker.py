@@ -245,10 +245,10 @@ class Tracker:
         self.changes.upsert(run)
 
     def _update(self, run: RunState, snap: RunSnapshot, now: float) -> None:
+        if run.started_at is None and snap.started_at is not None:
+            run.started_at = snap.started_at
+            self.changes.upsert(run)
         if snap.status == run.status and (snap.assistant_id, snap.model) == (run.assistant_id, run.model):
-            if run.started_at is None and snap.started_at is not None:
-                run.started_at = snap.started_at
-                self.changes.upsert(run)
             return  # the common case: nothing moved, and the indexes stay as they are
         self._unindex(run)
         try:
@@ -261,16 +261,12 @@ class Tracker:
             run.assistant_id, run.model = snap.assistant_id, snap.model
             self.changes.upsert(run)
         if snap.status == run.status:
-            if run.started_at is None and snap.started_at is not None:
-                run.started_at = snap.started_at
-                self.changes.upsert(run)
             return
         labels = self.labels_of(run)
         for stint in _ended_stints(run, snap, now):
             self.aggregates.observe(STATUS_DURATION, (stint.status, *labels), max(0.0, stint.end - stint.start))
         first_in_progress = run.status == statuses.QUEUED and snap.status == statuses.IN_PROGRESS
         run.status = snap.status
-        run.started_at = run.started_at if run.started_at is not None else snap.started_at
         if snap.terminal:
             self._finish(run, snap, now)
         else:
