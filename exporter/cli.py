@@ -128,8 +128,7 @@ def _demo(config: Config) -> Iterator[Config]:
 def _open_tracker(config: Config) -> tuple[Store, Tracker, float]:
     store = Store(config.state_file, config.labels)
     loaded = store.load()
-    tracker = Tracker(config.labels, config.terminal_retention, loaded.aggregates)
-    tracker.restore(loaded.threads, loaded.runs, loaded.finishes)
+    tracker = loaded.tracker(config.labels, config.terminal_retention)
     last_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     log.info("state %s: %d runs, %d threads known", config.state_file, len(loaded.runs), len(loaded.threads))
     return store, tracker, last_success

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
 from exporter.metrics_spec import spec
-from exporter.tracker import Changes, Finish, RunState, ThreadState
+from exporter.tracker import Changes, Finish, RunState, ThreadState, Tracker
 
 SCHEMA_VERSION = 1
 
@@ -48,6 +48,12 @@ class Loaded:
     finishes: list[Finish] = field(default_factory=list)
     aggregates: Aggregates = field(default_factory=Aggregates)
     meta: dict[str, str] = field(default_factory=dict)
+
+    def tracker(self, extra_labels: Sequence[str], retention: float) -> Tracker:
+        """A tracker that carries on from this state."""
+        tracker = Tracker(extra_labels, retention, self.aggregates)
+        tracker.restore(self.threads, self.runs, self.finishes)
+        return tracker
 
 
 def label_names(name: str, extra_labels: Sequence[str]) -> tuple[str, ...]:

@@ -33,8 +33,7 @@ def _reload(path: Path, labels: list[str]) -> Tracker:
     store = Store(path, labels)
     loaded = store.load()
     store.close()
-    tr = Tracker(labels, 3600, loaded.aggregates)
-    tr.restore(loaded.threads, loaded.runs, loaded.finishes)
+    tr = loaded.tracker(labels, 3600)
     return tr
 
 

@@ -86,10 +86,7 @@ def _oldest_brute_force(tracker: Tracker, now: float) -> dict[tuple[str, ...], f
 
 
 def _new_tracker(store: Store, retention: float) -> Tracker:
-    loaded = store.load()
-    tracker = Tracker(["assistant_id"], retention, loaded.aggregates)
-    tracker.restore(loaded.threads, loaded.runs, loaded.finishes)
-    return tracker
+    return store.load().tracker(["assistant_id"], retention)
 
 
 def _commit(tracker: Tracker, store: Store) -> None:
