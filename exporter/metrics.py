@@ -19,8 +19,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__, statuses
-from exporter.aggregates import Aggregates, Histogram, LabelValues
-from exporter.metrics_spec import DURATION_BUCKETS, METRICS, POLL_BUCKETS, RATIO_WINDOWS, MetricSpec
+from exporter.aggregates import BUCKETS, Aggregates, Histogram, LabelValues
+from exporter.metrics_spec import METRICS, RATIO_WINDOWS, MetricSpec
 from exporter.model import INVALID_REASONS
 from exporter.tracker import Tracker
 
@@ -84,9 +84,14 @@ def _histogram(metric: str, extra: tuple[str, ...]) -> HistogramMetricFamily:
     return HistogramMetricFamily(metric, _SPECS[metric].help, labels=_labels(metric, extra))
 
 
-def _counter_with_defaults(agg: Aggregates, metric: str, extra: tuple[str, ...], first_values: Iterable[str],
-                           label_sets: Iterable[LabelValues]) -> CounterMetricFamily:
-    values: dict[LabelValues, float] = {(v, *ls): 0.0 for ls in label_sets for v in first_values}
+def _keys(first_values: Iterable[str], label_sets: Iterable[LabelValues]) -> list[LabelValues]:
+    """Every (first label value, *extra label values) combination, to export at zero until it occurs."""
+    return [(v, *ls) for ls in label_sets for v in first_values]
+
+
+def _counter_family(agg: Aggregates, metric: str, extra: tuple[str, ...],
+                    defaults: Iterable[LabelValues]) -> CounterMetricFamily:
+    values: dict[LabelValues, float] = dict.fromkeys(defaults, 0.0)
     values.update(agg.counter_items(metric))
     fam = _counter(metric, extra)
     for labels, value in sorted(values.items()):
@@ -94,11 +99,9 @@ def _counter_with_defaults(agg: Aggregates, metric: str, extra: tuple[str, ...],
     return fam
 
 
-def _histogram_family(agg: Aggregates, metric: str, extra: tuple[str, ...], first_values: Iterable[str],
-                      label_sets: Iterable[LabelValues], bounds: tuple[float, ...]) -> HistogramMetricFamily:
-    hists: dict[LabelValues, Histogram] = {(v, *ls): Histogram.empty(bounds) for ls in label_sets for v in first_values}
-    if not _labels(metric, extra):
-        hists.setdefault((), Histogram.empty(bounds))
+def _histogram_family(agg: Aggregates, metric: str, extra: tuple[str, ...],
+                      defaults: Iterable[LabelValues]) -> HistogramMetricFamily:
+    hists: dict[LabelValues, Histogram] = {key: Histogram.empty(BUCKETS[metric]) for key in defaults}
     hists.update(agg.histogram_items(metric))
     fam = _histogram(metric, extra)
     for labels, hist in sorted(hists.items()):
@@ -119,12 +122,12 @@ def run_families(tracker: Tracker, now: float) -> list[Metric]:
             runs.add_metric([status, *ls], counts.get((status, *ls), 0))
     fams.append(runs)
 
-    fams.append(_counter_with_defaults(agg, "assistants_runs_finished_total", extra,
-                                       statuses.TERMINAL_STATUSES, label_sets))
+    fams.append(_counter_family(agg, "assistants_runs_finished_total", extra,
+                                _keys(statuses.TERMINAL_STATUSES, label_sets)))
     fams.append(_histogram_family(agg, "assistants_run_status_duration_seconds", extra,
-                                  statuses.NON_TERMINAL, label_sets, DURATION_BUCKETS))
+                                  _keys(statuses.NON_TERMINAL, label_sets)))
     fams.append(_histogram_family(agg, "assistants_run_duration_seconds", extra,
-                                  statuses.TERMINAL_STATUSES, label_sets, DURATION_BUCKETS))
+                                  _keys(statuses.TERMINAL_STATUSES, label_sets)))
 
     oldest = _gauge("assistants_run_oldest_age_seconds", extra)
     ages = tracker.oldest_ages(now)
@@ -141,10 +144,10 @@ def run_families(tracker: Tracker, now: float) -> list[Metric]:
                 fam.add_metric([window, *ls], ratios.get((kind, window, *ls), 0.0))
         fams.append(fam)
 
-    fams.append(_counter_with_defaults(agg, "assistants_run_errors_total", extra, KNOWN_ERROR_CODES, label_sets))
-    fams.append(_counter_with_defaults(agg, "assistants_run_incomplete_total", extra,
-                                       KNOWN_INCOMPLETE_REASONS, label_sets))
-    fams.append(_counter_with_defaults(agg, "assistants_run_tokens_total", extra, TOKEN_TYPES, label_sets))
+    fams.append(_counter_family(agg, "assistants_run_errors_total", extra, _keys(KNOWN_ERROR_CODES, label_sets)))
+    fams.append(_counter_family(agg, "assistants_run_incomplete_total", extra,
+                                _keys(KNOWN_INCOMPLETE_REASONS, label_sets)))
+    fams.append(_counter_family(agg, "assistants_run_tokens_total", extra, _keys(TOKEN_TYPES, label_sets)))
     return fams
 
 
@@ -154,12 +157,12 @@ def exporter_families(tracker: Tracker, state: ExporterState) -> list[Metric]:
     up = _gauge("assistants_exporter_api_up", ())
     up.add_metric([], state.api_up)
     fams.append(up)
-    fams.append(_counter_with_defaults(agg, "assistants_exporter_api_requests_total", (), (), ()))
+    fams.append(_counter_family(agg, "assistants_exporter_api_requests_total", (), ()))
     if state.rate_limit_remaining is not None:
         remaining = _gauge("assistants_exporter_rate_limit_remaining_requests", ())
         remaining.add_metric([], state.rate_limit_remaining)
         fams.append(remaining)
-    fams.append(_histogram_family(agg, "assistants_exporter_poll_duration_seconds", (), (), (), POLL_BUCKETS))
+    fams.append(_histogram_family(agg, "assistants_exporter_poll_duration_seconds", (), [()]))
     last = _gauge("assistants_exporter_last_poll_success_timestamp_seconds", ())
     last.add_metric([], state.last_poll_success)
     fams.append(last)
@@ -167,7 +170,7 @@ def exporter_families(tracker: Tracker, state: ExporterState) -> list[Metric]:
     for name, count in tracker.thread_states().items():
         threads.add_metric([name], count)
     fams.append(threads)
-    fams.append(_counter_with_defaults(agg, "assistants_exporter_invalid_objects_total", (), INVALID_REASONS, [()]))
+    fams.append(_counter_family(agg, "assistants_exporter_invalid_objects_total", (), _keys(INVALID_REASONS, [()])))
     info = _gauge("assistants_exporter_build_info", ())
     info.add_metric([__version__], 1)
     fams.append(info)
