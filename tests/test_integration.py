@@ -35,11 +35,11 @@ def _quiesce(sim: Simulator, timeout: float = 40) -> None:
     wait_until(idle, timeout, interval=0.2, what="simulator runs to finish")
 
 
-def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str], state: str = "state.db") -> ExporterProcess:
+def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str]) -> ExporterProcess:
     threads_file = tmp_path / "threads.txt"
     if not threads_file.exists():
         threads_file.write_text("# watched threads\n" + "\n".join(threads) + "\n")
-    args = ["--api-base", sim.base_url, "--threads-file", str(threads_file), "--state-file", str(tmp_path / state),
+    args = ["--api-base", sim.base_url, "--threads-file", str(threads_file), "--state-file", str(tmp_path / "state.db"),
             "--poll-interval", "0.2", "--idle-poll-interval", "0.5", "--max-requests-per-second", "500",
             "--log-level", "info"]
     return ExporterProcess(args, {"OPENAI_API_KEY": "sk-test-integration"}, tmp_path / "exporter.log").start()
@@ -51,12 +51,22 @@ def _swept(exporter: ExporterProcess, sim: Simulator) -> None:
     wait_until(lambda: total(exporter.scrape(), "assistants_runs") == want, 30, 0.2, "initial sweep")
 
 
-def _run_workload(sim: Simulator, finishes: int) -> int:
-    """Start arrivals one second after now; stop after `finishes` runs ended. Returns that start second."""
+def _finished(sim: Simulator, since: int) -> int:
+    return sum(sim.engine.truth(since).finished.values())
+
+
+def _start_workload(sim: Simulator) -> int:
+    """Start arrivals at the next whole second, so nothing before it can end at or after it. Returns it."""
     since = sim.engine.truth().now + 1
     wait_until(lambda: sim.engine.now() >= since, 5, 0.05, "the next second")
     sim.engine.set_workload(True)
-    wait_until(lambda: sum(sim.engine.truth(since).finished.values()) >= finishes, 90, 0.2, "workload")
+    return since
+
+
+def _run_workload(sim: Simulator, finishes: int) -> int:
+    """Run arrivals until `finishes` runs ended. Returns the second they started."""
+    since = _start_workload(sim)
+    wait_until(lambda: _finished(sim, since) >= finishes, 90, 0.2, "workload")
     sim.engine.set_workload(False)
     return since
 
@@ -102,7 +112,6 @@ def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> N
         assert total(samples, "assistants_exporter_threads", state="idle") == len(sim.thread_ids())
     finally:
         exporter.stop()
-    print(exporter.logs())
 
 
 def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> None:
@@ -111,17 +120,15 @@ def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> Non
     try:
         exporter.wait_ready()
         _swept(exporter, sim)
-        since = sim.engine.truth().now + 1
-        wait_until(lambda: sim.engine.now() >= since, 5, 0.05, "the next second")
-        sim.engine.set_workload(True)
+        since = _start_workload(sim)
         wait_until(lambda: total(exporter.scrape(), FINISHED) >= 20, 60, 0.2, "some counted finishes")
         exporter.kill9()
         # Runs keep ending while the exporter is down; they must be counted once after the restart.
-        down_until = sum(sim.engine.truth(since).finished.values()) + 15
-        wait_until(lambda: sum(sim.engine.truth(since).finished.values()) >= down_until, 60, 0.2, "downtime")
+        down_until = _finished(sim, since) + 15
+        wait_until(lambda: _finished(sim, since) >= down_until, 60, 0.2, "downtime")
         exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
         exporter.wait_ready()
-        wait_until(lambda: sum(sim.engine.truth(since).finished.values()) >= down_until + 40, 60, 0.2, "workload")
+        wait_until(lambda: _finished(sim, since) >= down_until + 40, 60, 0.2, "workload")
         sim.engine.set_workload(False)
         _quiesce(sim)
         _assert_totals_match(exporter, sim, since)
