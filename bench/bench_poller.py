@@ -135,7 +135,7 @@ async def poll_all(
     source = AssistantsSource(settings, on_request=count, transport=transport)
     try:
         start = time.perf_counter()
-        results = await asyncio.gather(*(source.poll_thread(t, lambda runs: False) for t in thread_ids))
+        results = await asyncio.gather(*(source.poll(t, lambda runs: False) for t in thread_ids))
         elapsed = time.perf_counter() - start
     finally:
         await source.aclose()

@@ -30,7 +30,7 @@ def _tracker(runs: int, assistants: int) -> Tracker:
     tr = Tracker(["assistant_id"], 3600)
     threads = max(1, runs // 100)
     for t in range(threads):
-        tr.observe(f"thread_{t}", [], T0, complete=True, ok=True)
+        tr.observe_listing(f"thread_{t}", [], T0, complete=True, ok=True)
     snaps: dict[str, list[RunSnapshot]] = {}
     for i in range(runs):
         tid = f"thread_{i % threads}"
@@ -38,7 +38,7 @@ def _tracker(runs: int, assistants: int) -> Tracker:
             f"run_{i}", tid, STATUSES[i % len(STATUSES)], T0 + 1, assistant_id=f"asst_{i % assistants}",
             started_at=T0 + 2, completed_at=T0 + 9, failed_at=T0 + 9, expires_at=T0 + 601))
     for tid, batch in snaps.items():
-        tr.observe(tid, batch, T0 + 10, complete=True, ok=True)
+        tr.observe_listing(tid, batch, T0 + 10, complete=True, ok=True)
     return tr
 
 

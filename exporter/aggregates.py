@@ -6,16 +6,10 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from exporter.metrics_spec import DURATION_BUCKETS, POLL_BUCKETS
+from exporter.metrics_spec import BUCKETS
 
 LabelValues = tuple[str, ...]
 Key = tuple[str, LabelValues]  # (metric name, label values in the metric's label order)
-
-BUCKETS: dict[str, tuple[float, ...]] = {
-    "assistants_run_status_duration_seconds": DURATION_BUCKETS,
-    "assistants_run_duration_seconds": DURATION_BUCKETS,
-    "assistants_exporter_poll_duration_seconds": POLL_BUCKETS,
-}
 
 
 @dataclass(slots=True)

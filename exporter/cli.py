@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -18,12 +18,14 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
-from exporter.daemon import Daemon, Schedule, ThreadsFileWatcher
+from exporter.daemon import Daemon
 from exporter.metrics import SnapshotCollector
+from exporter.scheduler import Schedule
 from exporter.server import MetricsServer, PortInUseError
+from exporter.sources import ListingSource
 from exporter.sources.assistants import ApiSettings, AssistantsSource
-from exporter.store import Store, StoreError
-from exporter.tracker import Tracker
+from exporter.store import Loaded, Store, StoreError
+from exporter.watchlist import ThreadsFileWatcher, WatchList
 
 log = logging.getLogger("exporter")
 
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args, os.environ)
         _check_demo_scenario(config)
-        if not config.demo:
+        if not config.demo and config.calls_api:
             _api_settings(config)  # validate now, before anything starts
     except ConfigError as exc:
         return _config_error(str(exc))
@@ -125,13 +127,11 @@ def _demo(config: Config) -> Iterator[Config]:
             sim.stop()
 
 
-def _open_tracker(config: Config) -> tuple[Store, Tracker, float]:
+def _open_store(config: Config) -> tuple[Store, Loaded]:
     store = Store(config.state_file, config.labels)
     loaded = store.load()
-    tracker = loaded.tracker(config.labels, config.terminal_retention)
-    last_success = float(loaded.meta.get("last_poll_success", "0") or 0)
-    log.info("state %s: %d runs, %d threads known", config.state_file, len(loaded.runs), len(loaded.threads))
-    return store, tracker, last_success
+    log.info("state %s: %d runs, %d threads known", config.state_file, len(loaded.runs), len(loaded.scopes))
+    return store, loaded
 
 
 def _api_settings(config: Config) -> ApiSettings:
@@ -154,25 +154,31 @@ def _build_api_settings(config: Config) -> ApiSettings:
     )
 
 
+def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, ListingSource]:
+    sources: dict[str, ListingSource] = {}
+    if "threads" in config.sources:
+        # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
+        sources["threads"] = AssistantsSource(
+            _api_settings(config),
+            on_request=lambda endpoint, code: daemon().on_request("threads", endpoint, code),
+            on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
+        )
+    return sources
+
+
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes) -> int:
-    store, tracker, last_success = _open_tracker(config)
+    store, loaded = _open_store(config)
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
-    # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
-    source = AssistantsSource(
-        _api_settings(config),
-        on_request=lambda endpoint, code: daemon.on_request(endpoint, code),
-        on_rate_limit_remaining=lambda remaining: daemon.on_rate_limit_remaining(remaining),
-    )
     daemon = Daemon(
-        source=source,
-        tracker=tracker,
+        sources=_listing_sources(config, lambda: daemon),
+        tracker=loaded.tracker(config.labels, config.terminal_retention),
         store=store,
         collector=collector,
-        schedule=Schedule(config.poll_interval, config.idle_poll_interval),
-        static_threads=config.threads,
-        threads_file=threads_file,
+        schedule=Schedule(config.poll_interval, config.idle_poll_interval, max_in_flight=config.max_concurrency),
+        watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched),
+        run_sources=config.sources,
     )
-    daemon.state.last_poll_success = last_success
+    daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     probes.daemon = daemon
     try:
         stop = asyncio.Event()

@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "ASSISTANTS_EXPORTER_"
 # Checked in this order; the first non-empty one wins. The key file, when given, wins over both.
 API_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "OPENAI_API_KEY")
+PUSH_TOKEN_ENV = "ASSISTANTS_EXPORTER_PUSH_TOKEN"
+MIN_PUSH_TOKEN = 16  # characters; a guessable token would open the write endpoints
+SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, PUSH_TOKEN_ENV)
+# --source values: the sources this version can run. `threads` is the default.
+SOURCES: tuple[str, ...] = ("threads", "push")
 AUTH_HEADERS: tuple[str, ...] = ("bearer", "api-key")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
@@ -86,6 +91,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--api-version", "str", None, "api-version query parameter (Azure).", "V"),
     Flag("--organization", "str", None, "OpenAI-Organization header.", "ORG", env_aliases=("OPENAI_ORG_ID",)),
     Flag("--project", "str", None, "OpenAI-Project header.", "PROJ", env_aliases=("OPENAI_PROJECT_ID",)),
+    Flag("--source", "list", ("threads",),
+         "Source to run; repeatable (env: comma-separated; YAML: a list): threads (poll threads), "
+         "push (accept runs on /api/v1/runs).", "NAME", yaml_key_override="sources"),
     Flag("--thread", "list", (), "Thread id to watch; repeatable (env: comma-separated; YAML: a list).",
          "ID", yaml_key_override="threads"),
     Flag("--threads-file", "str", None,
@@ -96,6 +104,12 @@ FLAGS: tuple[Flag, ...] = (
          "Seconds between polls of a thread with no unfinished runs (>= --poll-interval).", "S"),
     Flag("--max-concurrency", "int", 8, "Threads polled at the same time (1..256).", "N"),
     Flag("--max-requests-per-second", "float", 10.0, "Ceiling on API requests per second (> 0).", "R"),
+    Flag("--push-token-file", "str", None,
+         f"File of bearer tokens for the write endpoints, one a line (or env {PUSH_TOKEN_ENV}); "
+         "the endpoints exist only when a token is set.", "PATH"),
+    Flag("--push-max-body", "int", 1048576, "Largest request body the write endpoints accept, in bytes.", "BYTES"),
+    Flag("--max-watched", "int", 100000, "Most scopes (threads) watched at once; registrations past it get 429.",
+         "N"),
     Flag("--listen", "str", "0.0.0.0:9788",
          "Address for /metrics, /healthz, /readyz; HOST:PORT or [V6]:PORT.", "HOST:PORT"),
     Flag("--state-file", "str", None, f"SQLite state file; default {DEFAULT_STATE_FILE_DOC}.", "PATH"),
@@ -125,8 +139,13 @@ class Config:
     api_version: str | None = None
     organization: str | None = None
     project: str | None = None
+    sources: tuple[str, ...] = ("threads",)
     threads: tuple[str, ...] = ()
     threads_file: Path | None = None
+    push_tokens: tuple[str, ...] = field(default=(), repr=False)
+    push_token_file: Path | None = None
+    push_max_body: int = 1048576
+    max_watched: int = 100000
     poll_interval: float = 5.0
     idle_poll_interval: float = 60.0
     max_concurrency: int = 8
@@ -152,7 +171,12 @@ class Config:
 
     def secrets(self) -> tuple[str, ...]:
         """Strings the log filter must redact."""
-        return (self.api_key,) if self.api_key else ()
+        return ((self.api_key,) if self.api_key else ()) + self.push_tokens
+
+    @property
+    def calls_api(self) -> bool:
+        """Whether a source that calls the API runs (and so needs a key)."""
+        return "threads" in self.sources
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -182,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = flag.help + ("" if flag.kind == "bool" else _default_help(flag))
         if flag.kind == "bool":
             parser.add_argument(flag.name, action="store_true", help=help_text)
-        elif flag.kind == "list" and flag.name == "--thread":
+        elif flag.kind == "list" and flag.name in ("--thread", "--source"):
             parser.add_argument(flag.name, action="append", metavar=flag.metavar, help=help_text)
         else:
             parser.add_argument(flag.name, metavar=flag.metavar, help=help_text)
@@ -241,7 +265,7 @@ def _env_values(env: Mapping[str, str]) -> dict[str, _Raw]:
 
 
 def _env_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
-    known = {f.env for f in FLAGS} | {"ASSISTANTS_EXPORTER_API_KEY"}
+    known = {f.env for f in FLAGS} | {"ASSISTANTS_EXPORTER_API_KEY", PUSH_TOKEN_ENV}
     return tuple(
         f"ignoring unknown environment variable {name}" for name in sorted(env)
         if name.startswith(ENV_PREFIX) and name not in known
@@ -512,7 +536,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         from_yaml = _load_yaml(_as_str(FLAGS_BY_DEST["config"], config_raw))
     # Precedence: flag > env > YAML > default.
     merged: dict[str, _Raw] = {**from_yaml, **from_env, **from_flags}
-    secrets: list[str] = [v.strip() for var in API_KEY_ENV_VARS if (v := env.get(var, "")).strip()]
+    secrets: list[str] = [v.strip() for var in SECRET_ENV_VARS if (v := env.get(var, "")).strip()]
     try:
         return _build(merged, env, config_raw, secrets)
     except ConfigError as exc:
@@ -544,6 +568,10 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         return value
 
     demo: bool = get("demo", _as_bool)
+    sources: list[str] = get("source", _as_list) or ["threads"]
+    bad_sources = [name for name in sources if name not in SOURCES]
+    if bad_sources:
+        _fail(FLAGS_BY_DEST["source"], source("source"), f"each source must be one of {', '.join(SOURCES)}")
     api_base: str = get("api_base", _api_base)
     auth_header: str = get("auth_header", lambda f, r: _choice(f, r, AUTH_HEADERS))
     api_version: str | None = get("api_version", opt_str)
@@ -555,17 +583,32 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     api_key = _read_api_key(api_key_file, raw.get("api_key_file")) if api_key_file else _env_api_key(env)
     if api_key:
         secrets.append(api_key)  # so load_config can scrub it from any later error
-    if api_key is None and not demo:
+    if api_key is None and not demo and "threads" in sources:
         raise ConfigError("an API key is required (set OPENAI_API_KEY or use --api-key-file), "
                           "or run with --demo")
+
+    push_token_file_text: str | None = get("push_token_file", opt_str)
+    push_token_file = Path(push_token_file_text).expanduser() if push_token_file_text else None
+    push_tokens = _push_tokens(push_token_file, raw.get("push_token_file"), env)
+    secrets.extend(push_tokens)
+    if "push" in sources and not push_tokens:
+        raise ConfigError(f"--source push needs a token: --push-token-file or env {PUSH_TOKEN_ENV}")
 
     threads: tuple[str, ...] = tuple(get("thread", _thread_list))
     threads_file_text: str | None = get("threads_file", opt_str)
     threads_file = Path(threads_file_text).expanduser() if threads_file_text else None
     if threads_file is not None:
         _check_threads_file(threads_file, raw["threads_file"])
-    if not demo and not threads and threads_file is None:
-        raise ConfigError("--thread or --threads-file is required (or run with --demo)")
+    if not demo and "threads" in sources and not threads and threads_file is None and not push_tokens:
+        raise ConfigError("--thread or --threads-file is required (or a push token, to register threads "
+                          "over the API; or run with --demo)")
+
+    push_max_body: int = get("push_max_body", _as_int)
+    if not 1024 <= push_max_body <= 64 * 1024 * 1024:
+        _fail(FLAGS_BY_DEST["push_max_body"], source("push_max_body"), "must be 1024..67108864")
+    max_watched: int = get("max_watched", _as_int)
+    if max_watched < 1:
+        _fail(FLAGS_BY_DEST["max_watched"], source("max_watched"), "must be >= 1")
 
     poll_interval = number("poll_interval", 0.1)
     if "idle_poll_interval" in raw:
@@ -603,8 +646,13 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         api_version=api_version,
         organization=organization,
         project=project,
+        sources=tuple(sources),
         threads=threads,
         threads_file=threads_file,
+        push_tokens=tuple(push_tokens),
+        push_token_file=push_token_file,
+        push_max_body=push_max_body,
+        max_watched=max_watched,
         poll_interval=poll_interval,
         idle_poll_interval=idle_poll_interval,
         max_concurrency=max_concurrency,
@@ -660,6 +708,27 @@ def _read_api_key(path: Path, raw: _Raw | None) -> str:
     if any(c.isspace() for c in key):
         raise ConfigError(f"--api-key-file: {str(path)!r} must hold only the key (found whitespace inside)")
     return key
+
+
+def _push_tokens(path: Path | None, raw: _Raw | None, env: Mapping[str, str]) -> list[str]:
+    """Tokens from --push-token-file (one a line), else from the env var; the file wins."""
+    if path is None:
+        token = env.get(PUSH_TOKEN_ENV, "").strip()
+        tokens, where = ([token] if token else []), f"env {PUSH_TOKEN_ENV}"
+    else:
+        from exporter.sources.push import read_token_file
+
+        origin = f" (from {raw.origin})" if raw else ""
+        try:
+            tokens = read_token_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--push-token-file: cannot read {str(path)!r}: {_os_reason(exc)}{origin}") from None
+        if not tokens:
+            raise ConfigError(f"--push-token-file: {str(path)!r} holds no token{origin}")
+        where = f"--push-token-file {str(path)!r}"
+    if any(len(t) < MIN_PUSH_TOKEN or any(c.isspace() for c in t) for t in tokens):
+        raise ConfigError(f"{where}: each push token must be at least {MIN_PUSH_TOKEN} characters, with no spaces")
+    return tokens
 
 
 def _check_threads_file(path: Path, raw: _Raw) -> None:

@@ -1,51 +1,35 @@
-"""The poll loop: schedules threads, feeds the tracker, commits the store, refreshes the metrics."""
+"""The loop: starts due polls, drains finished polls and received updates into the tracker, commits the
+store (once per tick, for everything that arrived), answers the receivers, and publishes the metrics.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
+import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from exporter import metrics_spec as m
+from exporter.aggregates import Histogram, Key
+from exporter.inbox import Inbox, Pending, Registration, RunItems, resolve
 from exporter.logs import RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
-from exporter.sources import PollResult, StopRule
-from exporter.sources.assistants import AssistantsSource
+from exporter.scheduler import Schedule, Scheduler
+from exporter.sources import ListingSource, PollResult, StopRule
 from exporter.store import Store
-from exporter.tracker import Tracker
+from exporter.tracker import Changes, Tracker
+from exporter.watchlist import WatchList
 
 log = logging.getLogger(__name__)
 
-REQUESTS = "assistants_exporter_api_requests_total"
-INVALID = "assistants_exporter_invalid_objects_total"
-POLL_DURATION = "assistants_exporter_poll_duration_seconds"
-
 THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
-MAX_BACKOFF = 300.0
 INVALID_LOG_INTERVAL = 60.0
 PUBLISH_INTERVAL = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    poll_interval: float
-    idle_poll_interval: float
-    gone_poll_interval: float = 900.0
-
-    @property
-    def tick(self) -> float:
-        return min(0.25, self.poll_interval / 2)
-
-
-@dataclass(slots=True)
-class ThreadSlot:
-    due: float = 0.0  # monotonic
-    failures: int = 0
-    task: asyncio.Task[PollResult] | None = None
+STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
+STORE_RETRY_MAX = 30.0
 
 
 @dataclass(slots=True)
@@ -54,143 +38,157 @@ class Health:
     polls_applied: int = 0
     reached_api: bool = False  # since this process started
     started: bool = False
+    store_error: str | None = None  # why the last commit failed, until one succeeds
 
 
-class ThreadsFileWatcher:
-    """Re-reads a threads file when it changes; keeps the last good list when it cannot be read."""
+@dataclass(slots=True)
+class _Uncommitted:
+    """A tick's effects that the store refused; retried, merged with later ticks, until they are written."""
 
-    def __init__(self, path: Path, reader: Callable[[Path], Collection[str]]) -> None:
-        self.path = path
-        self._reader = reader
-        self._stamp: tuple[int, int, int] | None = None
-        self.threads: tuple[str, ...] = ()
-
-    def changed(self) -> bool:
-        try:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp == self._stamp:
-                return False
-            threads = tuple(self._reader(self.path))
-        except OSError as exc:
-            log.warning("cannot read threads file %s: %s; keeping %d threads", self.path,
-                        exc.strerror or exc, len(self.threads))
-            return False
-        self._stamp = stamp
-        if threads == self.threads:
-            return False
-        self.threads = threads
-        return True
+    changes: Changes
+    counters: dict[Key, float]
+    histograms: dict[Key, Histogram]
+    registrations: dict[str, str | None]
 
 
 class Daemon:
     def __init__(
         self,
         *,
-        source: AssistantsSource,
+        sources: Mapping[str, ListingSource],
         tracker: Tracker,
         store: Store,
         collector: SnapshotCollector,
         schedule: Schedule,
-        static_threads: Collection[str] = (),
-        threads_file: ThreadsFileWatcher | None = None,
+        watchlist: WatchList | None = None,
+        run_sources: Sequence[str] = (),
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.source = source
+        self.sources = dict(sources)
         self.tracker = tracker
         self.store = store
         self.collector = collector
         self.schedule = schedule
-        self.static_threads = tuple(static_threads)
-        self.threads_file = threads_file
+        self.watchlist = watchlist if watchlist is not None else WatchList()
+        # The `source` values to export at zero before any run arrives: every source that is on.
+        self.run_sources = tuple(run_sources) or tuple(self.sources)
         self.wall = wall
         self.mono = mono
+        self.scheduler = Scheduler(schedule, mono)
         self.state = ExporterState()
         self.health = Health()
-        self.slots: dict[str, ThreadSlot] = {}
-        self._rng = random.Random()
+        self._wake = asyncio.Event()
+        self.inbox = Inbox(self._wake.set)
         self._next_file_check = 0.0
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
+        self._store_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._published_at = float("-inf")
+        self._uncommitted: _Uncommitted | None = None
+        self._store_retry_at = 0.0
+        self._store_delay = STORE_RETRY_MIN
+        self._answer: list[Pending] = []  # received items whose commit has not succeeded yet
 
-    # -- hooks from the source ------------------------------------------------------------
+    # -- hooks from the sources -----------------------------------------------------------
 
-    def on_request(self, endpoint: str, code: str) -> None:
-        self.tracker.aggregates.inc(REQUESTS, (endpoint, code))
+    def on_request(self, source: str, endpoint: str, code: str) -> None:
+        self.tracker.aggregates.inc(m.API_REQUESTS.name, (source, endpoint, code))
 
     def on_rate_limit_remaining(self, remaining: int) -> None:
         self.state.rate_limit_remaining = float(remaining)
 
+    def on_push_request(self, code: int) -> None:
+        self.tracker.aggregates.inc(m.PUSH_REQUESTS.name, (str(code),))
+
     # -- watch list -----------------------------------------------------------------------
 
-    def wanted_threads(self) -> list[str]:
-        extra = self.threads_file.threads if self.threads_file else ()
-        return list(dict.fromkeys((*self.static_threads, *extra)))
-
-    def sync_threads(self) -> None:
-        wanted = self.wanted_threads()
-        for tid in wanted:
-            if tid not in self.slots:
-                self.tracker.watch(tid)
-                self.slots[tid] = ThreadSlot(due=self.mono())
-        keep = set(wanted)
-        for tid in [t for t in self.slots if t not in keep]:
-            slot = self.slots.pop(tid)
+    def sync_scopes(self) -> None:
+        wanted = {scope: source for scope, source in self.watchlist.wanted().items() if source in self.sources}
+        added, removed = self.scheduler.sync(wanted)
+        for scope in added:
+            self.tracker.watch(scope)
+        for slot in removed:
             if slot.task is not None:
                 slot.task.cancel()
-        for tid in [t for t in self.tracker.threads if t not in self.slots]:
-            self.tracker.unwatch(tid)
+        for scope in [s for s in self.tracker.scopes if s not in self.scheduler.slots]:
+            self.tracker.unwatch(scope)
+        if added or removed:
+            self._wake.set()
 
     def _check_threads_file(self) -> None:
         now = self.mono()
-        if self.threads_file is None or now < self._next_file_check:
+        threads_file = self.watchlist.threads_file
+        if threads_file is None or now < self._next_file_check:
             return
         self._next_file_check = now + THREADS_FILE_CHECK
-        if self.threads_file.changed():
-            log.info("threads file %s: %d threads", self.threads_file.path, len(self.threads_file.threads))
-            self.sync_threads()
+        if threads_file.changed():
+            log.info("threads file %s: %d threads", threads_file.path, len(threads_file.threads))
+            self.sync_scopes()
 
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.threads_file is not None:
-            self.threads_file.changed()
-        self.sync_threads()
+        if self.watchlist.threads_file is not None:
+            self.watchlist.threads_file.changed()
+        self.sync_scopes()
         self.publish()
         self.health.started = True
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        stopper.add_done_callback(lambda _: self._wake.set())
         try:
             while not stop.is_set():
                 self.health.last_tick = self.mono()
-                self._check_threads_file()
-                self._launch_due()
-                await self._wait(stop)
-                self._apply_finished()
+                self.launch_due()
+                await self._wait()
+                self.step()
         finally:
+            stopper.cancel()
             await self._shutdown()
 
-    def _launch_due(self) -> None:
-        now = self.mono()
-        for tid, slot in self.slots.items():
-            if slot.task is None and slot.due <= now:
-                stop_rule = self._stop_rule(tid)
-                slot.task = asyncio.create_task(self.source.poll_thread(tid, stop_rule), name=f"poll:{tid}")
+    def launch_due(self) -> None:
+        for scope in self.scheduler.due(self.tracker.is_active):
+            slot = self.scheduler.slots[scope]
+            source = self.sources[slot.source]
+            slot.task = asyncio.create_task(source.poll(scope, self._stop_rule(scope)), name=f"poll:{scope}")
+            slot.task.add_done_callback(lambda _: self._wake.set())
 
-    def _stop_rule(self, thread_id: str) -> StopRule:
-        return lambda seen: self.tracker.should_stop(thread_id, seen)
+    def _stop_rule(self, scope: str) -> StopRule:
+        return lambda seen: self.tracker.should_stop(scope, seen)
 
-    async def _wait(self, stop: asyncio.Event) -> None:
-        now = self.mono()
-        idle_due = [s.due for s in self.slots.values() if s.task is None]
-        timeout = self.schedule.tick
-        if idle_due:
-            timeout = max(0.0, min(timeout, min(idle_due) - now))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=max(timeout, 0.01))
+    async def _wait(self) -> None:
+        timeout = self.scheduler.next_wake()
+        if self._uncommitted is not None:
+            timeout = min(timeout, max(0.0, self._store_retry_at - self.mono()))
+        if not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
+        self._wake.clear()
 
-    def _apply_finished(self) -> None:
+    def step(self) -> None:
+        """Apply whatever finished or arrived, commit it, answer the receivers, publish."""
+        self._check_threads_file()
+        results = self._reap()
+        received = self.inbox.drain()
+        now = self.wall()
+        for result in results:
+            self._apply(result, now)
+        if results:
+            self._note_api(results)
+        for pending in received:
+            self._apply_item(pending.item, now)
+        self.tracker.expire(now)
+        if received or results or self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted:
+            self._answer.extend(received)
+            if self.commit():
+                answered, self._answer = self._answer, []
+                resolve(answered)
+        # Ages and windowed ratios move with time alone: refresh at least once a second.
+        if results or received or self.mono() - self._published_at >= PUBLISH_INTERVAL:
+            self.publish()
+
+    def _reap(self) -> list[PollResult]:
         results: list[PollResult] = []
-        for slot in self.slots.values():
+        for scope, slot in self.scheduler.slots.items():
             if slot.task is not None and slot.task.done():
                 task, slot.task = slot.task, None
                 if task.cancelled():
@@ -198,80 +196,122 @@ class Daemon:
                 exc = task.exception()
                 if exc is not None:  # a source bug must not kill the loop
                     log.error("poll task failed: %r", exc)
-                    slot.due = self.mono() + self.schedule.poll_interval
+                    self.scheduler.failed(scope)
                     continue
                 results.append(task.result())
-        now = self.wall()
-        for result in results:
-            self._apply(result, now)
-        self.tracker.expire(now)
-        if results or self.tracker.changes or self.tracker.aggregates.dirty:
-            self.commit()
-        # Ages and windowed ratios move with time alone: refresh at least once a second.
-        if results or self.mono() - self._published_at >= PUBLISH_INTERVAL:
-            self.publish()
+        return results
 
     def _apply(self, result: PollResult, now: float) -> None:
         tracker = self.tracker
         if result.outcome == "gone":
-            tracker.mark_gone(result.thread_id)
+            tracker.mark_gone(result.scope)
         else:
-            tracker.observe(result.thread_id, result.runs, now, complete=result.complete,
-                            ok=result.outcome == "ok")
+            tracker.observe_listing(result.scope, result.runs, now, complete=result.complete,
+                                    ok=result.outcome == "ok")
         for reason, count in result.invalid.items():
-            tracker.aggregates.inc(INVALID, (reason,), count)
-            self._log_invalid(reason, result.thread_id, now)
-        tracker.aggregates.observe(POLL_DURATION, (), result.duration)
-        self.state.api_up = 1.0 if result.api_reached else 0.0
+            tracker.aggregates.inc(m.INVALID_OBJECTS.name, (reason,), count)
+            self._log_invalid(reason, result.scope, now)
+        tracker.aggregates.observe(m.POLL_DURATION.name, (), result.duration)
         if result.api_reached:
             self.state.last_poll_success = now
             self.health.reached_api = True
         if result.error:
-            log.warning("poll of thread %s failed: %s", result.thread_id, result.error)
+            log.warning("poll of %s failed: %s", result.scope, result.error)
         self.health.polls_applied += 1
-        self._reschedule(result)
+        self.scheduler.finished(result, tracker.is_active(result.scope))
 
-    def _reschedule(self, result: PollResult) -> None:
-        slot = self.slots.get(result.thread_id)
-        if slot is None:
+    def _note_api(self, results: list[PollResult]) -> None:
+        """api_up{source}: whether the polls of that source that ended in this tick reached its API."""
+        by_source: dict[str, bool] = {}
+        for result in results:
+            slot = self.scheduler.slots.get(result.scope)
+            source = slot.source if slot is not None else next(iter(self.sources), "")
+            by_source[source] = by_source.get(source, False) or result.api_reached
+        for source, reached in by_source.items():
+            self.state.api_up[source] = 1.0 if reached else 0.0
+
+    def _apply_item(self, item: RunItems | Registration, now: float) -> None:
+        if isinstance(item, Registration):
+            item.result = (self.watchlist.register(item.scope, item.source) if item.add  # type: ignore[assignment]
+                           else self.watchlist.unregister(item.scope))
+            if item.result in ("added", "removed"):
+                self.sync_scopes()
             return
-        sched = self.schedule
-        if result.outcome == "error":
-            slot.failures += 1
-            base = min(MAX_BACKOFF, sched.poll_interval * 2 ** min(slot.failures, 16))
-            delay = base * (0.5 + self._rng.random() / 2)
-        else:
-            slot.failures = 0
-            if result.outcome == "gone":
-                delay = sched.gone_poll_interval
-            elif self.tracker.is_active(result.thread_id):
-                delay = sched.poll_interval
+        agg = self.tracker.aggregates
+        outcome = item.outcome
+        for snap in item.runs:
+            result = self.tracker.observe_run(snap, now)
+            agg.inc(m.PUSH_ITEMS.name, (result,))
+            if result == "accepted":
+                outcome.accepted += 1
+            elif result == "duplicate":
+                outcome.duplicates += 1
             else:
-                delay = sched.idle_poll_interval
-        slot.due = result.started + delay
+                outcome.stale += 1
+        outcome.invalid.extend(item.invalid)
+        if item.invalid:
+            agg.inc(m.PUSH_ITEMS.name, ("invalid",), len(item.invalid))
 
-    def _log_invalid(self, reason: str, thread_id: str, now: float) -> None:
+    def _log_invalid(self, reason: str, scope: str, now: float) -> None:
         if self._invalid_log.allow(reason, now):
-            log.warning("skipped malformed data from thread %s: %s (logged once a minute per reason)",
-                        thread_id, reason)
+            log.warning("skipped malformed data from %s: %s (logged once a minute per reason)", scope, reason)
 
-    def commit(self) -> None:
-        changes = self.tracker.take_changes()
-        counters, histograms = self.tracker.aggregates.take_dirty()
+    def commit(self) -> bool:
+        """Write everything not yet written. On a store error keep it all for a retry with backoff."""
+        batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
+                             self.watchlist.take_changes())
+        if self._uncommitted is not None:
+            older = self._uncommitted
+            older.changes.merge(batch.changes)
+            older.counters.update(batch.counters)
+            older.histograms.update(batch.histograms)
+            older.registrations.update(batch.registrations)
+            batch = older
+            if self.mono() < self._store_retry_at:
+                return False
         meta = {"last_poll_success": repr(self.state.last_poll_success)}
-        self.store.commit(changes, counters, histograms, meta)
+        try:
+            self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations)
+        except (sqlite3.Error, OSError) as exc:
+            self._uncommitted = batch
+            self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
+            self._store_retry_at = self.mono() + self._store_delay
+            self._store_delay = min(STORE_RETRY_MAX, self._store_delay * 2)
+            self.health.store_error = f"cannot write state file {self.store.path}: {exc}"
+            if self._store_log.allow("commit", self.wall()):
+                log.error("%s; keeping the changes and retrying (logged once a minute)", self.health.store_error)
+            return False
+        if self._uncommitted is not None:
+            log.info("state file %s writable again", self.store.path)
+        self._uncommitted = None
+        self._store_delay = STORE_RETRY_MIN
+        self.health.store_error = None
+        return True
 
     def publish(self) -> None:
-        self.collector.update(build_families(self.tracker, self.state, self.wall()))
+        self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources))
         self._published_at = self.mono()
 
     async def _shutdown(self) -> None:
-        tasks = [s.task for s in self.slots.values() if s.task is not None]
+        tasks = list(self.scheduler.tasks())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.commit()
-        await self.source.aclose()
+        self.step_final()
+        for source in self.sources.values():
+            await source.aclose()
+
+    def step_final(self) -> None:
+        """Commit what arrived before the stop; requests still waiting are answered if it succeeds."""
+        received = self.inbox.drain()
+        now = self.wall()
+        for pending in received:
+            self._apply_item(pending.item, now)
+        self._answer.extend(received)
+        self._store_retry_at = 0.0
+        if self.commit():
+            resolve(self._answer)
+            self._answer = []
 
     # -- probes ---------------------------------------------------------------------------
 
@@ -283,7 +323,9 @@ class Daemon:
     def ready(self) -> tuple[bool, str]:
         if not self.health.started:
             return False, "starting"
-        if not self.slots:
+        if self.health.store_error is not None:
+            return False, self.health.store_error
+        if not self.scheduler.slots:
             return True, "ok (no threads to watch)"
         if self.health.reached_api:
             return True, "ok"

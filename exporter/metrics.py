@@ -7,8 +7,8 @@ serialises the latest set, so its cost depends on the number of series, never on
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,26 +18,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporter import __version__, statuses
-from exporter.aggregates import BUCKETS, Aggregates, Histogram, LabelValues
-from exporter.metrics_spec import METRICS, RATIO_WINDOWS, MetricSpec
-from exporter.model import INVALID_REASONS
+from exporter import __version__
+from exporter import metrics_spec as m
+from exporter.aggregates import Aggregates, Histogram, LabelValues
+from exporter.metrics_spec import BUCKETS, MetricSpec
 from exporter.tracker import Tracker
-
-# Values every dashboard and alert may rely on, exported at 0 before the first occurrence.
-KNOWN_ERROR_CODES: tuple[str, ...] = ("server_error", "rate_limit_exceeded", "invalid_prompt")
-KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens")
-TOKEN_TYPES: tuple[str, ...] = ("prompt", "completion")
-THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone")
-
-_SPECS: dict[str, MetricSpec] = {m.name: m for m in METRICS}
 
 
 @dataclass(slots=True)
 class ExporterState:
     """The exporter's own gauges, set by the daemon."""
 
-    api_up: float = 0.0
+    api_up: dict[str, float] = field(default_factory=dict)  # source -> 0/1
     rate_limit_remaining: float | None = None
     last_poll_success: float = 0.0
 
@@ -62,120 +54,112 @@ class SnapshotCollector(Collector):
         return []
 
 
-def _name(metric: str) -> str:
-    """prometheus_client appends _total to counters itself."""
-    return metric.removesuffix("_total") if _SPECS[metric].type == "counter" else metric
+def _gauge(spec: MetricSpec, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.label_names(extra)))
 
 
-def _labels(metric: str, extra: tuple[str, ...]) -> list[str]:
-    spec = _SPECS[metric]
-    return [*spec.labels, *extra] if spec.run_metric else list(spec.labels)
+def _counter(spec: MetricSpec, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(spec.sample_name, spec.help, labels=list(spec.label_names(extra)))
 
 
-def _gauge(metric: str, extra: tuple[str, ...]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(metric, _SPECS[metric].help, labels=_labels(metric, extra))
+def _histogram(spec: MetricSpec, extra: tuple[str, ...] = ()) -> HistogramMetricFamily:
+    return HistogramMetricFamily(spec.name, spec.help, labels=list(spec.label_names(extra)))
 
 
-def _counter(metric: str, extra: tuple[str, ...]) -> CounterMetricFamily:
-    return CounterMetricFamily(_name(metric), _SPECS[metric].help, labels=_labels(metric, extra))
+def _keys(spec: MetricSpec, label_sets: Iterable[LabelValues]) -> list[LabelValues]:
+    """Every (first label value, *label set) combination, to export at zero until it occurs."""
+    return [(v, *ls) for ls in label_sets for v in spec.zeros]
 
 
-def _histogram(metric: str, extra: tuple[str, ...]) -> HistogramMetricFamily:
-    return HistogramMetricFamily(metric, _SPECS[metric].help, labels=_labels(metric, extra))
-
-
-def _keys(first_values: Iterable[str], label_sets: Iterable[LabelValues]) -> list[LabelValues]:
-    """Every (first label value, *extra label values) combination, to export at zero until it occurs."""
-    return [(v, *ls) for ls in label_sets for v in first_values]
-
-
-def _counter_family(agg: Aggregates, metric: str, extra: tuple[str, ...],
-                    defaults: Iterable[LabelValues]) -> CounterMetricFamily:
-    values: dict[LabelValues, float] = dict.fromkeys(defaults, 0.0)
-    values.update(agg.counter_items(metric))
-    fam = _counter(metric, extra)
+def _counter_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
+                    label_sets: Iterable[LabelValues]) -> Metric:
+    values: dict[LabelValues, float] = dict.fromkeys(_keys(spec, label_sets), 0.0)
+    values.update(agg.counter_items(spec.name))
+    fam = _counter(spec, extra)
     for labels, value in sorted(values.items()):
         fam.add_metric(list(labels), value)
     return fam
 
 
-def _histogram_family(agg: Aggregates, metric: str, extra: tuple[str, ...],
-                      defaults: Iterable[LabelValues]) -> HistogramMetricFamily:
-    hists: dict[LabelValues, Histogram] = {key: Histogram.empty(BUCKETS[metric]) for key in defaults}
-    hists.update(agg.histogram_items(metric))
-    fam = _histogram(metric, extra)
+def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
+                      label_sets: Iterable[LabelValues]) -> Metric:
+    hists: dict[LabelValues, Histogram] = {key: Histogram.empty(BUCKETS[spec.name])
+                                           for key in (_keys(spec, label_sets) if spec.zeros else label_sets)}
+    hists.update(agg.histogram_items(spec.name))
+    fam = _histogram(spec, extra)
     for labels, hist in sorted(hists.items()):
         fam.add_metric(list(labels), hist.cumulative(), hist.sum)
     return fam
 
 
-def run_families(tracker: Tracker, now: float) -> list[Metric]:
+def _gauge_family(spec: MetricSpec, extra: tuple[str, ...], values: dict[tuple[str, ...], float],
+                  label_sets: Iterable[LabelValues]) -> Metric:
+    fam = _gauge(spec, extra)
+    for key in _keys(spec, label_sets):
+        fam.add_metric(list(key), values.get(key, 0.0))
+    return fam
+
+
+def _label_sets(tracker: Tracker, run_sources: Sequence[str]) -> list[LabelValues]:
+    """(source, *extra) combinations seen, plus an empty one for each source that is on but has none yet."""
+    found = tracker.label_sets()
+    blank = ("",) * len(tracker.extra_labels)
+    sources_seen = {ls[0] for ls in found}
+    found.update((source, *blank) for source in run_sources if source not in sources_seen)
+    return sorted(found) or [("", *blank)]
+
+
+def run_families(tracker: Tracker, now: float, run_sources: Sequence[str] = ()) -> list[Metric]:
     extra = tracker.extra_labels
     agg = tracker.aggregates
-    label_sets = sorted(tracker.label_sets()) or [("",) * len(extra)]
-    fams: list[Metric] = []
-
-    runs = _gauge("assistants_runs", extra)
-    counts = tracker.status_counts()
-    for ls in label_sets:
-        for status in statuses.ALL_STATUSES:
-            runs.add_metric([status, *ls], counts.get((status, *ls), 0))
-    fams.append(runs)
-
-    fams.append(_counter_family(agg, "assistants_runs_finished_total", extra,
-                                _keys(statuses.TERMINAL_STATUSES, label_sets)))
-    fams.append(_histogram_family(agg, "assistants_run_status_duration_seconds", extra,
-                                  _keys(statuses.NON_TERMINAL, label_sets)))
-    fams.append(_histogram_family(agg, "assistants_run_duration_seconds", extra,
-                                  _keys(statuses.TERMINAL_STATUSES, label_sets)))
-
-    oldest = _gauge("assistants_run_oldest_age_seconds", extra)
-    ages = tracker.oldest_ages(now)
-    for ls in label_sets:
-        for status in statuses.NON_TERMINAL:
-            oldest.add_metric([status, *ls], round(ages.get((status, *ls), 0.0), 3))
-    fams.append(oldest)
-
+    label_sets = _label_sets(tracker, run_sources)
+    counts = {key: float(n) for key, n in tracker.status_counts().items()}
+    ages = {key: round(age, 3) for key, age in tracker.oldest_ages(now).items()}
     ratios = tracker.ratios(now)
-    for kind in ("failure", "expiry"):
-        fam = _gauge(f"assistants_run_{kind}_ratio", extra)
-        for ls in label_sets:
-            for window in RATIO_WINDOWS:
-                fam.add_metric([window, *ls], ratios.get((kind, window, *ls), 0.0))
-        fams.append(fam)
+    return [
+        _gauge_family(m.RUNS, extra, counts, label_sets),
+        _counter_family(agg, m.RUNS_FINISHED, extra, label_sets),
+        _histogram_family(agg, m.STATUS_DURATION, extra, label_sets),
+        _histogram_family(agg, m.RUN_DURATION, extra, label_sets),
+        _gauge_family(m.OLDEST_AGE, extra, ages, label_sets),
+        _gauge_family(m.FAILURE_RATIO, extra,
+                      {k[1:]: v for k, v in ratios.items() if k[0] == "failure"}, label_sets),
+        _gauge_family(m.EXPIRY_RATIO, extra,
+                      {k[1:]: v for k, v in ratios.items() if k[0] == "expiry"}, label_sets),
+        _counter_family(agg, m.ERRORS, extra, label_sets),
+        _counter_family(agg, m.INCOMPLETE, extra, label_sets),
+        _counter_family(agg, m.TOKENS, extra, label_sets),
+    ]
 
-    fams.append(_counter_family(agg, "assistants_run_errors_total", extra, _keys(KNOWN_ERROR_CODES, label_sets)))
-    fams.append(_counter_family(agg, "assistants_run_incomplete_total", extra,
-                                _keys(KNOWN_INCOMPLETE_REASONS, label_sets)))
-    fams.append(_counter_family(agg, "assistants_run_tokens_total", extra, _keys(TOKEN_TYPES, label_sets)))
-    return fams
 
-
-def exporter_families(tracker: Tracker, state: ExporterState) -> list[Metric]:
+def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Sequence[str] = ()) -> list[Metric]:
     agg = tracker.aggregates
-    fams: list[Metric] = []
-    up = _gauge("assistants_exporter_api_up", ())
-    up.add_metric([], state.api_up)
-    fams.append(up)
-    fams.append(_counter_family(agg, "assistants_exporter_api_requests_total", (), ()))
+    none: list[LabelValues] = [()]
+    up = _gauge(m.API_UP)
+    for source in sorted({*api_sources, *state.api_up}):
+        up.add_metric([source], state.api_up.get(source, 0.0))
+    fams: list[Metric] = [up, _counter_family(agg, m.API_REQUESTS, (), ())]
     if state.rate_limit_remaining is not None:
-        remaining = _gauge("assistants_exporter_rate_limit_remaining_requests", ())
+        remaining = _gauge(m.RATE_LIMIT_REMAINING)
         remaining.add_metric([], state.rate_limit_remaining)
         fams.append(remaining)
-    fams.append(_histogram_family(agg, "assistants_exporter_poll_duration_seconds", (), [()]))
-    last = _gauge("assistants_exporter_last_poll_success_timestamp_seconds", ())
+    fams.append(_histogram_family(agg, m.POLL_DURATION, (), none))
+    last = _gauge(m.LAST_POLL_SUCCESS)
     last.add_metric([], state.last_poll_success)
     fams.append(last)
-    threads = _gauge("assistants_exporter_threads", ())
-    for name, count in tracker.thread_states().items():
-        threads.add_metric([name], count)
-    fams.append(threads)
-    fams.append(_counter_family(agg, "assistants_exporter_invalid_objects_total", (), _keys(INVALID_REASONS, [()])))
-    info = _gauge("assistants_exporter_build_info", ())
+    fams.append(_gauge_family(m.THREADS, (), {(k,): float(v) for k, v in tracker.scope_states().items()}, none))
+    fams.append(_counter_family(agg, m.INVALID_OBJECTS, (), none))
+    fams.append(_counter_family(agg, m.PUSH_REQUESTS, (), ()))
+    fams.append(_counter_family(agg, m.PUSH_ITEMS, (), none))
+    store_errors = _counter(m.STORE_ERRORS)
+    store_errors.add_metric([], agg.counter(m.STORE_ERRORS.name, ()))
+    fams.append(store_errors)
+    info = _gauge(m.BUILD_INFO)
     info.add_metric([__version__], 1)
     fams.append(info)
     return fams
 
 
-def build_families(tracker: Tracker, state: ExporterState, now: float) -> list[Metric]:
-    return run_families(tracker, now) + exporter_families(tracker, state)
+def build_families(tracker: Tracker, state: ExporterState, now: float,
+                   run_sources: Sequence[str] = (), api_sources: Sequence[str] = ()) -> list[Metric]:
+    return run_families(tracker, now, run_sources) + exporter_families(tracker, state, api_sources)

@@ -43,12 +43,17 @@ def thread_id_problem(thread_id: object) -> str | None:
     return None
 
 
+# The `source` label values of the sources that report runs.
+SOURCE_THREADS = "threads"
+SOURCE_PUSH = "push"
+
+
 @dataclass(frozen=True, slots=True)
 class RunSnapshot:
     """What one observation says about one run. Times are integer epoch seconds from the API."""
 
     id: str
-    thread_id: str
+    scope: str  # what a listing source lists it under (a thread id); "" when it belongs to none
     status: str  # one of statuses.ALL_STATUSES
     created_at: int
     assistant_id: str = ""
@@ -62,6 +67,7 @@ class RunSnapshot:
     incomplete_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    source: str = SOURCE_THREADS  # the source that reported it: the run's `source` label if it is new
 
     @property
     def terminal(self) -> bool:
@@ -104,20 +110,75 @@ def _nested_str(obj: dict[str, Any], outer: str, inner: str) -> str | None:
     return _opt_str(sub.get(inner)) if isinstance(sub, dict) else None
 
 
-def _usage(obj: dict[str, Any]) -> tuple[int | None, int | None]:
+def _usage(obj: dict[str, Any], prompt: str = "prompt_tokens",
+           completion: str = "completion_tokens") -> tuple[int | None, int | None]:
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         return None, None
-    return _opt_int(usage, "prompt_tokens"), _opt_int(usage, "completion_tokens")
+    return _opt_int(usage, prompt), _opt_int(usage, completion)
 
 
-def parse_run(obj: object, thread_id: str | None = None) -> ParseResult:
+def _run_id(obj: dict[str, Any]) -> str | None:
+    """The id, or None; `_id_problem` says why not."""
+    run_id = obj.get("id")
+    return run_id if isinstance(run_id, str) and run_id and len(run_id) <= _MAX_ID_LEN else None
+
+
+def _id_problem(obj: dict[str, Any]) -> str:
+    return REASON_MISSING_ID if obj.get("id") is None else REASON_WRONG_TYPE
+
+
+def _status_reason(raw_status: object) -> str | None:
+    if raw_status is None:
+        return REASON_MISSING_STATUS
+    if not statuses.is_recognized(raw_status):
+        return REASON_UNKNOWN_STATUS
+    return None
+
+
+def parse_response(obj: object, source: str) -> ParseResult:
+    """Validate one Responses API `Response` object. It has no thread: its scope is "". Never raises.
+
+    `created_at` is a float there; `completed_at` is only set for completed responses, so the other
+    terminal statuses end when the exporter learns of them (or at a webhook's created_at)."""
+    if not isinstance(obj, dict):
+        return ParseResult(None, REASON_NOT_OBJECT)
+    run_id = _run_id(obj)
+    if run_id is None:
+        return ParseResult(None, _id_problem(obj))
+    raw_status = obj.get("status")
+    try:
+        created_at = _opt_int(obj, "created_at")
+        if created_at is None:
+            raise TypeError("created_at")
+        prompt, completion = _usage(obj, "input_tokens", "output_tokens")
+        status = statuses.normalize(raw_status)
+        completed_at = _opt_int(obj, "completed_at")
+        snap = RunSnapshot(
+            id=run_id,
+            scope="",
+            status=status,
+            created_at=created_at,
+            model=_opt_str(obj.get("model")) or "",
+            completed_at=completed_at if status == "completed" else None,
+            error_code=_nested_str(obj, "error", "code"),
+            incomplete_reason=_nested_str(obj, "incomplete_details", "reason"),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            source=source,
+        )
+    except TypeError:
+        return ParseResult(None, REASON_WRONG_TYPE)
+    return ParseResult(snap, _status_reason(raw_status))
+
+
+def parse_run(obj: object, thread_id: str | None = None, source: str = SOURCE_THREADS) -> ParseResult:
     """Validate one run object from the network. Never raises."""
     if not isinstance(obj, dict):
         return ParseResult(None, REASON_NOT_OBJECT)
-    run_id = obj.get("id")
-    if not isinstance(run_id, str) or not run_id or len(run_id) > _MAX_ID_LEN:
-        return ParseResult(None, REASON_MISSING_ID if run_id is None else REASON_WRONG_TYPE)
+    run_id = _run_id(obj)
+    if run_id is None:
+        return ParseResult(None, _id_problem(obj))
     tid = obj.get("thread_id", thread_id)
     if not isinstance(tid, str) or not tid:
         tid = thread_id
@@ -131,7 +192,7 @@ def parse_run(obj: object, thread_id: str | None = None) -> ParseResult:
         prompt, completion = _usage(obj)
         snap = RunSnapshot(
             id=run_id,
-            thread_id=tid,
+            scope=tid,
             status=statuses.normalize(raw_status),
             created_at=created_at,
             assistant_id=_opt_str(obj.get("assistant_id")) or "",
@@ -145,11 +206,8 @@ def parse_run(obj: object, thread_id: str | None = None) -> ParseResult:
             incomplete_reason=_nested_str(obj, "incomplete_details", "reason"),
             prompt_tokens=prompt,
             completion_tokens=completion,
+            source=source,
         )
     except TypeError:
         return ParseResult(None, REASON_WRONG_TYPE)
-    if raw_status is None:
-        return ParseResult(snap, REASON_MISSING_STATUS)
-    if not statuses.is_recognized(raw_status):
-        return ParseResult(snap, REASON_UNKNOWN_STATUS)
-    return ParseResult(snap)
+    return ParseResult(snap, _status_reason(raw_status))

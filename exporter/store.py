@@ -1,40 +1,88 @@
-"""SQLite persistence: the tracker's runs and threads, the counters and histograms, finish events.
+"""SQLite persistence: the tracker's runs and scopes, the counters and histograms, finish events, and the
+scopes registered over the write API.
 
-Each `commit` is one transaction, so a `kill -9` loses at most the last poll's effects, which the next
+Each `commit` is one transaction, so a `kill -9` loses at most the last tick's effects, which the next
 poll re-observes; a run's count and its terminal status are written together, so none is counted twice.
+The schema is versioned; `MIGRATIONS` carries any older file forward, one version at a time, never back.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
-from exporter.metrics_spec import spec
-from exporter.tracker import Changes, Finish, RunState, ThreadState, Tracker
+from exporter.metrics_spec import SOURCE_LABEL, spec
+from exporter.model import SOURCE_THREADS
+from exporter.tracker import Changes, Finish, RunState, ScopeState, Tracker
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS threads (
+# The schema every state file starts from; MIGRATIONS take it to SCHEMA_VERSION.
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE threads (
     id TEXT PRIMARY KEY, swept INTEGER NOT NULL, horizon INTEGER NOT NULL, gone INTEGER NOT NULL,
     covered INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE runs (
     id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
     stint_start REAL NOT NULL, assistant_id TEXT NOT NULL, model TEXT NOT NULL, started_at INTEGER,
     ended_at REAL, history INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (
+CREATE TABLE counters (
     name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels));
-CREATE TABLE IF NOT EXISTS histograms (
+CREATE TABLE histograms (
     name TEXT NOT NULL, labels TEXT NOT NULL, bounds TEXT NOT NULL, counts TEXT NOT NULL,
     sum REAL NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (name, labels));
-CREATE TABLE IF NOT EXISTS finishes (at REAL NOT NULL, labels TEXT NOT NULL, status TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS finishes_at ON finishes (at);
+CREATE TABLE finishes (at REAL NOT NULL, labels TEXT NOT NULL, status TEXT NOT NULL);
+CREATE INDEX finishes_at ON finishes (at);
 """
+
+# Schema 1 metric names whose stored labels gain `source` in schema 2 (frozen: not the current table).
+_V1_SOURCED = frozenset({
+    "assistants_runs_finished_total", "assistants_run_status_duration_seconds",
+    "assistants_run_duration_seconds", "assistants_run_errors_total", "assistants_run_incomplete_total",
+    "assistants_run_tokens_total", "assistants_exporter_api_requests_total",
+})
+
+
+def _add_source_label(labels: str) -> str:
+    decoded = json.loads(labels)
+    decoded.setdefault(SOURCE_LABEL, SOURCE_THREADS)
+    return json.dumps(decoded, sort_keys=True)
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Scopes instead of threads, a `source` per run and on every run metric, and registrations."""
+    db.execute("ALTER TABLE threads RENAME TO scopes")
+    db.execute("ALTER TABLE runs RENAME COLUMN thread_id TO scope")
+    db.execute(f"ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT '{SOURCE_THREADS}'")
+    db.execute("CREATE TABLE registrations (scope TEXT PRIMARY KEY, source TEXT NOT NULL)")
+    for table in ("counters", "histograms"):
+        rows = db.execute(f"SELECT name, labels FROM {table}").fetchall()
+        db.executemany(f"UPDATE {table} SET labels = ? WHERE name = ? AND labels = ?",
+                       ((_add_source_label(labels), name, labels) for name, labels in rows if name in _V1_SOURCED))
+    rows = db.execute("SELECT rowid, labels FROM finishes").fetchall()
+    db.executemany("UPDATE finishes SET labels = ? WHERE rowid = ?",
+                   ((_add_source_label(labels), rowid) for rowid, labels in rows))
+
+
+# MIGRATIONS[n] takes a schema-n file to schema n + 1, inside one transaction.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+# The columns each table must have at SCHEMA_VERSION: anything else is not our file.
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "scopes": ("id", "swept", "horizon", "gone", "covered"),
+    "runs": ("id", "scope", "status", "created_at", "stint_start", "assistant_id", "model", "started_at",
+             "ended_at", "history", "source"),
+    "counters": ("name", "labels", "value"),
+    "histograms": ("name", "labels", "bounds", "counts", "sum", "count"),
+    "finishes": ("at", "labels", "status"),
+    "registrations": ("scope", "source"),
+}
 
 
 class StoreError(Exception):
@@ -43,22 +91,22 @@ class StoreError(Exception):
 
 @dataclass(slots=True)
 class Loaded:
-    threads: list[ThreadState] = field(default_factory=list)
+    scopes: list[ScopeState] = field(default_factory=list)
     runs: list[RunState] = field(default_factory=list)
     finishes: list[Finish] = field(default_factory=list)
     aggregates: Aggregates = field(default_factory=Aggregates)
+    registrations: dict[str, str] = field(default_factory=dict)  # scope -> source
     meta: dict[str, str] = field(default_factory=dict)
 
-    def tracker(self, extra_labels: Sequence[str], retention: float) -> Tracker:
+    def tracker(self, extra_labels: Sequence[str], retention: float, dedupe_window: float = 0.0) -> Tracker:
         """A tracker that carries on from this state."""
-        tracker = Tracker(extra_labels, retention, self.aggregates)
-        tracker.restore(self.threads, self.runs, self.finishes)
+        tracker = Tracker(extra_labels, retention, self.aggregates, dedupe_window)
+        tracker.restore(self.scopes, self.runs, self.finishes)
         return tracker
 
 
 def label_names(name: str, extra_labels: Sequence[str]) -> tuple[str, ...]:
-    s = spec(name)
-    return (*s.labels, *extra_labels) if s.run_metric else s.labels
+    return spec(name).label_names(tuple(extra_labels))
 
 
 def _encode(names: Sequence[str], values: LabelValues) -> str:
@@ -71,6 +119,9 @@ def _project(names: Sequence[str], encoded: str) -> LabelValues:
     return tuple(str(stored.get(n, "")) for n in names)
 
 
+_RESTART_HINT = "move it away to start with empty state (see the runbook: 'State file corrupted or lost')"
+
+
 class Store:
     def __init__(self, path: Path, extra_labels: Sequence[str]) -> None:
         self.path = path
@@ -78,20 +129,74 @@ class Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._check_version()
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot use state file {path}: {exc}") from exc
+            raise StoreError(f"cannot open state file {path}: {exc}") from exc
+        try:
+            self._open()
+        except StoreError:
+            self._db.close()
+            raise
+        except (sqlite3.Error, ValueError, UnicodeError, OSError) as exc:
+            self._db.close()
+            raise StoreError(f"cannot use state file {path}: {exc}; {_RESTART_HINT}") from exc
 
-    def _check_version(self) -> None:
+    def _open(self) -> None:
+        db = self._db
+        check = db.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            detail = "; ".join(" ".join(str(row[0]).split()) for row in check[:3])  # one line
+            raise StoreError(f"state file {self.path} is corrupted ({detail}); {_RESTART_HINT}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"state file {self.path} has schema {version}, written by a newer version; "
+                             f"this version reads schemas up to {SCHEMA_VERSION}")
+        for from_version in range(version, SCHEMA_VERSION):
+            self._transaction(functools.partial(self._migrate, from_version))
+        self._check_columns()
+
+    def _version(self) -> int:
+        """The file's schema version; a new, empty file is given schema 1 first."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            def create() -> None:
+                for statement in filter(str.strip, _SCHEMA_V1.split(";")):
+                    self._db.execute(statement)
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+                self._db.execute("INSERT INTO meta VALUES ('extra_labels', ?)", (",".join(self.extra_labels),))
+            self._transaction(create)
+            return 1
+        if "meta" not in tables:
+            raise StoreError(f"{self.path} is an SQLite file but not an assistants-exporter state file "
+                             "(no meta table); use another --state-file")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._db.execute("INSERT INTO meta VALUES ('extra_labels', ?)", (",".join(self.extra_labels),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(f"state file {self.path} has schema {row[0]}, this version reads {SCHEMA_VERSION}")
+        text = str(row[0]) if row is not None else ""
+        if not text.isdigit() or int(text) < 1:
+            raise StoreError(f"state file {self.path} has no valid schema version ({text[:20]!r}); {_RESTART_HINT}")
+        return int(text)
+
+    def _migrate(self, from_version: int) -> None:
+        MIGRATIONS[from_version](self._db)
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(from_version + 1),))
+
+    def _check_columns(self) -> None:
+        for table, columns in _COLUMNS.items():
+            found = tuple(row[1] for row in self._db.execute(f"PRAGMA table_info({table})"))
+            if found != columns:
+                raise StoreError(f"{self.path} is not an assistants-exporter state file of schema "
+                                 f"{SCHEMA_VERSION} (table {table!r} differs); use another --state-file")
+
+    def _transaction(self, work: Callable[[], None]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            work()
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -104,31 +209,34 @@ class Store:
             if loaded.meta.get("extra_labels", "") != ",".join(self.extra_labels):
                 self._rewrite(loaded)
             return loaded
-        except (sqlite3.Error, ValueError, TypeError) as exc:
-            raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
+        except (sqlite3.Error, ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(f"cannot read state file {self.path}: {exc}; {_RESTART_HINT}") from exc
 
     def _rewrite(self, loaded: Loaded) -> None:
         """--labels changed: store the merged, re-labelled rows so that no row is merged twice."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM counters")
-        db.execute("DELETE FROM histograms")
-        db.execute("DELETE FROM finishes")
-        self._write_aggregates(dict(loaded.aggregates.counters), dict(loaded.aggregates.histograms))
-        self._write_finishes(Changes(finishes=loaded.finishes))
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('extra_labels', ?)", (",".join(self.extra_labels),))
-        db.execute("COMMIT")
+        def work() -> None:
+            db = self._db
+            db.execute("DELETE FROM counters")
+            db.execute("DELETE FROM histograms")
+            db.execute("DELETE FROM finishes")
+            self._write_aggregates(dict(loaded.aggregates.counters), dict(loaded.aggregates.histograms))
+            self._write_finishes(Changes(finishes=loaded.finishes))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('extra_labels', ?)", (",".join(self.extra_labels),))
+        self._transaction(work)
+
+    def _finish_labels(self) -> tuple[str, ...]:
+        return (SOURCE_LABEL, *self.extra_labels)
 
     def _load(self) -> Loaded:
         out = Loaded()
         db = self._db
         out.meta = dict(db.execute("SELECT key, value FROM meta"))
-        out.threads = [
-            ThreadState(i, bool(s), h, bool(g), c) for i, s, h, g, c in db.execute("SELECT * FROM threads")
+        out.scopes = [
+            ScopeState(i, bool(s), h, bool(g), c) for i, s, h, g, c in db.execute("SELECT * FROM scopes")
         ]
         out.runs = [
-            RunState(i, t, st, c, ss, a, m, sa, e, bool(h))
-            for i, t, st, c, ss, a, m, sa, e, h in db.execute("SELECT * FROM runs")
+            RunState(i, t, st, c, ss, a, m, sa, e, bool(h), src)
+            for i, t, st, c, ss, a, m, sa, e, h, src in db.execute("SELECT * FROM runs")
         ]
         for name, labels, value in db.execute("SELECT name, labels, value FROM counters"):
             out.aggregates.inc(name, _project(label_names(name, self.extra_labels), labels), value)
@@ -141,10 +249,12 @@ class Store:
             elif existing.bounds == hist.bounds:
                 existing.merge(hist)
         out.aggregates.take_dirty()
+        names = self._finish_labels()
         out.finishes = [
-            Finish(at, _project(self.extra_labels, labels), status)
+            Finish(at, _project(names, labels), status)
             for at, labels, status in db.execute("SELECT at, labels, status FROM finishes ORDER BY at")
         ]
+        out.registrations = dict(db.execute("SELECT scope, source FROM registrations"))
         return out
 
     # -- writing -----------------------------------------------------------------------------
@@ -155,40 +265,45 @@ class Store:
         counters: dict[Key, float],
         histograms: dict[Key, Histogram],
         meta: dict[str, str] | None = None,
+        registrations: dict[str, str | None] | None = None,
     ) -> None:
-        """Write one apply's effects atomically."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        """Write one tick's effects atomically. `registrations`: scope -> source, or None to remove.
+        Raises sqlite3.Error or OSError (a full disk, a locked file); nothing is written then."""
+        def work() -> None:
             self._write_runs(changes)
-            self._write_threads(changes)
+            self._write_scopes(changes)
             self._write_aggregates(counters, histograms)
             self._write_finishes(changes)
+            if registrations:
+                self._write_registrations(registrations.items())
             if meta:
-                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        self._transaction(work)
 
     def _write_runs(self, changes: Changes) -> None:
         self._db.executemany("DELETE FROM runs WHERE id = ?", ((i,) for i in changes.deleted_runs))
         self._db.executemany(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (r.id, r.thread_id, r.status, r.created_at, r.stint_start, r.assistant_id, r.model,
-                 r.started_at, r.ended_at, int(r.history))
+                (r.id, r.scope, r.status, r.created_at, r.stint_start, r.assistant_id, r.model,
+                 r.started_at, r.ended_at, int(r.history), r.source)
                 for r in changes.runs.values()
             ),
         )
 
-    def _write_threads(self, changes: Changes) -> None:
-        self._db.executemany("DELETE FROM threads WHERE id = ?", ((i,) for i in changes.deleted_threads))
+    def _write_scopes(self, changes: Changes) -> None:
+        self._db.executemany("DELETE FROM scopes WHERE id = ?", ((i,) for i in changes.deleted_scopes))
         self._db.executemany(
-            "INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?, ?)",
-            ((t.id, int(t.swept), t.horizon, int(t.gone), t.covered) for t in changes.threads.values()),
+            "INSERT OR REPLACE INTO scopes VALUES (?, ?, ?, ?, ?)",
+            ((t.id, int(t.swept), t.horizon, int(t.gone), t.covered) for t in changes.scopes.values()),
         )
+
+    def _write_registrations(self, items: Iterable[tuple[str, str | None]]) -> None:
+        for scope, source in items:
+            if source is None:
+                self._db.execute("DELETE FROM registrations WHERE scope = ?", (scope,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?)", (scope, source))
 
     def _write_aggregates(self, counters: dict[Key, float], histograms: dict[Key, Histogram]) -> None:
         names = self.extra_labels
@@ -207,7 +322,8 @@ class Store:
     def _write_finishes(self, changes: Changes) -> None:
         if changes.finishes_before is not None:
             self._db.execute("DELETE FROM finishes WHERE at < ?", (changes.finishes_before,))
+        names = self._finish_labels()
         self._db.executemany(
             "INSERT INTO finishes VALUES (?, ?, ?)",
-            ((f.at, _encode(self.extra_labels, f.labels), f.status) for f in changes.finishes),
+            ((f.at, _encode(names, f.labels), f.status) for f in changes.finishes),
         )

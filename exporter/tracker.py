@@ -1,10 +1,24 @@
 """The run lifecycle state machine. Pure: snapshots and `now` in, transitions and aggregates out.
 
-Semantics (the README's "What the numbers mean" states them for users):
-- A run already terminal when its thread is first swept is *history*: never counted, never observed.
-- Any other run that reaches a terminal status is counted exactly once, however late it is seen.
-- A thread's *horizon* is the newest `created_at` of runs it has forgotten or never tracked; an unseen
-  terminal run at or below it was accounted for before (or predates the watch) and is history too.
+Glossary (the README's "What the numbers mean" states the semantics for users):
+- *scope*: what a listing source lists runs under (a thread). A *watched* scope is one the exporter polls;
+  `Tracker.scopes` holds exactly those. A run may name a scope nobody watches, or none ("").
+- *listing*: one poll of one scope (`observe_listing`), full (`complete`: read to the end) or partial.
+- *single-run update*: one report about one run (`observe_run`): a push, a poll by id, a webhook.
+- *sweep*: the first successful listing of a scope. A run already terminal then is *history*: never
+  counted, never observed. A run first seen through a single-run update is *live*: counted once, even if
+  it is already terminal.
+- *horizon*: the newest `created_at` of runs a scope has forgotten or never tracked; an unseen terminal run
+  at or below it was accounted for before (or predates the watch), so it is history too.
+- *covered*: the newest `created_at` a successful listing read down from; nothing older went unread.
+- *retention*: a finished run stays in `assistants_runs` for `--terminal-retention`, then is *retired*
+  (kept only to recognise it) until it can be *forgotten*: below `covered` for a watched scope, and, when
+  single-run updates arrive (a receiver runs), not before the *dedupe window* has passed since it ended: a
+  report may name no scope, so only the run itself can recognise it. A terminal single-run update that
+  ended longer ago than the window is *stale*: it may have been counted and forgotten, so it is not counted.
+- *stale* (single-run updates): older than what is known (a non-terminal update after a later status, or
+  anything after the end); *duplicate*: says nothing new.
+Each run is counted once across all sources, under the `source` label of the source that first reported it.
 """
 
 from __future__ import annotations
@@ -13,28 +27,34 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from exporter import metrics_spec as m
 from exporter import statuses
 from exporter.aggregates import Aggregates, LabelValues
 from exporter.metrics_spec import RATIO_WINDOWS
-from exporter.model import RunSnapshot
-
-FINISHED = "assistants_runs_finished_total"
-STATUS_DURATION = "assistants_run_status_duration_seconds"
-RUN_DURATION = "assistants_run_duration_seconds"
-ERRORS = "assistants_run_errors_total"
-INCOMPLETE = "assistants_run_incomplete_total"
-TOKENS = "assistants_run_tokens_total"
+from exporter.model import SOURCE_THREADS, RunSnapshot
 
 _MAX_WINDOW = max(RATIO_WINDOWS.values())
 # A new run seen in one of these has not left its first status: nothing ended unobserved.
 _BEFORE_START = frozenset({statuses.CREATED, statuses.QUEUED, statuses.UNKNOWN})
+# How long a finished run is remembered when single-run updates arrive, so a repeated report of it is known.
+# Webhooks are redelivered for up to three days.
+DEDUPE_WINDOW = 72 * 3600.0
+# Lifecycle order for single-run updates: a report of an earlier rank than what is known is stale.
+# in_progress and requires_action alternate, so they share a rank.
+_RANK: dict[str, int] = {
+    statuses.CREATED: 0, statuses.QUEUED: 1, statuses.IN_PROGRESS: 2, statuses.REQUIRES_ACTION: 2,
+    "cancelling": 3, **dict.fromkeys(statuses.TERMINAL, 4),
+}
+
+Outcome = Literal["accepted", "duplicate", "stale"]
 
 
 @dataclass(slots=True)
 class RunState:
     id: str
-    thread_id: str
+    scope: str
     status: str
     created_at: int
     stint_start: float  # when the current status began: API time where known, else observation time
@@ -43,6 +63,7 @@ class RunState:
     started_at: int | None = None
     ended_at: float | None = None  # terminal runs: drives retention
     history: bool = False
+    source: str = SOURCE_THREADS
 
     @property
     def terminal(self) -> bool:
@@ -50,7 +71,7 @@ class RunState:
 
 
 @dataclass(slots=True)
-class ThreadState:
+class ScopeState:
     id: str
     swept: bool = False  # one full poll succeeded: from now on unseen terminal runs are new
     horizon: int = -1
@@ -73,14 +94,30 @@ class Changes:
 
     runs: dict[str, RunState] = field(default_factory=dict)
     deleted_runs: set[str] = field(default_factory=set)
-    threads: dict[str, ThreadState] = field(default_factory=dict)
-    deleted_threads: set[str] = field(default_factory=set)
+    scopes: dict[str, ScopeState] = field(default_factory=dict)
+    deleted_scopes: set[str] = field(default_factory=set)
     finishes: list[Finish] = field(default_factory=list)
     finishes_before: float | None = None  # prune finish events older than this
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.deleted_runs or self.threads or self.deleted_threads or self.finishes
+        return bool(self.runs or self.deleted_runs or self.scopes or self.deleted_scopes or self.finishes
                     or self.finishes_before is not None)
+
+    def merge(self, newer: Changes) -> None:
+        """Fold a later set of changes into this one (a commit that failed is retried with both)."""
+        for run_id in newer.deleted_runs:
+            self.delete(run_id)
+        for run in newer.runs.values():
+            self.upsert(run)
+        for scope_id in newer.deleted_scopes:
+            self.scopes.pop(scope_id, None)
+            self.deleted_scopes.add(scope_id)
+        for scope in newer.scopes.values():
+            self.scopes[scope.id] = scope
+            self.deleted_scopes.discard(scope.id)
+        self.finishes.extend(newer.finishes)
+        if newer.finishes_before is not None:
+            self.finishes_before = max(self.finishes_before or newer.finishes_before, newer.finishes_before)
 
     def upsert(self, run: RunState) -> None:
         self.runs[run.id] = run
@@ -104,49 +141,54 @@ class Tracker:
         extra_labels: Sequence[str],
         retention: float,
         aggregates: Aggregates | None = None,
+        dedupe_window: float = 0.0,
     ) -> None:
         self.extra_labels = tuple(extra_labels)
         self.retention = retention
+        self.dedupe_window = max(retention, dedupe_window)
         self.aggregates = aggregates if aggregates is not None else Aggregates()
         self.runs: dict[str, RunState] = {}
-        self.threads: dict[str, ThreadState] = {}
+        self.scopes: dict[str, ScopeState] = {}  # watched scopes
         # Indexes kept in step with `runs`, so that per-tick views cost O(unfinished runs), not O(runs).
-        self._by_thread: dict[str, set[str]] = {}
-        self._open: dict[str, set[str]] = {}  # unfinished runs by thread
+        self._by_scope: dict[str, set[str]] = {}
+        self._open: dict[str, set[str]] = {}  # unfinished runs by scope
         self._counts: dict[tuple[str, ...], int] = {}  # (status, *labels) -> runs in assistants_runs
         self._retire_at: list[tuple[float, str]] = []  # heap of (end + retention, run id)
         self._retired: dict[str, set[str]] = {}  # past retention, kept until coverage passes them
+        self._forget_at: list[tuple[float, str]] = []  # heap of (end + dedupe window, id) of retired runs
         self._oldest: dict[tuple[str, ...], list[tuple[float, str]]] = {}  # lazy heaps of (stint start, id)
         self.finishes: deque[Finish] = deque()  # the longest window's finish events, as persisted
         self._window_events: dict[str, deque[Finish]] = {w: deque() for w in RATIO_WINDOWS}
         self._window_totals: dict[tuple[str, LabelValues], list[int]] = {}  # [finished, failed, expired]
         self.changes = Changes()
 
-    # -- loading and thread membership ------------------------------------------------------
+    # -- loading and scope membership -------------------------------------------------------
 
-    def restore(self, threads: Iterable[ThreadState], runs: Iterable[RunState], finishes: Iterable[Finish]) -> None:
-        for t in threads:
-            self.threads[t.id] = t
+    def restore(self, scopes: Iterable[ScopeState], runs: Iterable[RunState], finishes: Iterable[Finish]) -> None:
+        for scope in scopes:
+            self.scopes[scope.id] = scope
         for r in runs:
             self._put(r)
         for finish in sorted(finishes, key=lambda f: f.at):
             self._record_finish(finish)
 
-    def watch(self, thread_id: str) -> None:
-        if thread_id not in self.threads:
-            self.threads[thread_id] = ThreadState(thread_id)
-            self.changes.threads[thread_id] = self.threads[thread_id]
+    def watch(self, scope_id: str) -> None:
+        if scope_id not in self.scopes:
+            self.scopes[scope_id] = ScopeState(scope_id)
+            self.changes.scopes[scope_id] = self.scopes[scope_id]
 
-    def unwatch(self, thread_id: str) -> None:
+    def unwatch(self, scope_id: str) -> None:
         """Stop watching: its runs leave every gauge; counters keep what they counted."""
-        self.threads.pop(thread_id, None)
-        for run_id in list(self._by_thread.get(thread_id, ())):
+        self.scopes.pop(scope_id, None)
+        for run_id in list(self._by_scope.get(scope_id, ())):
             self._drop(run_id)
-        self.changes.threads.pop(thread_id, None)
-        self.changes.deleted_threads.add(thread_id)
+        self.changes.scopes.pop(scope_id, None)
+        self.changes.deleted_scopes.add(scope_id)
 
     def labels_of(self, run: RunState | RunSnapshot) -> LabelValues:
-        return tuple(run.assistant_id if name == "assistant_id" else run.model for name in self.extra_labels)
+        """The run's base and extra label values: (source, *--labels)."""
+        extra = tuple(run.assistant_id if name == "assistant_id" else run.model for name in self.extra_labels)
+        return (run.source, *extra)
 
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
@@ -154,93 +196,118 @@ class Tracker:
 
     # -- polling economy ---------------------------------------------------------------------
 
-    def is_active(self, thread_id: str) -> bool:
-        return bool(self._open.get(thread_id))
+    def is_active(self, scope_id: str) -> bool:
+        return bool(self._open.get(scope_id))
 
-    def accounted(self, thread_id: str, snap: RunSnapshot) -> bool:
-        """True when this run needs no more attention: known terminal, or below the thread's horizon."""
+    def accounted(self, scope_id: str, snap: RunSnapshot) -> bool:
+        """True when this run needs no more attention: known terminal, or below the scope's horizon."""
         known = self.runs.get(snap.id)
         if known is not None:
             return known.terminal
-        thread = self.threads.get(thread_id)
-        return thread is not None and snap.created_at <= thread.horizon
+        scope = self.scopes.get(scope_id)
+        return scope is not None and snap.created_at <= scope.horizon
 
-    def should_stop(self, thread_id: str, seen: Sequence[RunSnapshot]) -> bool:
+    def should_stop(self, scope_id: str, seen: Sequence[RunSnapshot]) -> bool:
         """Paging may stop once it re-observed every unfinished run and reached an accounted-for run
         older than what the last successful poll covered (so no page between them went unread)."""
-        thread = self.threads.get(thread_id)
-        if thread is None or not thread.swept:
+        scope = self.scopes.get(scope_id)
+        if scope is None or not scope.swept:
             return False
         seen_ids = {s.id for s in seen}
-        if any(r not in seen_ids for r in self._open.get(thread_id, ())):
+        if any(r not in seen_ids for r in self._open.get(scope_id, ())):
             return False
-        return any(s.created_at < thread.covered and self.accounted(thread_id, s) for s in seen)
+        return any(s.created_at < scope.covered and self.accounted(scope_id, s) for s in seen)
 
     # -- observations ------------------------------------------------------------------------
 
-    def observe(self, thread_id: str, snaps: Sequence[RunSnapshot], now: float, *, complete: bool,
-                ok: bool) -> None:
-        """Apply one poll of one thread. `ok`: the poll succeeded; `complete`: it listed every run."""
-        self.watch(thread_id)
-        thread = self.threads[thread_id]
-        if thread.gone:
-            thread.gone = False
-            self.changes.threads[thread_id] = thread
+    def observe_listing(self, scope_id: str, snaps: Sequence[RunSnapshot], now: float, *, complete: bool,
+                        ok: bool) -> None:
+        """Apply one listing of one scope. `ok`: the poll succeeded; `complete`: it listed every run."""
+        self.watch(scope_id)
+        scope = self.scopes[scope_id]
+        if scope.gone:
+            scope.gone = False
+            self.changes.scopes[scope_id] = scope
         seen: set[str] = set()
         for snap in snaps:
             if snap.id in seen:
                 continue
             seen.add(snap.id)
-            self._observe_one(thread, snap, now)
+            known = self.runs.get(snap.id)
+            if known is None:
+                self._first_sight(scope, snap, now, live=False)
+            elif not known.terminal:
+                self._update(known, snap, now)
         if complete:
-            self._drop_vanished(thread, seen)
+            self._drop_vanished(scope, seen)
         if ok:
-            newest = max((s.created_at for s in snaps), default=thread.covered)
-            if not thread.swept or newest > thread.covered:
-                thread.swept = True
-                thread.covered = max(thread.covered, newest)
-                self.changes.threads[thread_id] = thread
-                self._release_retired(thread)
+            newest = max((s.created_at for s in snaps), default=scope.covered)
+            if not scope.swept or newest > scope.covered:
+                scope.swept = True
+                scope.covered = max(scope.covered, newest)
+                self.changes.scopes[scope_id] = scope
+                self._release_retired(scope, now)
 
-    def mark_gone(self, thread_id: str) -> None:
-        """The API says the thread does not exist: its unfinished runs can never be seen to end."""
-        self.watch(thread_id)
-        thread = self.threads[thread_id]
-        thread.gone = True
-        self.changes.threads[thread_id] = thread
-        for run_id in list(self._open.get(thread_id, ())):
+    def observe_run(self, snap: RunSnapshot, now: float) -> Outcome:
+        """Apply one single-run update (push, poll by id, webhook). Idempotent and order-tolerant."""
+        known = self.runs.get(snap.id)
+        if known is not None:
+            return self._update_known(known, snap, now)
+        if snap.terminal:
+            if now - float(snap.ended_at() or now) >= self.dedupe_window:
+                return "stale"  # it may have been counted and forgotten since
+            scope = self.scopes.get(snap.scope) if snap.scope else None
+            if scope is not None and scope.swept and snap.created_at <= scope.horizon:
+                return "duplicate"  # accounted for by the scope's listings
+        self._first_sight(self.scopes.get(snap.scope) if snap.scope else None, snap, now, live=True)
+        return "accepted"
+
+    def _update_known(self, run: RunState, snap: RunSnapshot, now: float) -> Outcome:
+        if run.terminal:
+            return "duplicate" if snap.status == run.status else "stale"
+        if _RANK.get(snap.status, -1) < _RANK.get(run.status, 0):
+            return "stale"
+        if (snap.status == run.status and (snap.assistant_id, snap.model) == (run.assistant_id, run.model)
+                and (run.started_at is not None or snap.started_at is None)):
+            return "duplicate"
+        self._update(run, snap, now)
+        return "accepted"
+
+    def mark_gone(self, scope_id: str) -> None:
+        """The API says the scope does not exist: its unfinished runs can never be seen to end."""
+        self.watch(scope_id)
+        scope = self.scopes[scope_id]
+        scope.gone = True
+        self.changes.scopes[scope_id] = scope
+        for run_id in list(self._open.get(scope_id, ())):
             self._drop(run_id)
 
-    def _observe_one(self, thread: ThreadState, snap: RunSnapshot, now: float) -> None:
-        known = self.runs.get(snap.id)
-        if known is None:
-            self._first_sight(thread, snap, now)
-        elif not known.terminal:
-            self._update(known, snap, now)
-
-    def _first_sight(self, thread: ThreadState, snap: RunSnapshot, now: float) -> None:
-        if not thread.swept or snap.created_at <= thread.horizon or snap.status in _BEFORE_START:
-            self._first_sight_unwatched(thread, snap, now)
+    def _first_sight(self, scope: ScopeState | None, snap: RunSnapshot, now: float, *, live: bool) -> None:
+        swept_after = scope is not None and scope.swept and snap.created_at > scope.horizon
+        if snap.status in _BEFORE_START or not (live or swept_after):
+            self._first_sight_unwatched(scope, snap, now)
             return
-        # Created while we watched: it was queued from created_at on, whatever we see now.
-        run = RunState(snap.id, thread.id, statuses.QUEUED, snap.created_at, float(snap.created_at),
-                       snap.assistant_id, snap.model)
+        # Created while we watched (or reported live): it was queued from created_at on, whatever we see now.
+        run = RunState(snap.id, snap.scope, statuses.QUEUED, snap.created_at, float(snap.created_at),
+                       snap.assistant_id, snap.model, source=snap.source)
         self._put(run)
         if snap.status != statuses.QUEUED:
             self._update(run, snap, now)
         self.changes.upsert(run)
 
-    def _first_sight_unwatched(self, thread: ThreadState, snap: RunSnapshot, now: float) -> None:
+    def _first_sight_unwatched(self, scope: ScopeState | None, snap: RunSnapshot, now: float) -> None:
         if snap.terminal:
             ended = float(snap.ended_at() or snap.created_at)
             if ended + self.retention <= now:
-                self._raise_horizon(thread, snap.created_at)
+                if scope is not None:
+                    self._raise_horizon(scope, snap.created_at)
                 return
-            run = RunState(snap.id, thread.id, snap.status, snap.created_at, ended, snap.assistant_id,
-                           snap.model, snap.started_at, ended, history=True)
+            run = RunState(snap.id, snap.scope, snap.status, snap.created_at, ended, snap.assistant_id,
+                           snap.model, snap.started_at, ended, history=True, source=snap.source)
         else:
-            run = RunState(snap.id, thread.id, snap.status, snap.created_at,
-                           _entry_time(snap, now), snap.assistant_id, snap.model, snap.started_at)
+            run = RunState(snap.id, snap.scope, snap.status, snap.created_at,
+                           _entry_time(snap, now), snap.assistant_id, snap.model, snap.started_at,
+                           source=snap.source)
         self._put(run)
         self.changes.upsert(run)
 
@@ -264,7 +331,8 @@ class Tracker:
             return
         labels = self.labels_of(run)
         for stint in _ended_stints(run, snap, now):
-            self.aggregates.observe(STATUS_DURATION, (stint.status, *labels), max(0.0, stint.end - stint.start))
+            self.aggregates.observe(m.STATUS_DURATION.name, (stint.status, *labels),
+                                    max(0.0, stint.end - stint.start))
         first_in_progress = run.status == statuses.QUEUED and snap.status == statuses.IN_PROGRESS
         run.status = snap.status
         if snap.terminal:
@@ -278,23 +346,23 @@ class Tracker:
         run.ended_at = run.stint_start = ended
         labels = self.labels_of(run)
         agg = self.aggregates
-        agg.inc(FINISHED, (snap.status, *labels))
-        agg.observe(RUN_DURATION, (snap.status, *labels), max(0.0, ended - run.created_at))
+        agg.inc(m.RUNS_FINISHED.name, (snap.status, *labels))
+        agg.observe(m.RUN_DURATION.name, (snap.status, *labels), max(0.0, ended - run.created_at))
         if snap.status == "failed":
-            agg.inc(ERRORS, (snap.error_code or "unknown", *labels))
+            agg.inc(m.ERRORS.name, (snap.error_code or "unknown", *labels))
         if snap.status == "incomplete":
-            agg.inc(INCOMPLETE, (snap.incomplete_reason or "unknown", *labels))
+            agg.inc(m.INCOMPLETE.name, (snap.incomplete_reason or "unknown", *labels))
         if snap.prompt_tokens:
-            agg.inc(TOKENS, ("prompt", *labels), snap.prompt_tokens)
+            agg.inc(m.TOKENS.name, ("prompt", *labels), snap.prompt_tokens)
         if snap.completion_tokens:
-            agg.inc(TOKENS, ("completion", *labels), snap.completion_tokens)
+            agg.inc(m.TOKENS.name, ("completion", *labels), snap.completion_tokens)
         finish = Finish(now, labels, snap.status)
         self._record_finish(finish)
         self.changes.finishes.append(finish)
 
-    def _drop_vanished(self, thread: ThreadState, seen: set[str]) -> None:
+    def _drop_vanished(self, scope: ScopeState, seen: set[str]) -> None:
         """A full listing without a known unfinished run: it was deleted, and can never be seen to end."""
-        for run_id in list(self._open.get(thread.id, ())):
+        for run_id in list(self._open.get(scope.id, ())):
             if run_id not in seen:
                 self._drop(run_id)  # never counted, so it may count if it ever comes back finished
 
@@ -303,17 +371,22 @@ class Tracker:
     def expire(self, now: float) -> None:
         """Forget finished runs past retention, and finish events older than the longest ratio window.
 
-    A forgotten run raises its thread's horizon, so seeing it again later never counts it twice."""
+    A forgotten run raises its scope's horizon, so seeing it again later never counts it twice."""
         heap = self._retire_at
         while heap and heap[0][0] <= now:
             deadline, run_id = heapq.heappop(heap)
             run = self.runs.get(run_id)
             if run is None or run.ended_at is None or run.ended_at + self.retention != deadline:
                 continue  # stale entry
-            if self._forgettable(run):
+            self._retire(run)
+            if self._forgettable(run, now):
                 self._forget(run_id)
-            else:
-                self._retire(run)
+        heap = self._forget_at
+        while heap and heap[0][0] <= now:
+            _, run_id = heapq.heappop(heap)
+            run = self.runs.get(run_id)
+            if run is not None and self._forgettable(run, now):
+                self._forget(run_id)
         cutoff = now - _MAX_WINDOW
         if self.finishes and self.finishes[0].at < cutoff:
             while self.finishes and self.finishes[0].at < cutoff:
@@ -323,11 +396,11 @@ class Tracker:
     # -- views for metrics -------------------------------------------------------------------
 
     def label_sets(self) -> set[LabelValues]:
-        """Every extra-label combination seen: in counters (persisted) and among known runs."""
-        n = len(self.extra_labels)
+        """Every (source, *extra) label combination seen: in counters (persisted) and among known runs."""
+        n = 1 + len(self.extra_labels)
         found = {key[1:] for key, count in self._counts.items() if count}
         for (name, values) in self.aggregates.counters:
-            if name == FINISHED:
+            if name == m.RUNS_FINISHED.name:
                 found.add(values[1:])
         return {v for v in found if len(v) == n}
 
@@ -387,17 +460,17 @@ class Tracker:
         totals[1] += sign * (finish.status == "failed")
         totals[2] += sign * (finish.status == "expired")
 
-    def thread_states(self) -> dict[str, int]:
-        out = {"active": 0, "idle": 0, "gone": 0}
-        for thread in self.threads.values():
-            out["gone" if thread.gone else "active" if self.is_active(thread.id) else "idle"] += 1
+    def scope_states(self) -> dict[str, int]:
+        out = dict.fromkeys(m.THREAD_STATES, 0)
+        for scope in self.scopes.values():
+            out["gone" if scope.gone else "active" if self.is_active(scope.id) else "idle"] += 1
         return out
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _put(self, run: RunState) -> None:
         self.runs[run.id] = run
-        self._by_thread.setdefault(run.thread_id, set()).add(run.id)
+        self._by_scope.setdefault(run.scope, set()).add(run.id)
         self._index(run)
 
     def _drop(self, run_id: str) -> None:
@@ -405,54 +478,60 @@ class Tracker:
         if run is None:
             return
         self._unindex(run)
-        _discard(self._by_thread, run.thread_id, run_id)
+        _discard(self._by_scope, run.scope, run_id)
         self.changes.delete(run_id)
 
     def _index(self, run: RunState) -> None:
         key = (run.status, *self.labels_of(run))
         self._counts[key] = self._counts.get(key, 0) + 1
         if run.ended_at is None:
-            self._open.setdefault(run.thread_id, set()).add(run.id)
+            self._open.setdefault(run.scope, set()).add(run.id)
             heapq.heappush(self._oldest.setdefault(key, []), (run.stint_start, run.id))
         else:
             heapq.heappush(self._retire_at, (run.ended_at + self.retention, run.id))
 
     def _unindex(self, run: RunState) -> None:
-        if run.id in self._retired.get(run.thread_id, ()):
-            _discard(self._retired, run.thread_id, run.id)
+        if run.id in self._retired.get(run.scope, ()):
+            _discard(self._retired, run.scope, run.id)
         else:
             key = (run.status, *self.labels_of(run))
             self._counts[key] -= 1
-        _discard(self._open, run.thread_id, run.id)
+        _discard(self._open, run.scope, run.id)
 
     def _retire(self, run: RunState) -> None:
         """Past retention: out of assistants_runs, but kept so it cannot be mistaken for a new run."""
         self._counts[(run.status, *self.labels_of(run))] -= 1
-        self._retired.setdefault(run.thread_id, set()).add(run.id)
+        self._retired.setdefault(run.scope, set()).add(run.id)
+        if self.dedupe_window > self.retention:
+            assert run.ended_at is not None
+            heapq.heappush(self._forget_at, (run.ended_at + self.dedupe_window, run.id))
 
-    def _release_retired(self, thread: ThreadState) -> None:
-        for run_id in list(self._retired.get(thread.id, ())):
-            if self.runs[run_id].created_at < thread.covered:
+    def _release_retired(self, scope: ScopeState, now: float) -> None:
+        for run_id in list(self._retired.get(scope.id, ())):
+            if self._forgettable(self.runs[run_id], now):
                 self._forget(run_id)
 
-    def _forgettable(self, run: RunState) -> bool:
-        """Only below what a successful poll covered: an older unseen run could hide behind the horizon."""
-        thread = self.threads.get(run.thread_id)
-        return thread is None or run.created_at < thread.covered
+    def _forgettable(self, run: RunState, now: float) -> bool:
+        """Below what a successful listing covered, if its scope is watched (an older unseen run could
+        hide behind the horizon), and past the dedupe window (a report of it would be stale by then)."""
+        scope = self.scopes.get(run.scope)
+        if scope is not None and run.created_at >= scope.covered:
+            return False
+        return run.ended_at is not None and now - run.ended_at >= self.dedupe_window
 
     def _forget(self, run_id: str) -> None:
         run = self.runs.get(run_id)
         if run is None:
             return
-        thread = self.threads.get(run.thread_id)
-        if thread is not None:
-            self._raise_horizon(thread, run.created_at)
+        scope = self.scopes.get(run.scope)
+        if scope is not None:
+            self._raise_horizon(scope, run.created_at)
         self._drop(run_id)
 
-    def _raise_horizon(self, thread: ThreadState, created_at: int) -> None:
-        if created_at > thread.horizon:
-            thread.horizon = created_at
-            self.changes.threads[thread.id] = thread
+    def _raise_horizon(self, scope: ScopeState, created_at: int) -> None:
+        if created_at > scope.horizon:
+            scope.horizon = created_at
+            self.changes.scopes[scope.id] = scope
 
 
 def _discard(index: dict[str, set[str]], key: str, item: str) -> None:

@@ -489,7 +489,7 @@ def test_configuration_doc_example_uses_known_keys() -> None:
 
 
 _ID_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="/\\?#%")
-_NOT_IDS = ("# c", "", "bad id", "x/y")
+_NOT_IDS = ("# c", "", "bad id", "x/y", ".", "..")  # "." and ".." are path segments, not ids
 
 
 @given(st.lists(st.one_of(st.text(_ID_CHARS, min_size=1, max_size=20), st.just("# c"), st.just(""),

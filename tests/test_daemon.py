@@ -1,9 +1,11 @@
-"""The poll loop with a fake source: scheduling, isolation of failing threads, the threads file, bad input."""
+"""The loop with a fake source on a fake clock: scheduling, isolation of failing threads, the threads file,
+bad input, store errors, and received updates answered only once committed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,151 +15,197 @@ import httpx
 import pytest
 
 from exporter.config import read_threads_file
-from exporter.daemon import Daemon, Schedule, ThreadsFileWatcher
+from exporter.daemon import STORE_RETRY_MIN, Daemon
+from exporter.inbox import Registration, RunItems, StoreUnavailable
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
+from exporter.scheduler import Schedule
 from exporter.sources import PollResult, StopRule
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.store import Store
 from exporter.tracker import Tracker
+from exporter.watchlist import ThreadsFileWatcher, WatchList
 
 Behaviour = Callable[[str], Awaitable[PollResult]]
+WALL0 = 1_800_000_000.0
+
+
+class Clock:
+    """Monotonic and wall time that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def wall(self) -> float:
+        return WALL0 + self.mono
 
 
 class FakeSource:
-    def __init__(self, behaviour: Behaviour) -> None:
+    name = "threads"
+
+    def __init__(self, behaviour: Behaviour, clock: Clock) -> None:
         self.behaviour = behaviour
+        self.clock = clock
         self.polls: Counter[str] = Counter()
         self.closed = False
 
-    async def poll_thread(self, thread_id: str, stop: StopRule) -> PollResult:
-        self.polls[thread_id] += 1
-        return await self.behaviour(thread_id)
+    async def poll(self, scope: str, stop: StopRule) -> PollResult:
+        self.polls[scope] += 1
+        return await self.behaviour(scope)
 
     async def aclose(self) -> None:
         self.closed = True
 
 
-async def ok(thread_id: str) -> PollResult:
-    return PollResult(thread_id, "ok", complete=True, api_reached=True, started=time.monotonic())
-
-
-def _daemon(tmp_path: Path, source: FakeSource, threads: Sequence[str] = (), threads_file: Path | None = None,
-            poll: float = 0.05, idle: float = 0.05) -> Daemon:
-    return Daemon(
-        source=source,  # type: ignore[arg-type]
+def _daemon(tmp_path: Path, behaviour: Behaviour, clock: Clock, threads: Sequence[str] = (),
+            threads_file: Path | None = None, poll: float = 1.0, idle: float = 10.0) -> tuple[Daemon, FakeSource]:
+    source = FakeSource(behaviour, clock)
+    watcher = ThreadsFileWatcher(threads_file, read_threads_file) if threads_file else None
+    daemon = Daemon(
+        sources={"threads": source},
         tracker=Tracker(["assistant_id"], 3600),
         store=Store(tmp_path / "state.db", ["assistant_id"]),
         collector=SnapshotCollector(),
         schedule=Schedule(poll, idle),
-        static_threads=threads,
-        threads_file=ThreadsFileWatcher(threads_file, read_threads_file) if threads_file else None,
+        watchlist=WatchList(threads, watcher),
+        wall=clock.wall,
+        mono=clock.monotonic,
     )
+    return daemon, source
 
 
-async def _run_until(daemon: Daemon, done: Callable[[], bool], timeout: float = 10.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
-    deadline = time.monotonic() + timeout
-    try:
-        while not done():
-            assert not task.done(), task.exception()
-            assert time.monotonic() < deadline, "condition not reached before the deadline"
-            await asyncio.sleep(0.01)  # polling interval under a deadline
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+async def _settle() -> None:
+    for _ in range(5):  # let the fake polls that were started run to completion
+        await asyncio.sleep(0)
+
+
+async def _drive(daemon: Daemon, clock: Clock, seconds: float, dt: float = 0.1) -> None:
+    """Run the loop's steps on the fake clock for `seconds` of fake time."""
+    if not daemon.health.started:
+        if daemon.watchlist.threads_file is not None:
+            daemon.watchlist.threads_file.changed()
+        daemon.sync_scopes()
+        daemon.health.started = True
+    end = clock.mono + seconds
+    while clock.mono < end:
+        clock.mono = round(clock.mono + dt, 6)
+        daemon.launch_due()
+        await _settle()
+        daemon.step()
+
+
+def _ok(clock: Clock) -> Behaviour:
+    async def ok(scope: str) -> PollResult:
+        return PollResult(scope, "ok", complete=True, api_reached=True, started=clock.mono)
+    return ok
+
+
+def test_active_scopes_every_poll_interval_idle_ones_once_per_idle_interval(tmp_path: Path) -> None:
+    clock = Clock()
+    t0 = int(clock.wall())
+
+    async def behaviour(scope: str) -> PollResult:
+        runs = [RunSnapshot("r1", scope, "in_progress", t0, started_at=t0)] if scope == "busy" else []
+        return PollResult(scope, "ok", runs, complete=True, api_reached=True, started=clock.mono)
+
+    daemon, source = _daemon(tmp_path, behaviour, clock, ["busy", "quiet"], poll=1.0, idle=10.0)
+    asyncio.run(_drive(daemon, clock, 60.0))
+    assert source.polls["busy"] == 60  # at 0.1, 1.1, ..., 59.1
+    # The first poll at once, the second within one idle interval (its phase drawn at random), then
+    # exactly one per idle interval.
+    assert 6 <= source.polls["quiet"] <= 7
 
 
 def test_a_hanging_thread_never_stalls_the_others(tmp_path: Path) -> None:
-    async def behaviour(thread_id: str) -> PollResult:
-        if thread_id == "stuck":
-            await asyncio.Event().wait()  # never answers
-        return await ok(thread_id)
+    clock = Clock()
+    ok = _ok(clock)
 
-    source = FakeSource(behaviour)
-    daemon = _daemon(tmp_path, source, ["stuck", "a", "b"])
-    asyncio.run(_run_until(daemon, lambda: source.polls["a"] >= 5 and source.polls["b"] >= 5))
+    async def behaviour(scope: str) -> PollResult:
+        if scope == "stuck":
+            await asyncio.Event().wait()  # never answers
+        return await ok(scope)
+
+    daemon, source = _daemon(tmp_path, behaviour, clock, ["stuck", "a", "b"], poll=1.0, idle=1.0)
+    asyncio.run(_drive(daemon, clock, 10.0))
     assert source.polls["stuck"] == 1
-    assert source.closed  # shutdown cancels the hung poll and closes the source
+    assert source.polls["a"] == source.polls["b"] == 10
 
 
 def test_failing_threads_back_off_and_gone_threads_are_polled_rarely(tmp_path: Path) -> None:
-    async def behaviour(thread_id: str) -> PollResult:
-        if thread_id == "failing":
-            return PollResult(thread_id, "error", error="server error (500) after 3 attempts", started=time.monotonic())
-        if thread_id == "deleted":
-            return PollResult(thread_id, "gone", api_reached=True, started=time.monotonic())
-        return await ok(thread_id)
+    clock = Clock()
+    ok = _ok(clock)
 
-    source = FakeSource(behaviour)
-    daemon = _daemon(tmp_path, source, ["failing", "deleted", "fine"])
-    asyncio.run(_run_until(daemon, lambda: source.polls["fine"] >= 30))
-    assert source.polls["deleted"] == 1
-    assert 2 <= source.polls["failing"] <= 8  # 0.05 s doubling: far fewer than the healthy thread's 30
-    assert daemon.slots["failing"].failures == source.polls["failing"]
-    assert daemon.tracker.thread_states() == {"active": 0, "idle": 2, "gone": 1}
+    async def behaviour(scope: str) -> PollResult:
+        if scope == "failing":
+            return PollResult(scope, "error", error="server error (500) after 3 attempts", started=clock.mono)
+        if scope == "deleted":
+            return PollResult(scope, "gone", api_reached=True, started=clock.mono)
+        return await ok(scope)
+
+    daemon, source = _daemon(tmp_path, behaviour, clock, ["failing", "deleted", "fine"], poll=1.0, idle=1.0)
+    asyncio.run(_drive(daemon, clock, 120.0))
+    assert source.polls["fine"] == 120
+    assert source.polls["deleted"] == 1  # next after 15 minutes
+    # Backoff doubles from 2 s (halved at most by jitter): 1 + 2 + 4 + ... reaches 120 s within 5 to 8 polls.
+    assert 5 <= source.polls["failing"] <= 8
+    assert daemon.scheduler.slots["failing"].failures == source.polls["failing"]
+    assert daemon.tracker.scope_states() == {"active": 0, "idle": 2, "gone": 1}
 
 
 def test_threads_file_changes_are_picked_up_without_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
     path = tmp_path / "threads.txt"
     path.write_text("one\n# a comment\ntwo\n")
-    source = FakeSource(ok)
-    daemon = _daemon(tmp_path, source, threads_file=path)
+    daemon, source = _daemon(tmp_path, _ok(clock), clock, threads_file=path, idle=1.0)
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
-        deadline = time.monotonic() + 10
-        while source.polls["two"] < 1:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await _drive(daemon, clock, 1.0)
+        assert source.polls["two"] >= 1
         path.write_text("two\nthree\n")
-        while source.polls["three"] < 1 or "one" in daemon.slots:
-            assert time.monotonic() < deadline, "threads file change not picked up"
-            await asyncio.sleep(0.01)
+        await _drive(daemon, clock, 2.0)  # the file is checked once a second
+        assert source.polls["three"] >= 1 and "one" not in daemon.scheduler.slots
         path.unlink()  # unreadable later: the last good list is kept
         before = source.polls["three"]
-        while source.polls["three"] < before + 3:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        await _drive(daemon, clock, 3.0)
+        assert source.polls["three"] >= before + 2
 
     asyncio.run(scenario())
-    assert set(daemon.slots) == {"two", "three"}
-    assert "one" not in daemon.tracker.threads
+    assert set(daemon.scheduler.slots) == {"two", "three"}
+    assert "one" not in daemon.tracker.scopes
 
 
 def test_invalid_objects_are_counted_and_logged_once_a_minute(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async def behaviour(thread_id: str) -> PollResult:
-        return PollResult(thread_id, "ok", complete=True, api_reached=True, invalid={"wrong_type": 2},
-                          started=time.monotonic())
+    clock = Clock()
 
-    source = FakeSource(behaviour)
-    daemon = _daemon(tmp_path, source, ["t"])
+    async def behaviour(scope: str) -> PollResult:
+        return PollResult(scope, "ok", complete=True, api_reached=True, invalid={"wrong_type": 2}, started=clock.mono)
+
+    daemon, source = _daemon(tmp_path, behaviour, clock, ["t"], idle=1.0)
     with caplog.at_level(logging.WARNING, logger="exporter.daemon"):
-        asyncio.run(_run_until(daemon, lambda: source.polls["t"] >= 5))
+        asyncio.run(_drive(daemon, clock, 90.0))
     counted = daemon.tracker.aggregates.counter("assistants_exporter_invalid_objects_total", ("wrong_type",))
-    assert counted == 2 * daemon.health.polls_applied >= 8
-    assert sum("wrong_type" in r.getMessage() for r in caplog.records) == 1
+    assert counted == 2 * source.polls["t"] == 180
+    assert sum("wrong_type" in r.getMessage() for r in caplog.records) == 2  # at 0 s and after a minute
 
 
 def test_counts_are_committed_and_survive_a_new_daemon(tmp_path: Path) -> None:
-    t0 = int(time.time())
+    clock = Clock()
+    t0 = int(clock.wall())
 
-    async def behaviour(thread_id: str) -> PollResult:
-        runs = [] if source.polls[thread_id] == 1 else [
-            RunSnapshot("r1", thread_id, "completed", t0, assistant_id="a", completed_at=t0 + 1)]
-        return PollResult(thread_id, "ok", runs, complete=True, api_reached=True, started=time.monotonic())
+    async def behaviour(scope: str) -> PollResult:
+        runs = [] if source.polls[scope] == 1 else [
+            RunSnapshot("r1", scope, "completed", t0, assistant_id="a", completed_at=t0 + 1)]
+        return PollResult(scope, "ok", runs, complete=True, api_reached=True, started=clock.mono)
 
-    source = FakeSource(behaviour)
-    daemon = _daemon(tmp_path, source, ["t"])
-    asyncio.run(_run_until(daemon, lambda: source.polls["t"] >= 3))
+    daemon, source = _daemon(tmp_path, behaviour, clock, ["t"], idle=1.0)
+    asyncio.run(_drive(daemon, clock, 3.0))
     daemon.store.close()
     loaded = Store(tmp_path / "state.db", ["assistant_id"]).load()
-    assert loaded.aggregates.counter("assistants_runs_finished_total", ("completed", "a")) == 1
-    assert loaded.aggregates.histograms[("assistants_exporter_poll_duration_seconds", ())].count >= 3
+    assert loaded.aggregates.counter("assistants_runs_finished_total", ("completed", "threads", "a")) == 1
+    assert loaded.aggregates.histograms[("assistants_exporter_poll_duration_seconds", ())].count == 3
 
 
 def test_steady_state_poll_of_an_active_thread_is_one_request(tmp_path: Path) -> None:
@@ -184,8 +232,8 @@ def test_steady_state_poll_of_an_active_thread_is_one_request(tmp_path: Path) ->
 
     async def poll() -> int:
         before = len(requests)
-        result = await source.poll_thread("t", lambda seen: tracker.should_stop("t", seen))
-        tracker.observe("t", result.runs, time.time(), complete=result.complete, ok=result.outcome == "ok")
+        result = await source.poll("t", lambda seen: tracker.should_stop("t", seen))
+        tracker.observe_listing("t", result.runs, time.time(), complete=result.complete, ok=result.outcome == "ok")
         return len(requests) - before
 
     async def scenario() -> list[int]:
@@ -197,54 +245,175 @@ def test_steady_state_poll_of_an_active_thread_is_one_request(tmp_path: Path) ->
     assert all(r.url.params["order"] == "desc" and r.url.params["limit"] == "100" for r in requests)
 
 
-def test_ready_after_the_first_poll_that_reaches_the_api_and_stays_ready(tmp_path: Path) -> None:
-    api_answers = asyncio.Event()
+def test_ready_after_the_first_poll_that_reaches_the_api_and_api_up_follows_each_cycle(tmp_path: Path) -> None:
+    clock = Clock()
+    api_answers = False
 
-    async def behaviour(thread_id: str) -> PollResult:
-        if not api_answers.is_set():
-            return PollResult(thread_id, "error", error="connection_error", started=time.monotonic())
-        if source.polls[thread_id] % 2:
-            return await ok(thread_id)
-        return PollResult(thread_id, "error", error="timeout", started=time.monotonic())
+    async def behaviour(scope: str) -> PollResult:
+        if not api_answers:
+            return PollResult(scope, "error", error="connection_error", started=clock.mono)
+        return PollResult(scope, "ok", complete=True, api_reached=True, started=clock.mono)
 
-    source = FakeSource(behaviour)
-    daemon = _daemon(tmp_path, source, ["t"], poll=0.01)
+    daemon, _ = _daemon(tmp_path, behaviour, clock, ["t"], poll=1.0)
     assert daemon.ready() == (False, "starting")
 
     async def scenario() -> None:
-        async def until(done: Callable[[], bool]) -> None:
-            deadline = time.monotonic() + 10
-            while not done():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)  # polling interval under a deadline
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
-        await until(lambda: daemon.health.polls_applied >= 2)
+        nonlocal api_answers
+        await _drive(daemon, clock, 0.5)
         assert daemon.ready() == (False, "waiting for the first poll that reaches the API")
-        api_answers.set()
-        await until(lambda: daemon.health.reached_api and daemon.state.api_up == 0.0)
+        assert daemon.state.api_up == {"threads": 0.0}
+        api_answers = True
+        await _drive(daemon, clock, 10.0)
+        assert daemon.ready() == (True, "ok") and daemon.state.api_up == {"threads": 1.0}
+        api_answers = False
+        await _drive(daemon, clock, 30.0)
         assert daemon.ready() == (True, "ok")  # the outage shows in the metric, not in readiness
-        assert daemon.healthy()[0]
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        assert daemon.state.api_up == {"threads": 0.0}
 
     asyncio.run(scenario())
 
 
 def test_an_idle_loop_writes_nothing_and_still_refreshes_metrics(tmp_path: Path) -> None:
-    async def hang(thread_id: str) -> PollResult:
+    clock = Clock()
+
+    async def hang(scope: str) -> PollResult:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    source = FakeSource(hang)
-    daemon = _daemon(tmp_path, source, ["t"])
+    daemon, _ = _daemon(tmp_path, hang, clock, ["t"])
     commits: list[float] = []
     real_commit = daemon.store.commit
-    daemon.store.commit = lambda *a, **k: (commits.append(time.monotonic()), real_commit(*a, **k))[1]  # type: ignore[method-assign]
+    daemon.store.commit = lambda *a, **k: (commits.append(clock.mono), real_commit(*a, **k))[1]  # type: ignore[method-assign]
     publishes: list[float] = []
     real_update = daemon.collector.update
-    daemon.collector.update = lambda fams: (publishes.append(time.monotonic()), real_update(fams))[1]  # type: ignore[method-assign]
-    start = time.monotonic()
-    asyncio.run(_run_until(daemon, lambda: time.monotonic() - start > 2.5))
-    assert len(commits) <= 2  # the first tick (thread registered) and the shutdown
-    assert 3 <= len(publishes) <= 6  # about once a second
+    daemon.collector.update = lambda fams: (publishes.append(clock.mono), real_update(fams))[1]  # type: ignore[method-assign]
+    asyncio.run(_drive(daemon, clock, 10.0))
+    assert len(commits) == 1  # the first tick registers the thread; then nothing changes
+    assert len(publishes) == 10  # once a second
+
+
+def test_run_stops_on_the_event_and_closes_the_source(tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def hang(scope: str) -> PollResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    daemon, source = _daemon(tmp_path, hang, clock, ["t"])
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        while source.polls["t"] < 1:
+            await asyncio.sleep(0)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    assert source.closed  # shutdown cancels the hung poll and closes the source
+
+
+# -- received updates and the store ------------------------------------------------------------
+
+
+def _runs(*items: tuple[str, str]) -> RunItems:
+    t0 = int(WALL0)
+    return RunItems([RunSnapshot(rid, "", status, t0, source="push") for rid, status in items], [], "push")
+
+
+def test_received_items_are_answered_after_one_group_commit(tmp_path: Path) -> None:
+    clock = Clock()
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock)
+    commits: list[int] = []
+    real_commit = daemon.store.commit
+    daemon.store.commit = lambda *a, **k: (commits.append(1), real_commit(*a, **k))[1]  # type: ignore[method-assign]
+
+    async def scenario() -> list[RunItems | Registration]:
+        daemon.sync_scopes()
+        waiting = [asyncio.create_task(daemon.inbox.submit(_runs((f"r{i}", "completed"), (f"r{i}", "completed")), 5))
+                   for i in range(20)]
+        await _settle()
+        assert not any(t.done() for t in waiting)  # nothing answered before the commit
+        daemon.step()
+        return await asyncio.gather(*waiting)
+
+    done = asyncio.run(scenario())
+    assert len(commits) == 1  # twenty requests, one transaction
+    assert all(isinstance(d, RunItems) and (d.outcome.accepted, d.outcome.duplicates) == (1, 1) for d in done)
+    loaded = Store(tmp_path / "state.db", ["assistant_id"]).load()
+    assert loaded.aggregates.counter("assistants_runs_finished_total", ("completed", "push", "")) == 20
+
+
+def test_a_failing_store_keeps_the_batch_retries_and_says_why(tmp_path: Path) -> None:
+    """Regression: one SQLite error used to make the loop raise after the batch was taken from the tracker."""
+    clock = Clock()
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock)
+    real_commit = daemon.store.commit
+    failing = True
+
+    def commit(*args: object, **kwargs: object) -> None:
+        if failing:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    daemon.store.commit = commit  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        nonlocal failing
+        daemon.sync_scopes()
+        daemon.health.started = True
+        first = asyncio.create_task(daemon.inbox.submit(_runs(("r1", "completed")), 5))
+        await _settle()
+        daemon.step()
+        await _settle()
+        assert not first.done()
+        ready, reason = daemon.ready()
+        assert not ready and "database or disk is full" in reason and "state.db" in reason
+        assert daemon.tracker.aggregates.counter("assistants_exporter_store_errors_total", ()) == 1
+        second = asyncio.create_task(daemon.inbox.submit(_runs(("r2", "failed")), 5))
+        await _settle()
+        daemon.step()  # within the backoff: no new attempt
+        assert daemon.tracker.aggregates.counter("assistants_exporter_store_errors_total", ()) == 1
+        failing = False
+        clock.mono += STORE_RETRY_MIN * 2
+        daemon.step()
+        assert (await first).outcome.accepted == 1 and (await second).outcome.accepted == 1  # type: ignore[union-attr]
+        assert daemon.health.store_error is None
+
+    asyncio.run(scenario())
+    loaded = Store(tmp_path / "state.db", ["assistant_id"]).load()
+    assert loaded.aggregates.counter("assistants_runs_finished_total", ("completed", "push", "")) == 1
+    assert loaded.aggregates.counter("assistants_runs_finished_total", ("failed", "push", "")) == 1
+
+
+def test_a_request_that_cannot_be_committed_in_time_is_told_to_retry(tmp_path: Path) -> None:
+    clock = Clock()
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock)
+
+    async def scenario() -> None:
+        with pytest.raises(StoreUnavailable):
+            await daemon.inbox.submit(_runs(("r1", "completed")), 0.01)  # nobody steps the loop
+
+    asyncio.run(scenario())
+
+
+def test_registrations_are_persisted_and_capped(tmp_path: Path) -> None:
+    clock = Clock()
+    daemon, source = _daemon(tmp_path, _ok(clock), clock, ["static"])
+    daemon.watchlist.max_watched = 2
+
+    async def scenario() -> list[str]:
+        daemon.sync_scopes()
+        items = [Registration("t_new", "threads", True), Registration("t_more", "threads", True),
+                 Registration("static", "threads", True), Registration("t_none", "threads", False)]
+        waiting = [asyncio.create_task(daemon.inbox.submit(i, 5)) for i in items]
+        await _settle()
+        daemon.step()
+        done = await asyncio.gather(*waiting)
+        await _drive(daemon, clock, 0.5)
+        return [d.result for d in done if isinstance(d, Registration)]
+
+    assert asyncio.run(scenario()) == ["added", "full", "exists", "missing"]
+    assert source.polls["t_new"] == 1
+    assert Store(tmp_path / "state.db", ["assistant_id"]).load().registrations == {"t_new": "threads",
+                                                                                   "static": "threads"}

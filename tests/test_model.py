@@ -17,7 +17,7 @@ def test_a_good_run_object_becomes_a_snapshot() -> None:
     result = parse_run(GOOD)
     assert result.invalid_reason is None and result.snapshot is not None
     snap = result.snapshot
-    assert (snap.id, snap.thread_id, snap.status, snap.created_at) == ("run_1", "thread_1", "failed", 100)
+    assert (snap.id, snap.scope, snap.status, snap.created_at) == ("run_1", "thread_1", "failed", 100)
     assert (snap.error_code, snap.prompt_tokens, snap.completion_tokens) == ("server_error", 12, 3)
     assert snap.terminal and snap.ended_at() == 110
 
@@ -49,7 +49,7 @@ def test_bad_items_are_skipped_or_downgraded_with_a_reason(item: object, reason:
 
 def test_thread_id_falls_back_to_the_polled_thread() -> None:
     result = parse_run({**GOOD, "thread_id": None}, "thread_polled")
-    assert result.snapshot is not None and result.snapshot.thread_id == "thread_polled"
+    assert result.snapshot is not None and result.snapshot.scope == "thread_polled"
 
 
 def test_enum_names_and_api_spellings_normalize_to_the_eleven_statuses() -> None:

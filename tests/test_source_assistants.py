@@ -82,7 +82,7 @@ class Harness:
         async def run() -> list[PollResult]:
             source = self._build()
             try:
-                return list(await asyncio.gather(*(source.poll_thread(t, rule) for t in thread_ids)))
+                return list(await asyncio.gather(*(source.poll(t, rule) for t in thread_ids)))
             finally:
                 await source.aclose()
 
@@ -613,7 +613,7 @@ def test_failing_hooks_do_not_break_polling() -> None:
             ),
         )
         try:
-            return await source.poll_thread("thread_a", never)
+            return await source.poll("thread_a", never)
         finally:
             await source.aclose()
 
@@ -659,9 +659,9 @@ def test_client_is_recreated_after_aclose() -> None:
         source = AssistantsSource(
             ApiSettings(base_url=BASE, api_key=KEY), transport=httpx.MockTransport(FakeApi({"thread_a": 1}))
         )
-        first = await source.poll_thread("thread_a", never)
+        first = await source.poll("thread_a", never)
         await source.aclose()
-        second = await source.poll_thread("thread_a", never)
+        second = await source.poll("thread_a", never)
         await source.aclose()
         await source.aclose()  # idempotent
         return first, second

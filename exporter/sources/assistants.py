@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from exporter import __version__
-from exporter.model import REASON_MALFORMED_PAGE, RunSnapshot, parse_run, thread_id_problem
+from exporter.model import REASON_MALFORMED_PAGE, SOURCE_THREADS, RunSnapshot, parse_run, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.ratelimit import TokenBucket
 
@@ -218,6 +218,8 @@ def _status_error(status: int, attempts: int) -> str:
 class AssistantsSource:
     """Lists the runs of one thread at a time, newest first, for the tracker."""
 
+    name = SOURCE_THREADS
+
     def __init__(
         self,
         settings: ApiSettings,
@@ -259,9 +261,9 @@ class AssistantsSource:
         if client is not None:
             await client.aclose()
 
-    async def poll_thread(self, thread_id: str, stop: StopRule) -> PollResult:
+    async def poll(self, thread_id: str, stop: StopRule) -> PollResult:
         started = self._clock()
-        result = PollResult(thread_id=thread_id, outcome="ok", started=started)
+        result = PollResult(scope=thread_id, outcome="ok", started=started)
         problem = thread_id_problem(thread_id)
         if problem is not None:
             result.outcome, result.error = "error", problem

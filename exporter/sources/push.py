@@ -1,0 +1,245 @@
+"""The push receiver: applications tell the exporter what their runs are doing.
+
+`POST /api/v1/runs` takes one JSON object, a JSON array of up to MAX_ITEMS, or NDJSON. Each item is an
+Assistants `RunObject`, a `thread.run.*` stream event, a Responses `Response`, or a minimal run
+(`{"id", "status"}` and any of the RunObject fields). `status` may be an API string, a RunStatus enum name or
+its integer value. `PUT`/`DELETE /api/v1/threads/{thread_id}` register or drop a thread to poll.
+
+Every request needs `Authorization: Bearer <token>`; the answer is sent only once the daemon has committed
+what the request changed, so a 200 survives `kill -9`. One bad item never rejects its neighbours.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from exporter.inbox import Inbox, Item, Registration, RunItems, StoreUnavailable
+from exporter.model import (
+    REASON_NOT_OBJECT,
+    REASON_WRONG_TYPE,
+    SOURCE_PUSH,
+    SOURCE_THREADS,
+    ParseResult,
+    RunSnapshot,
+    parse_response,
+    parse_run,
+    thread_id_problem,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 1000
+COMMIT_TIMEOUT = 10.0  # seconds a request waits for its commit before answering 503
+REASON_UNSUPPORTED_EVENT = "unsupported_event"
+REASON_NOT_JSON = "not_json"
+# RunStatus enum values, in the client library's order.
+ENUM_BY_VALUE: tuple[str, ...] = ("Null", "Created", "Queued", "InProgress", "Completed", "RequiresAction",
+                                  "Expired", "Cancelling", "Cancelled", "Failed", "Incomplete")
+_JSON_TYPES = frozenset({"application/json"})
+_NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+
+
+class PushTokens:
+    """The accepted bearer tokens: from a file (one a line, so a rotation can keep the old one) or env."""
+
+    def __init__(self, tokens: Sequence[str], path: Path | None = None) -> None:
+        self._tokens = [t.encode() for t in tokens]
+        self.path = path
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def accepts(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        offered = header[len("Bearer "):].strip().encode("utf-8", "replace")
+        ok = False
+        for token in self._tokens:  # compare with every token, so the time says nothing about which
+            ok |= hmac.compare_digest(offered, token)
+        return ok
+
+    def reload(self) -> None:
+        if self.path is not None:
+            self._tokens = [t.encode() for t in read_token_file(self.path)]
+
+
+def read_token_file(path: Path) -> list[str]:
+    """Tokens from a file: one a line; blank lines and lines starting with '#' are ignored. Raises OSError."""
+    text = path.read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+# -- items --------------------------------------------------------------------------------------
+
+
+def parse_item(obj: object, now: float) -> ParseResult:
+    """One pushed item as a single-run snapshot with source `push`, or why it is invalid. Never raises."""
+    if not isinstance(obj, dict):
+        return ParseResult(None, REASON_NOT_OBJECT)
+    if "event" in obj and "data" in obj:
+        event = obj["event"]
+        if not isinstance(event, str) or not event.startswith("thread.run.") or event.startswith("thread.run.step"):
+            return ParseResult(None, REASON_UNSUPPORTED_EVENT)
+        obj = obj["data"]
+        if not isinstance(obj, dict):
+            return ParseResult(None, REASON_NOT_OBJECT)
+    fields: dict[str, Any] = dict(obj)
+    status = fields.get("status")
+    if isinstance(status, int) and not isinstance(status, bool) and 0 <= status < len(ENUM_BY_VALUE):
+        fields["status"] = ENUM_BY_VALUE[status]
+    if fields.get("created_at") is None:
+        fields["created_at"] = int(now)  # the time the exporter first heard of it
+    thread_id = fields.get("thread_id")
+    if thread_id is not None and (not isinstance(thread_id, str) or thread_id_problem(thread_id)):
+        return ParseResult(None, REASON_WRONG_TYPE)
+    if fields.get("object") == "response":
+        parsed = parse_response(fields, SOURCE_PUSH)
+    else:
+        parsed = parse_run(fields, "", SOURCE_PUSH)
+    if parsed.invalid_reason is not None:
+        return ParseResult(None, parsed.invalid_reason)  # a push with no usable status is rejected whole
+    return parsed
+
+
+def split_body(body: bytes, ndjson: bool) -> list[object] | None:
+    """The items of a body; None when it is not JSON at all. An NDJSON line that is not JSON is an item
+    that fails to parse (reported by index), not a reason to reject the body."""
+    if ndjson:
+        items: list[object] = []
+        for line in body.split(b"\n"):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except (ValueError, RecursionError):
+                    items.append(_NotJson())
+        return items
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+class _NotJson:
+    """Stands for an NDJSON line that did not parse."""
+
+
+def parse_items(items: list[object], now: float) -> tuple[list[RunSnapshot], list[tuple[int, str]]]:
+    runs: list[RunSnapshot] = []
+    invalid: list[tuple[int, str]] = []
+    for index, obj in enumerate(items):
+        if isinstance(obj, _NotJson):
+            invalid.append((index, REASON_NOT_JSON))
+            continue
+        parsed = parse_item(obj, now)
+        if parsed.snapshot is None:
+            invalid.append((index, parsed.invalid_reason or REASON_WRONG_TYPE))
+        else:
+            runs.append(parsed.snapshot)
+    return runs, invalid
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def _error(code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=code, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` bytes (nothing more is read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class PushReceiver:
+    name = SOURCE_PUSH
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        tokens: PushTokens,
+        *,
+        max_body: int,
+        clock: Callable[[], float],
+        on_request: Callable[[int], None],
+        commit_timeout: float = COMMIT_TIMEOUT,
+    ) -> None:
+        self.inbox = inbox
+        self.tokens = tokens
+        self.max_body = max_body
+        self.clock = clock
+        self.on_request = on_request
+        self.commit_timeout = commit_timeout
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/api/v1/runs", self._counted(self.post_runs), methods=["POST"]),
+            Route("/api/v1/threads/{thread_id:path}", self._counted(self.thread), methods=["PUT", "DELETE"]),
+        ]
+
+    def _counted(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            if not self.tokens.accepts(request.headers.get("authorization")):
+                response = _error(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+            else:
+                response = await handler(request)
+            self.on_request(response.status_code)
+            return response
+        return endpoint
+
+    async def post_runs(self, request: Request) -> Response:
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media not in _JSON_TYPES and media not in _NDJSON_TYPES:
+            return _error(415, "use Content-Type application/json or application/x-ndjson")
+        body = await read_body(request, self.max_body)
+        if body is None:
+            return _error(413, f"body larger than {self.max_body} bytes")
+        items = split_body(body, media in _NDJSON_TYPES)
+        if items is None:
+            return _error(400, "body is not JSON")
+        if len(items) > MAX_ITEMS:
+            return _error(413, f"more than {MAX_ITEMS} items")
+        runs, invalid = parse_items(items, self.clock())
+        done = await self._submit(RunItems(runs, invalid, self.name))
+        if isinstance(done, Response):
+            return done
+        assert isinstance(done, RunItems)
+        return JSONResponse(done.outcome.as_json())
+
+    async def thread(self, request: Request) -> Response:
+        thread_id = str(request.path_params["thread_id"])
+        problem = thread_id_problem(thread_id)
+        if problem is not None:
+            return _error(400, f"invalid thread id: {problem}")
+        add = request.method == "PUT"
+        done = await self._submit(Registration(thread_id, SOURCE_THREADS, add))
+        if isinstance(done, Response):
+            return done
+        assert isinstance(done, Registration)
+        code = {"full": 429, "missing": 404}.get(done.result, 200)
+        return JSONResponse({"thread_id": thread_id, "result": done.result}, status_code=code)
+
+    async def _submit(self, item: Item) -> Item | Response:
+        try:
+            return await self.inbox.submit(item, self.commit_timeout)
+        except StoreUnavailable:
+            return _error(503, "the state file cannot be written right now; retry", {"Retry-After": "1"})
