@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,7 @@ from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
 from exporter.daemon import Daemon, Schedule, ThreadsFileWatcher
 from exporter.metrics import SnapshotCollector
-from exporter.server import MetricsServer, PortInUseError
+from exporter.server import HttpServer, PortInUseError, bind_socket
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.store import Store, StoreError
 from exporter.tracker import Tracker
@@ -55,23 +56,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry.register(collector)
     probes = Probes()
     # Bind first: a taken port is a configuration error, reported before anything else starts.
-    server = MetricsServer(registry, config.listen_host, config.listen_port, probes.healthy, probes.ready)
     try:
-        server.start()
+        sock = bind_socket(config.listen_host, config.listen_port)
     except PortInUseError as exc:
         return _config_error(str(exc))
     except OSError as exc:
         return _config_error(exc.strerror or str(exc))
+    server = HttpServer(registry, probes.healthy, probes.ready)
+    collector.add_listener(server.metrics_changed)
     try:
         log.info("serving /metrics on %s", config.listen)
         with _demo(config) as effective:
-            return asyncio.run(_serve(effective, collector, probes))
+            return asyncio.run(_serve(effective, collector, probes, server, sock))
     except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
         return 0
     finally:
-        server.stop()
+        sock.close()  # already closed when the server ran; not when startup failed before it
 
 
 class Probes:
@@ -154,7 +156,24 @@ def _build_api_settings(config: Config) -> ApiSettings:
     )
 
 
-async def _serve(config: Config, collector: SnapshotCollector, probes: Probes) -> int:
+async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
+                 sock: socket.socket) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    # The HTTP server runs beside the poll loop on this event loop; either one ending stops the other.
+    http = asyncio.create_task(server.serve(sock), name="http")
+    http.add_done_callback(lambda _: stop.set())
+    try:
+        return await _run_daemon(config, collector, probes, stop)
+    finally:
+        server.stop()
+        await http
+
+
+async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Probes, stop: asyncio.Event) -> int:
     store, tracker, last_success = _open_tracker(config)
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
     # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
@@ -175,11 +194,6 @@ async def _serve(config: Config, collector: SnapshotCollector, probes: Probes) -
     daemon.state.last_poll_success = last_success
     probes.daemon = daemon
     try:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         await daemon.run(stop)
     finally:
         store.close()
