@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import prometheus_client
 import pytest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -208,7 +208,8 @@ def test_no_access_log_on_stderr(server: Running, capfd: pytest.CaptureFixture[s
 def test_request_lines_are_logged_at_debug(server: Running, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="exporter.server"):
         request(server.port, "GET", "/nope")
-    assert any("GET /nope 404" in r.getMessage() for r in caplog.records)
+        # The line is written once the response has gone out, so the client may see the answer first.
+        wait_until(lambda: any("GET /nope 404" in r.getMessage() for r in caplog.records), what="the DEBUG line")
 
 
 # --- pre-rendered pages and filtering --------------------------------------------------------------------------
@@ -231,7 +232,9 @@ def _families(value: float) -> list[Metric]:
     runs.add_metric(["queued"], value)
     up = GaugeMetricFamily("assistants_exporter_api_up", "up")
     up.add_metric([], 1)
-    return [runs, up]
+    finished = CounterMetricFamily("assistants_runs_finished", "finished", labels=["status"])
+    finished.add_metric(["failed"], 2)
+    return [runs, up, finished]
 
 
 @pytest.fixture
@@ -294,6 +297,16 @@ def test_name_filter_returns_the_named_family(snapshot_server: Running) -> None:
     assert status == 200
     assert b'assistants_runs{status="queued"} 1.0' in body
     assert b"assistants_exporter_api_up" not in body
+
+
+def test_name_filter_by_sample_names_of_a_counter(snapshot_server: Running) -> None:
+    query = "name[]=assistants_runs_finished_total&name[]=assistants_exporter_api_up"
+    status, _, body = request(snapshot_server.port, "GET", f"/metrics?{query}", {"Accept-Encoding": "gzip"})
+    text = gzip.decompress(body)
+    assert status == 200
+    assert b'assistants_runs_finished_total{status="failed"} 2.0' in text
+    assert b"assistants_exporter_api_up 1.0" in text
+    assert b"assistants_runs{" not in text
 
 
 def test_name_filter_unknown_name_is_empty(snapshot_server: Running) -> None:
