@@ -14,6 +14,7 @@ import gzip
 import hmac
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from exporter.logs import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -478,8 +481,22 @@ class HttpServer:
         return bool(self._server.started)
 
 
+class _OncePerMinute(logging.Filter):
+    """uvicorn's warnings (a malformed request, connections over the limit) at most once a minute each: worth
+    knowing about, but a port scanner or an overload must not flood the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limiter = RateLimiter(60.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self._limiter.allow(str(record.msg), time.monotonic())
+
+
 def _quiet_uvicorn() -> None:
-    # uvicorn logs startup banners at INFO and every malformed request or 503 at WARNING; those are noise for
-    # an exporter (a port scanner would fill the log), so they show only at DEBUG. Errors still show.
-    level = logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR
-    logging.getLogger("uvicorn").setLevel(level)
+    # uvicorn's startup and shutdown banners are INFO noise for an exporter: they show only at DEBUG.
+    debug = logger.isEnabledFor(logging.DEBUG)
+    logging.getLogger("uvicorn").setLevel(logging.DEBUG if debug else logging.WARNING)
+    errors = logging.getLogger("uvicorn.error")
+    if not debug and not any(isinstance(f, _OncePerMinute) for f in errors.filters):
+        errors.addFilter(_OncePerMinute())

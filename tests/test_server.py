@@ -390,11 +390,15 @@ def test_a_stalled_second_request_on_a_kept_alive_connection_is_disconnected(reg
         conn.close()
 
 
-def test_connections_over_the_limit_get_503(registry: CollectorRegistry, flags: Flags) -> None:
+def test_connections_over_the_limit_get_503(registry: CollectorRegistry, flags: Flags,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     with running(registry, flags, limits=Limits(max_connections=3, header_timeout=60)) as srv:
         held = [socket.create_connection((HOST, srv.port), timeout=10) for _ in range(3)]
         try:
             wait_until(lambda: request(srv.port, "GET", "/healthz")[0] == 503, what="a 503 over the limit")
+            assert [request(srv.port, "GET", "/healthz")[0] for _ in range(3)] == [503] * 3
+            # uvicorn warns on every refused request; the log gets it at most once a minute.
+            assert sum("concurrency limit" in r.getMessage() for r in caplog.records) <= 1
         finally:
             for sock in held:
                 sock.close()
