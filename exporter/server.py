@@ -169,7 +169,6 @@ class MetricsPages:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._round_done = asyncio.Event()
-        self.renders = 0  # rounds rendered, for tests and the benchmark
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -215,8 +214,7 @@ class MetricsPages:
             finally:
                 done, self._round_done = self._round_done, asyncio.Event()
                 done.set()
-            self._pages.update(pages)
-            self.renders += 1
+            self._pages.update(pages)  # before any waiter woken above runs: they run after this task yields
 
     def _forget_unused_formats(self) -> None:
         assert self._loop is not None
