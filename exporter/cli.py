@@ -6,8 +6,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -15,14 +17,18 @@ from pathlib import Path
 
 from prometheus_client import disable_created_metrics
 from prometheus_client.registry import CollectorRegistry
+from starlette.routing import BaseRoute
 
 from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
 from exporter.daemon import Daemon
 from exporter.metrics import SnapshotCollector
+from exporter.inbox import Inbox
 from exporter.scheduler import Schedule
-from exporter.server import MetricsServer, PortInUseError
+from exporter.server import HttpServer, PortInUseError, bind_socket
 from exporter.sources import ListingSource
+from exporter.sources.push import PushReceiver, PushTokens
+from exporter.tracker import DEDUPE_WINDOW
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.store import Loaded, Store, StoreError
 from exporter.watchlist import ThreadsFileWatcher, WatchList
@@ -57,23 +63,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry.register(collector)
     probes = Probes()
     # Bind first: a taken port is a configuration error, reported before anything else starts.
-    server = MetricsServer(registry, config.listen_host, config.listen_port, probes.healthy, probes.ready)
     try:
-        server.start()
+        sock = bind_socket(config.listen_host, config.listen_port)
     except PortInUseError as exc:
         return _config_error(str(exc))
     except OSError as exc:
         return _config_error(exc.strerror or str(exc))
+    inbox = Inbox()
+    server = HttpServer(registry, probes.healthy, probes.ready, routes=_receiver_routes(config, inbox, probes))
+    collector.add_listener(server.metrics_changed)
     try:
         log.info("serving /metrics on %s", config.listen)
         with _demo(config) as effective:
-            return asyncio.run(_serve(effective, collector, probes))
+            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox))
     except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
         return 0
     finally:
-        server.stop()
+        sock.close()  # already closed when the server ran; not when startup failed before it
 
 
 class Probes:
@@ -87,6 +95,10 @@ class Probes:
 
     def ready(self) -> tuple[bool, str]:
         return (False, "starting") if self.daemon is None else self.daemon.ready()
+
+    def on_push_request(self, code: int) -> None:
+        if self.daemon is not None:
+            self.daemon.on_push_request(code)
 
 
 def _config_error(message: str) -> int:
@@ -166,26 +178,50 @@ def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, 
     return sources
 
 
-async def _serve(config: Config, collector: SnapshotCollector, probes: Probes) -> int:
+def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseRoute]:
+    """The write endpoints: only when a push token is configured (else they answer 404)."""
+    if not config.push_tokens:
+        return []
+    receiver = PushReceiver(inbox, PushTokens(config.push_tokens, config.push_token_file),
+                            max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request)
+    return list(receiver.routes())
+
+
+async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
+                 sock: socket.socket, inbox: Inbox) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    # The HTTP server runs beside the poll loop on this event loop; either one ending stops the other.
+    http = asyncio.create_task(server.serve(sock), name="http")
+    http.add_done_callback(lambda _: stop.set())
+    try:
+        return await _run_daemon(config, collector, probes, stop, inbox)
+    finally:
+        server.stop()
+        await http
+
+
+async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Probes, stop: asyncio.Event,
+                      inbox: Inbox) -> int:
     store, loaded = _open_store(config)
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
     daemon = Daemon(
         sources=_listing_sources(config, lambda: daemon),
-        tracker=loaded.tracker(config.labels, config.terminal_retention),
+        tracker=loaded.tracker(config.labels, config.terminal_retention,
+                               DEDUPE_WINDOW if config.push_tokens else 0.0),
         store=store,
         collector=collector,
         schedule=Schedule(config.poll_interval, config.idle_poll_interval, max_in_flight=config.max_concurrency),
         watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched),
         run_sources=config.sources,
+        inbox=inbox,
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     probes.daemon = daemon
     try:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         await daemon.run(stop)
     finally:
         store.close()

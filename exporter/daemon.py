@@ -62,6 +62,7 @@ class Daemon:
         schedule: Schedule,
         watchlist: WatchList | None = None,
         run_sources: Sequence[str] = (),
+        inbox: Inbox | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -79,7 +80,8 @@ class Daemon:
         self.state = ExporterState()
         self.health = Health()
         self._wake = asyncio.Event()
-        self.inbox = Inbox(self._wake.set)
+        self.inbox = inbox if inbox is not None else Inbox()
+        self.inbox.wake = self._wake.set
         self._next_file_check = 0.0
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._store_log = RateLimiter(INVALID_LOG_INTERVAL)
@@ -289,7 +291,8 @@ class Daemon:
         return True
 
     def publish(self) -> None:
-        self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources))
+        self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources,
+                                             tuple(self.sources)))
         self._published_at = self.mono()
 
     async def _shutdown(self) -> None:

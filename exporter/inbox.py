@@ -64,15 +64,15 @@ class Pending:
 
 
 class Inbox:
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
+    def __init__(self, wake: Callable[[], None] | None = None) -> None:
+        self.wake: Callable[[], None] = wake or (lambda: None)  # the daemon sets it to wake its loop
         self._pending: list[Pending] = []
 
     async def submit(self, item: Item, timeout: float) -> Item:
         """Queue `item`; return it with its outcome filled in once committed. Raises StoreUnavailable."""
         future: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
         self._pending.append(Pending(item, future))
-        self._wake()
+        self.wake()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:

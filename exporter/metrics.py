@@ -7,7 +7,7 @@ serialises the latest set, so its cost depends on the number of series, never on
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import (
@@ -35,15 +35,26 @@ class ExporterState:
 
 
 class SnapshotCollector(Collector):
-    """Serves the last set of families handed to it; thread-safe by whole-list replacement."""
+    """Serves the last set of families handed to it; thread-safe by whole-list replacement.
+
+    Listeners (the HTTP server's page cache) are told after each update, so a page is rendered once per
+    update instead of once per scrape.
+    """
 
     def __init__(self) -> None:
         self._families: list[Metric] = []
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every update(), on the updating thread; it must be quick."""
+        self._listeners.append(listener)
 
     def update(self, families: list[Metric]) -> None:
         with self._lock:
             self._families = families
+        for listener in self._listeners:
+            listener()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -51,7 +62,9 @@ class SnapshotCollector(Collector):
         return iter(families)
 
     def describe(self) -> Iterable[Metric]:
-        return []
+        """Every metric of the contract, so the registry can answer `?name[]=` filters (it maps names to
+        collectors once, at registration, from this)."""
+        return [Metric(spec.sample_name, spec.help, spec.type) for spec in m.METRICS]
 
 
 def _gauge(spec: MetricSpec, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:

@@ -1,76 +1,274 @@
-"""HTTP for /metrics, /healthz and /readyz, served from a daemon thread (never on the asyncio poll loop).
+"""HTTP for /metrics, /healthz, /readyz and the write endpoints other modules add: uvicorn + starlette,
+on the daemon's own asyncio event loop.
 
-A scrape only reads the registry, whose collector returns an immutable snapshot built by the poll loop,
-so serving from another thread needs no locking here.
+A scrape never renders: each time the daemon publishes new families, the page is rendered once in a worker
+thread (text, its gzip, and any other format a client asked for recently), and every scrape sends those
+bytes. The served page is always complete, at most one render behind the latest publish.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import gzip
+import hmac
 import logging
 import socket
-import socketserver
-import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import prometheus_client
+import uvicorn
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, gzip_accepted
+from prometheus_client.registry import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from exporter.logs import RateLimiter
 
 logger = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
+Encoder = Callable[[Any], bytes]
 
 _TEXT = "text/plain; charset=utf-8"
-_POLL_INTERVAL = 0.5  # serve_forever's select timeout; stop() doesn't wait for it (see _shutdown_promptly)
+# Listen backlog: room for a burst of scrapers and pushers connecting at once (the kernel caps it at somaxconn).
+BACKLOG = 512
+# A connection must deliver a request's complete headers this long after it opens (or after the first byte
+# of a later request on a kept-alive connection), or it is closed: slow or stuck clients can't pile up.
+HEADER_TIMEOUT = 5.0
+# Connections (and in-flight requests) beyond this get a 503 instead of being served.
+MAX_CONNECTIONS = 256
+# Idle kept-alive connections are closed after this many seconds.
+KEEP_ALIVE = 5
+# On stop, responses still being written get this long before their connections are cut.
+GRACEFUL_SHUTDOWN = 2
+# Formats other than the default text are rendered on each publish while a client asked for them this recently.
+FORMAT_TTL = 600.0
+MAX_FORMATS = 4
+GZIP_LEVEL = 6
 
 
 class PortInUseError(Exception):
     """The listen address is already taken by another process."""
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No per-request access log on stderr; request lines go to DEBUG instead."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
-
-    def address_string(self) -> str:
-        return str(self.client_address[0])
+def _display(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    # stop() must not wait for a stuck client; request threads are daemons anyway.
-    block_on_close = False
+def bind_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """Bind and listen now, so that a taken port fails startup before anything else runs.
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall startup;
-        # the name is only used for SERVER_NAME, which nothing here needs.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-        self.setup_environ()
+    Raises PortInUseError, or OSError with a one-line message naming the address.
+    """
+    where = _display(host, port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old connections are in TIME_WAIT
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(f"cannot listen on {where}: address already in use") from None
+        reason = exc.strerror or type(exc).__name__
+        raise OSError(exc.errno, f"cannot listen on {where}: {reason.lower()}") from None
+    sock.set_inheritable(False)
+    return sock
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up mid-response are routine for an exporter; keep tracebacks at DEBUG.
-        logger.debug("error serving %s", client_address, exc_info=True)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers for write endpoints (push, webhooks), which other modules add through HttpServer(routes=...).
 
 
-class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
+async def read_body(request: Request, limit: int, timeout: float = 10.0) -> bytes:
+    """The request body, at most `limit` bytes, arriving within `timeout` seconds.
+
+    413 (and the connection is closed) as soon as the body is known to exceed the cap, from Content-Length or
+    while streaming, so no more than the cap plus one chunk is ever read; 408 when it arrives too slowly.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPException(408, "request body not received in time", headers={"Connection": "close"}) from None
+    return b"".join(chunks)
 
 
-def _respond(start_response: StartResponse, status: str, body: str,
-             content_type: str = _TEXT, extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:
-    data = body.encode("utf-8")
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(data))),
-               ("Cache-Control", "no-store"), *extra]
-    start_response(status, headers)
-    return [data]
+def _too_large(limit: int) -> HTTPException:
+    # Closing the connection keeps the server from reading (and discarding) the rest of the body.
+    return HTTPException(413, f"request body larger than {limit} bytes", headers={"Connection": "close"})
+
+
+def require_bearer(request: Request, tokens: Sequence[str]) -> None:
+    """401 unless the request carries `Authorization: Bearer <t>` for one of `tokens` (several, so that a
+    rotation can keep the old one valid); constant-time comparison with every token.
+
+    No token configured refuses everything. The presented value never appears in the error.
+    """
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    offered = presented.strip().encode("utf-8")
+    same = False
+    for token in tokens:  # compare with all of them, so the time says nothing about which one matched
+        same |= hmac.compare_digest(offered, token.encode("utf-8"))
+    if not (scheme.lower() == "bearer" and offered and same):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-rendered /metrics pages.
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    version: int
+    content_type: str
+    body: bytes
+    gzipped: bytes
+
+
+@dataclass(slots=True)
+class _Format:
+    encoder: Encoder
+    last_asked: float
+
+
+def _render(registry: CollectorRegistry, formats: dict[str, Encoder], version: int) -> dict[str, Page]:
+    """Runs in a worker thread: the collector hands out immutable families, so no lock is needed."""
+    pages = {}
+    for content_type, encoder in formats.items():
+        body = encoder(registry)
+        pages[content_type] = Page(version, content_type, body, gzip.compress(body, compresslevel=GZIP_LEVEL))
+    return pages
+
+
+class MetricsPages:
+    """The /metrics bodies, rendered once per change in a worker thread; lives on the server's event loop."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._formats: dict[str, _Format] = {CONTENT_TYPE_PLAIN_0_0_4: _Format(_plain_encoder(), float("inf"))}
+        self._pages: dict[str, Page] = {}
+        self._version = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._round_done = asyncio.Event()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._round_done = asyncio.Event()
+        self._kick()
+
+    def detach(self) -> None:
+        self._loop = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def changed(self) -> None:
+        """The metrics changed; safe to call from any thread. Changes before attach() need no render."""
+        loop = self._loop
+        if loop is None:
+            return
+        with suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._bump)
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._loop is not None and (self._task is None or self._task.done()):
+            self._task = self._loop.create_task(self._render_rounds(), name="metrics-render")
+
+    async def _render_rounds(self) -> None:
+        """Render until every wanted format is at the latest version; changes during a render coalesce."""
+        while True:
+            version = self._version
+            self._forget_unused_formats()
+            stale = {ct: f.encoder for ct, f in self._formats.items()
+                     if (page := self._pages.get(ct)) is None or page.version != version}
+            if not stale:
+                return
+            try:
+                pages = await asyncio.to_thread(_render, self._registry, stale, version)
+            except Exception:
+                logger.warning("rendering /metrics failed", exc_info=True)
+                return  # keep serving the last complete pages; the next change tries again
+            finally:
+                done, self._round_done = self._round_done, asyncio.Event()
+                done.set()
+            self._pages.update(pages)  # before any waiter woken above runs: they run after this task yields
+
+    def _forget_unused_formats(self) -> None:
+        assert self._loop is not None
+        cutoff = self._loop.time() - FORMAT_TTL
+        for ct in [ct for ct, f in self._formats.items() if f.last_asked < cutoff]:
+            del self._formats[ct]
+            self._pages.pop(ct, None)  # never serve a page that stopped being kept current
+
+    async def get(self, content_type: str, encoder: Encoder) -> Page | None:
+        """The latest complete page in this format (waiting for its first render), or None to render on demand."""
+        assert self._loop is not None
+        fmt = self._formats.get(content_type)
+        if fmt is None:
+            if len(self._formats) >= MAX_FORMATS:
+                return None
+            fmt = self._formats[content_type] = _Format(encoder, self._loop.time())
+        elif fmt.last_asked != float("inf"):
+            fmt.last_asked = self._loop.time()
+        while (page := self._pages.get(content_type)) is None:
+            self._kick()
+            await self._round_done.wait()  # set at the end of every render round, failed ones included
+            if content_type not in self._pages and (self._task is None or self._task.done()):
+                return None  # the render failed: the caller renders on demand and reports the error
+        return page
+
+
+def _plain_encoder() -> Encoder:
+    encoder, _ = choose_encoder("")
+    return encoder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The application.
+
+
+_INDEX = """<!doctype html>
+<html><head><meta charset="utf-8"><title>assistants-exporter</title></head>
+<body><h1>assistants-exporter</h1>
+<ul>
+<li><a href="/metrics">/metrics</a></li>
+<li><a href="/healthz">/healthz</a></li>
+<li><a href="/readyz">/readyz</a></li>
+</ul></body></html>
+"""
+_READ_METHODS = ("GET", "HEAD")
+# Routed for every method so that _read_only answers the 405 (starlette routes only GET and HEAD by default).
+_ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _text(status: int, body: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(body, status, headers={**_NO_STORE, **(headers or {})}, media_type=_TEXT)
 
 
 def _one_line(text: str) -> str:
@@ -86,128 +284,219 @@ def _run_check(check: Check, name: str) -> tuple[bool, str]:
     return bool(ok), _one_line(reason)
 
 
-_INDEX = """<!doctype html>
-<html><head><meta charset="utf-8"><title>assistants-exporter</title></head>
-<body><h1>assistants-exporter</h1>
-<ul>
-<li><a href="/metrics">/metrics</a></li>
-<li><a href="/healthz">/healthz</a></li>
-<li><a href="/readyz">/readyz</a></li>
-</ul></body></html>
-"""
+def _read_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """GET and HEAD only, with the exact Allow header (starlette's own 405 lists a set in any order)."""
+    async def endpoint(request: Request) -> Response:
+        if request.method not in _READ_METHODS:
+            return _text(405, "method not allowed\n", {"Allow": ", ".join(_READ_METHODS)})
+        return await handler(request)
+    return endpoint
 
 
-def make_app(registry: prometheus_client.CollectorRegistry, health: Check,
-             ready: Check) -> Callable[..., Any]:
-    """The WSGI app: routing, method checks and HEAD handling around prometheus_client's metrics app."""
-    metrics_app = prometheus_client.make_wsgi_app(registry)
-    routes = {"/", "/metrics", "/healthz", "/readyz"}
-
-    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "") or "/"
-        method = environ.get("REQUEST_METHOD", "GET").upper()
-        if path not in routes:
-            return _respond(start_response, "404 Not Found", "not found\n")
-        if method not in ("GET", "HEAD"):
-            return _respond(start_response, "405 Method Not Allowed", "method not allowed\n",
-                            extra=[("Allow", "GET, HEAD")])
-        body = _dispatch(path, environ, start_response)
-        # wsgiref sends whatever the app returns, even for HEAD; drop the body but keep the headers.
-        return [] if method == "HEAD" else body
-
-    def _dispatch(path: str, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if path == "/metrics":
-            # prometheus_client's app only accepts GET; it negotiates gzip and OpenMetrics itself.
-            result: Iterable[bytes] = metrics_app({**environ, "REQUEST_METHOD": "GET"}, start_response)
-            return result
-        if path in ("/healthz", "/readyz"):
-            ok, reason = _run_check(health if path == "/healthz" else ready, path.lstrip("/"))
-            if ok:
-                return _respond(start_response, "200 OK", "ok\n")
-            return _respond(start_response, "503 Service Unavailable", reason + "\n")
-        return _respond(start_response, "200 OK", _INDEX, content_type="text/html; charset=utf-8")
-
-    return app
+def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _text(exc.status_code, _one_line(exc.detail) + "\n", dict(exc.headers or {}))
 
 
-def _display(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class _DebugAccessLog:
+    """Request lines at DEBUG only; costs one isEnabledFor() per request otherwise."""
 
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
-class MetricsServer:
-    """Serves the registry and the health endpoints from a daemon thread."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not logger.isEnabledFor(logging.DEBUG):
+            await self.app(scope, receive, send)
+            return
+        status = [0]
 
-    def __init__(self, registry: prometheus_client.CollectorRegistry, host: str, port: int,
-                 health: Callable[[], tuple[bool, str]], ready: Callable[[], tuple[bool, str]]) -> None:
-        self._app = make_app(registry, health, ready)
-        self._host = host
-        self._requested_port = port
-        self._httpd: _ThreadingWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
 
-    def start(self) -> None:
-        """Bind now (so a taken port fails startup) and serve in a daemon thread."""
-        if self._httpd is not None:
-            raise RuntimeError("MetricsServer already started")
-        where = _display(self._host, self._requested_port)
-        server_class = _ThreadingWSGIServerV6 if ":" in self._host else _ThreadingWSGIServer
         try:
-            httpd = make_server(self._host, self._requested_port, self._app,
-                                server_class=server_class, handler_class=_QuietHandler)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(f"cannot listen on {where}: address already in use") from None
-            reason = exc.strerror or type(exc).__name__
-            raise OSError(exc.errno, f"cannot listen on {where}: {reason.lower()}") from None
-        assert isinstance(httpd, _ThreadingWSGIServer)
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": _POLL_INTERVAL},
-                                        name="metrics-http", daemon=True)
-        self._thread.start()
-        logger.debug("http server bound to %s", _display(self._host, self.port))
+            await self.app(scope, receive, logged_send)
+        finally:
+            client = (scope.get("client") or ("-",))[0]
+            logger.debug("%s %s %s %d", client, scope["method"], scope["path"], status[0])
 
-    @property
-    def port(self) -> int:
-        """The bound port (useful when constructed with port 0)."""
-        if self._httpd is None:
-            return self._requested_port
-        return int(self._httpd.server_address[1])
+
+def make_app(pages: MetricsPages, registry: CollectorRegistry, health: Check, ready: Check,
+             routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """The ASGI app: the read-only endpoints plus the extra (write) routes other modules provide."""
+
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        names = request.query_params.getlist("name[]")
+        use_gzip = gzip_accepted(request.headers.get("accept-encoding", ""))
+        headers = {**_NO_STORE, "Vary": "Accept, Accept-Encoding"}
+        page = None if names else await pages.get(content_type, encoder)
+        if page is not None:
+            body = page.gzipped if use_gzip else page.body
+        else:
+            # Filtered (or unusual-format) requests are rare: render just what was asked, off the loop.
+            source = registry.restricted_registry(names) if names else registry
+            body = await asyncio.to_thread(encoder, source)
+            if use_gzip:
+                body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        if use_gzip:
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, 200, headers=headers, media_type=content_type)
+
+    async def healthz(request: Request) -> Response:
+        return _probe(health, "healthz")
+
+    async def readyz(request: Request) -> Response:
+        return _probe(ready, "readyz")
+
+    async def index(request: Request) -> Response:
+        return Response(_INDEX, 200, headers=_NO_STORE, media_type="text/html; charset=utf-8")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _text(404, "not found\n")
+
+    own = [Route(path, _read_only(handler), methods=_ALL_METHODS)
+           for path, handler in (("/", index), ("/metrics", metrics), ("/healthz", healthz), ("/readyz", readyz))]
+    app = Starlette(routes=[*own, *routes], exception_handlers={404: not_found, HTTPException: _http_error})
+    return _DebugAccessLog(app)
+
+
+def _probe(check: Check, name: str) -> Response:
+    ok, reason = _run_check(check, name)
+    return _text(200, "ok\n") if ok else _text(503, reason + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# uvicorn, tuned.
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a deadline for a request's headers.
+
+    uvicorn itself only times out idle kept-alive connections: one that opens and sends nothing, or half a
+    request line, holds its slot for ever (with h11 and httptools alike).
+    """
+
+    header_timeout = HEADER_TIMEOUT
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:  # a later request on a kept-alive connection: its first byte
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_overdue)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            logger.debug("closing a connection that sent no complete request within %gs", self.header_timeout)
+            self.transport.close()
+
+
+def _protocol_class(header_timeout: float) -> type[asyncio.Protocol]:
+    return type("HeaderDeadlineProtocol", (_Protocol,), {"header_timeout": header_timeout})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: the CLI owns SIGINT/SIGTERM for the whole process."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29 called this instead
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_timeout: float = HEADER_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    keep_alive: int = KEEP_ALIVE
+    backlog: int = BACKLOG
+
+
+class HttpServer:
+    """Serves the app on an already bound socket, as a task on the caller's event loop.
+
+    `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
+    Call metrics_changed() (from any thread) whenever the registry's content changes.
+    """
+
+    def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
+                 routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools") -> None:
+        limits = limits or Limits()
+        self.pages = MetricsPages(registry)
+        self.app = make_app(self.pages, registry, health, ready, routes)
+        # Only the httptools protocol gets the header deadline; "h11" is accepted for comparison benchmarks.
+        protocol: type[asyncio.Protocol] | str = _protocol_class(limits.header_timeout) if http == "httptools" \
+            else http
+        config = uvicorn.Config(
+            self.app, http=protocol, ws="none", lifespan="off", log_config=None, access_log=False,
+            server_header=False,
+            limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive,
+            backlog=limits.backlog, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        )
+        self._server = _Server(config)
+
+    def metrics_changed(self) -> None:
+        self.pages.changed()
+
+    async def serve(self, sock: socket.socket) -> None:
+        """Serve until stop(); closes the socket on the way out."""
+        _quiet_uvicorn()
+        self.pages.attach(asyncio.get_running_loop())
+        try:
+            await self._server.serve(sockets=[sock])
+        finally:
+            self.pages.detach()
+            sock.close()
 
     def stop(self) -> None:
-        """Stop serving, close the socket and join the thread. Safe to call twice."""
-        httpd, thread = self._httpd, self._thread
-        self._httpd, self._thread = None, None
-        if httpd is None:
-            return
-        if thread is not None:
-            _shutdown_promptly(httpd)
-            thread.join()
-        httpd.server_close()
+        """Ask serve() to return (within ~0.1 s, plus up to GRACEFUL_SHUTDOWN for responses in flight)."""
+        self._server.should_exit = True
+
+    @property
+    def started(self) -> bool:
+        return bool(self._server.started)
 
 
-def _shutdown_promptly(httpd: _ThreadingWSGIServer) -> None:
-    """httpd.shutdown(), without waiting out serve_forever's select timeout.
+class _OncePerMinute(logging.Filter):
+    """uvicorn's warnings (a malformed request, connections over the limit) at most once a minute each: worth
+    knowing about, but a port scanner or an overload must not flood the log."""
 
-    shutdown() only sets a flag that the serve loop checks between select() calls; poking the listening
-    socket with a throwaway connection wakes select() at once, so stop() takes milliseconds instead of
-    up to _POLL_INTERVAL (which is long so that an idle exporter doesn't wake up needlessly).
-    """
-    done = threading.Event()
+    def __init__(self) -> None:
+        super().__init__()
+        self._limiter = RateLimiter(60.0)
 
-    def shutdown() -> None:
-        httpd.shutdown()
-        done.set()
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self._limiter.allow(str(record.msg), time.monotonic())
 
-    threading.Thread(target=shutdown, name="metrics-http-stop", daemon=True).start()
-    host, port = httpd.server_address[:2]
-    host = str(host)
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    while not done.wait(0.01):
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
-                pass
-        except OSError:
-            pass  # the flag is still checked every _POLL_INTERVAL
+
+def _quiet_uvicorn() -> None:
+    # uvicorn's startup and shutdown banners are INFO noise for an exporter: they show only at DEBUG.
+    debug = logger.isEnabledFor(logging.DEBUG)
+    logging.getLogger("uvicorn").setLevel(logging.DEBUG if debug else logging.WARNING)
+    errors = logging.getLogger("uvicorn.error")
+    if not debug and not any(isinstance(f, _OncePerMinute) for f in errors.filters):
+        errors.addFilter(_OncePerMinute())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.exporter_process import ExporterProcess, total
@@ -72,6 +73,29 @@ def test_a_taken_port_exits_2(tmp_path: Path) -> None:
         result = _run(["--demo", "--listen", f"127.0.0.1:{port}", "--state-file", str(tmp_path / "s.db")])
     assert result.returncode == 2
     assert "address already in use" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_demo_serves_on_ipv6_loopback(tmp_path: Path) -> None:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--demo", "--listen", f"[::1]:{port}",
+                             "--state-file", str(tmp_path / "s.db")], cwd=REPO_ROOT,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def healthz() -> bool:
+            assert proc.poll() is None, "exporter exited"
+            try:
+                return httpx.get(f"http://[::1]:{port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(healthz, timeout=15, what="/healthz on [::1]")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0  # SIGTERM stops the poll loop and the HTTP server cleanly
 
 
 def test_a_corrupt_state_file_exits_2(tmp_path: Path) -> None:

@@ -11,13 +11,13 @@ what the request changed, so a 200 survives `kill -9`. One bad item never reject
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -34,6 +34,7 @@ from exporter.model import (
     parse_run,
     thread_id_problem,
 )
+from exporter.server import read_body, require_bearer
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +53,21 @@ class PushTokens:
     """The accepted bearer tokens: from a file (one a line, so a rotation can keep the old one) or env."""
 
     def __init__(self, tokens: Sequence[str], path: Path | None = None) -> None:
-        self._tokens = [t.encode() for t in tokens]
+        self.tokens = list(tokens)
         self.path = path
 
-    def __bool__(self) -> bool:
-        return bool(self._tokens)
-
-    def accepts(self, header: str | None) -> bool:
-        if not header or not header.startswith("Bearer "):
-            return False
-        offered = header[len("Bearer "):].strip().encode("utf-8", "replace")
-        ok = False
-        for token in self._tokens:  # compare with every token, so the time says nothing about which
-            ok |= hmac.compare_digest(offered, token)
-        return ok
-
     def reload(self) -> None:
-        if self.path is not None:
-            self._tokens = [t.encode() for t in read_token_file(self.path)]
+        """Re-read the token file; on failure keep the tokens in force (and say so)."""
+        if self.path is None:
+            return
+        try:
+            tokens = read_token_file(self.path)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot re-read push token file %s: %s; keeping the tokens in force", self.path,
+                        type(exc).__name__)
+            return
+        if tokens:
+            self.tokens = tokens
 
 
 def read_token_file(path: Path) -> list[str]:
@@ -155,21 +153,6 @@ def _error(code: int, message: str, headers: dict[str, str] | None = None) -> Re
     return JSONResponse({"error": message}, status_code=code, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes `limit` bytes (nothing more is read)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class PushReceiver:
     name = SOURCE_PUSH
 
@@ -198,10 +181,11 @@ class PushReceiver:
 
     def _counted(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            if not self.tokens.accepts(request.headers.get("authorization")):
-                response = _error(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
-            else:
+            try:
+                require_bearer(request, self.tokens.tokens)
                 response = await handler(request)
+            except HTTPException as exc:
+                response = _error(exc.status_code, exc.detail, dict(exc.headers or {}))
             self.on_request(response.status_code)
             return response
         return endpoint
@@ -211,8 +195,6 @@ class PushReceiver:
         if media not in _JSON_TYPES and media not in _NDJSON_TYPES:
             return _error(415, "use Content-Type application/json or application/x-ndjson")
         body = await read_body(request, self.max_body)
-        if body is None:
-            return _error(413, f"body larger than {self.max_body} bytes")
         items = split_body(body, media in _NDJSON_TYPES)
         if items is None:
             return _error(400, "body is not JSON")
