@@ -22,15 +22,15 @@ from starlette.routing import BaseRoute
 from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
 from exporter.daemon import Daemon
-from exporter.metrics import SnapshotCollector
 from exporter.inbox import Inbox
+from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
 from exporter.server import HttpServer, PortInUseError, bind_socket
 from exporter.sources import ListingSource
-from exporter.sources.push import PushReceiver, PushTokens
-from exporter.tracker import DEDUPE_WINDOW
 from exporter.sources.assistants import ApiSettings, AssistantsSource
+from exporter.sources.push import PushReceiver, PushTokens
 from exporter.store import Loaded, Store, StoreError
+from exporter.tracker import DEDUPE_WINDOW
 from exporter.watchlist import ThreadsFileWatcher, WatchList
 
 log = logging.getLogger("exporter")
