@@ -17,7 +17,7 @@ from prometheus_client import disable_created_metrics
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import logs
-from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
+from exporter.config import Config, ConfigError, default_state_file, load_config, threads_file_ids
 from exporter.daemon import Daemon, Schedule, ThreadsFileWatcher
 from exporter.metrics import SnapshotCollector
 from exporter.server import MetricsServer, PortInUseError
@@ -156,7 +156,7 @@ def _build_api_settings(config: Config) -> ApiSettings:
 
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes) -> int:
     store, tracker, last_success = _open_tracker(config)
-    threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
+    threads_file = ThreadsFileWatcher(config.threads_file, threads_file_ids) if config.threads_file else None
     # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
     source = AssistantsSource(
         _api_settings(config),

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exporter.config import read_threads_file
+from exporter.config import threads_file_ids
 from exporter.daemon import Daemon, Schedule, ThreadsFileWatcher
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
@@ -51,7 +51,7 @@ def _daemon(tmp_path: Path, source: FakeSource, threads: Sequence[str] = (), thr
         collector=SnapshotCollector(),
         schedule=Schedule(poll, idle),
         static_threads=threads,
-        threads_file=ThreadsFileWatcher(threads_file, read_threads_file) if threads_file else None,
+        threads_file=ThreadsFileWatcher(threads_file, threads_file_ids) if threads_file else None,
     )
 
 
