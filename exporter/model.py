@@ -37,8 +37,9 @@ def thread_id_problem(thread_id: object) -> str | None:
         return "empty"
     if len(thread_id) > MAX_THREAD_ID_LEN:
         return f"longer than {MAX_THREAD_ID_LEN} characters"
+    # Control and invisible format characters (a BOM, a zero-width space) are always a copy-paste accident.
     if thread_id in (".", "..") or _BAD_ID_CHARS.search(thread_id) or any(
-        unicodedata.category(ch) == "Cc" for ch in thread_id
+        unicodedata.category(ch) in ("Cc", "Cf") for ch in thread_id
     ):
         return "contains whitespace, a slash or another character not allowed in an id"
     return None

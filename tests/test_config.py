@@ -472,6 +472,8 @@ def test_threads_file_bom_is_stripped(tmp_path: Path) -> None:
     f.write_bytes(b"\xef\xbb\xbfthread_a\r\nthread_b\r\n")
     assert read_threads_file(f).ids == ("thread_a", "thread_b")
     assert parse_threads("\ufeffthread_a\n").ids == ("thread_a",)
+    # A BOM further down (files concatenated) is not stripped, but rejected with the line, never polled.
+    assert parse_threads(b"a\n\xef\xbb\xbfb\n").invalid[0][0] == 2
 
 
 def test_threads_file_non_utf8_line_rejected_alone(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_good_thread_ids(good: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", None, 5, "a/b", "a\\b", ".", "..", "a b", "a?b", "a#b", "a%2Fb", "a\x00b",
-                                 "a\x85b", "x" * 257])
+                                 "a\x85b", "\ufeffthread_a", "a\u200bb", "x" * 257])
 def test_bad_thread_ids(bad: object) -> None:
     assert thread_id_problem(bad) is not None
 
