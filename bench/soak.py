@@ -51,6 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=40.0, help="simulated durations are divided by this")
     p.add_argument("--max-up", type=float, default=15.0, help="longest time an exporter lives before its kill")
     p.add_argument("--max-down", type=float, default=5.0, help="longest time between a kill and the restart")
+    p.add_argument("--lose-state", action="store_true",
+                   help="delete the state file at every kill: the run must FAIL (shows that the check bites)")
     return p.parse_args(argv)
 
 
@@ -88,7 +90,7 @@ def is_ready(exporter: ExporterProcess) -> bool:
 
 
 def kill_and_restart(exporter: ExporterProcess, sim: Simulator, work: Path, minutes: float, rng: random.Random,
-                     max_up: float, max_down: float) -> tuple[ExporterProcess, Figures]:
+                     max_up: float, max_down: float, lose_state: bool) -> tuple[ExporterProcess, Figures]:
     figures = Figures()
     end = time.monotonic() + minutes * 60
     while time.monotonic() < end:
@@ -105,6 +107,9 @@ def kill_and_restart(exporter: ExporterProcess, sim: Simulator, work: Path, minu
         figures.kills += 1
         figures.restarts_ready += ready
         figures.kills_before_ready += not ready
+        if lose_state:
+            for path in work.glob("state.db*"):
+                path.unlink()
         down = rng.uniform(0.0, max_down)
         figures.downtime += down
         time.sleep(down)  # runs keep ending while the exporter is down: that is the point
@@ -152,7 +157,8 @@ def main(argv: list[str]) -> int:
             since = sim.engine.truth().now + 1
             wait_until(lambda: sim.engine.now() >= since, 5, 0.05, "the next second")
             sim.engine.set_workload(True)
-            exporter, figures = kill_and_restart(exporter, sim, work, args.minutes, rng, args.max_up, args.max_down)
+            exporter, figures = kill_and_restart(exporter, sim, work, args.minutes, rng, args.max_up, args.max_down,
+                                                 args.lose_state)
             sim.engine.set_workload(False)
             wait_until(lambda: unfinished(sim) == 0, 120, 0.2, "every run to finish")
             want = compare({}, sim, since)[0][2]
