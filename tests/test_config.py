@@ -442,6 +442,14 @@ def test_state_file_under_a_file(env: dict[str, str], tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ threads file
 
 
+@pytest.mark.parametrize("text", ['x: "\\U10010000"\n', "poll_interval: 2024-02-30\n", "[" * 5000 + "]" * 5000])
+def test_yaml_values_pyyaml_cannot_read_are_config_errors(env: dict[str, str], tmp_path: Path, text: str) -> None:
+    # PyYAML raises ValueError / RecursionError, not YAMLError, for these; they used to escape as tracebacks.
+    f = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(["--config", str(f), "--thread", "a"], env)
+
+
 def test_parse_threads() -> None:
     text = "# watched threads\n\nthread_a\n  thread_b  \nthread_a\nthread_c # inline comment\n" \
            "bad id\nthread/x\n" + "y" * 257 + "\n\tthread_d\r\n"
