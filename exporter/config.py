@@ -287,6 +287,10 @@ def _load_yaml(path_text: str) -> dict[str, _Raw]:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"--config: {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except (ValueError, RecursionError):
+        # PyYAML lets some errors through as plain exceptions: an escape beyond U+10FFFF ("\U10010000"),
+        # a date that does not exist, nesting deeper than Python's stack.
+        raise ConfigError(f"--config: {str(path)!r} is not valid YAML: a value cannot be read") from None
     if data is None:
         return {}  # an empty file is an empty mapping
     if not isinstance(data, dict):
@@ -489,12 +493,39 @@ class ThreadsFile:
     invalid: tuple[tuple[int, str], ...]  # (line number, reason)
 
 
-def parse_threads(text: str) -> ThreadsFile:
-    """One id a line; '#' starts a comment; blanks ignored; duplicates dropped keeping the first."""
+_BOM = "\ufeff"
+NOT_UTF8 = "not UTF-8 text"
+
+
+def _decoded_lines(data: str | bytes) -> list[str | None]:
+    """The lines of data without a leading BOM; None for a line that is not UTF-8.
+
+    Bytes are decoded line by line so that one bad byte costs one line, not the whole file.
+    """
+    if isinstance(data, str):
+        return list(data.removeprefix(_BOM).splitlines())
+    lines: list[str | None] = []
+    for raw in data.removeprefix(_BOM.encode("utf-8")).splitlines():
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(None)
+    return lines
+
+
+def parse_threads(data: str | bytes) -> ThreadsFile:
+    """One id a line; '#' starts a comment; blanks ignored; duplicates dropped keeping the first.
+
+    A UTF-8 BOM at the start is ignored (editors on Windows write one); a line that is not UTF-8 is
+    reported as invalid and the other lines are kept.
+    """
     ids: list[str] = []
     seen: set[str] = set()
     invalid: list[tuple[int, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_decoded_lines(data), start=1):
+        if line is None:
+            invalid.append((number, NOT_UTF8))
+            continue
         candidate = line.split("#", 1)[0].strip()
         if not candidate:
             continue
@@ -507,14 +538,15 @@ def parse_threads(text: str) -> ThreadsFile:
     return ThreadsFile(tuple(ids), tuple(invalid))
 
 
-def read_threads_file(path: Path) -> tuple[str, ...]:
-    """The thread ids in path; invalid lines are logged and skipped. Raises OSError if unreadable
-    (the daemon may re-read the file; it decides whether that is fatal)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise OSError(f"{path}: not UTF-8 text") from exc
-    parsed = parse_threads(text)
+def read_threads_file(path: Path) -> ThreadsFile:
+    """The parsed threads file. Does not log: the caller logs once per change of the file and counts
+    the invalid lines. Raises OSError if unreadable (the caller decides whether that is fatal)."""
+    return parse_threads(path.read_bytes())
+
+
+def threads_file_ids(path: Path) -> tuple[str, ...]:
+    """The ids in path, logging each invalid line: a reader for a watcher that calls it once per change."""
+    parsed = read_threads_file(path)
     for number, reason in parsed.invalid:
         logger.warning("threads file %s line %d skipped: %s", path, number, reason)
     return parsed.ids

@@ -26,6 +26,7 @@ INVALID_REASONS: tuple[str, ...] = (
 )
 
 _MAX_ID_LEN = 256
+_MAX_JSON_INT = 2**53  # the largest integer every JSON reader (a float64) holds exactly
 MAX_THREAD_ID_LEN = 256
 _BAD_ID_CHARS = re.compile(r"[\s/\\?#%]")
 
@@ -36,8 +37,9 @@ def thread_id_problem(thread_id: object) -> str | None:
         return "empty"
     if len(thread_id) > MAX_THREAD_ID_LEN:
         return f"longer than {MAX_THREAD_ID_LEN} characters"
+    # Control and invisible format characters (a BOM, a zero-width space) are always a copy-paste accident.
     if thread_id in (".", "..") or _BAD_ID_CHARS.search(thread_id) or any(
-        unicodedata.category(ch) == "Cc" for ch in thread_id
+        unicodedata.category(ch) in ("Cc", "Cf") for ch in thread_id
     ):
         return "contains whitespace, a slash or another character not allowed in an id"
     return None
@@ -97,6 +99,10 @@ def _opt_int(obj: dict[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(key)
+    # JSON may hold NaN, Infinity or a 400-digit integer: int() of the first two raises, and the third
+    # would overflow the float arithmetic of durations and counters later. Both are the wrong type.
+    if not -_MAX_JSON_INT <= value <= _MAX_JSON_INT:
         raise TypeError(key)
     return int(value)
 

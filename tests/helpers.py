@@ -14,8 +14,9 @@ from typing import TypeVar
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-OPENAPI_SPEC = SHARED / "openai-openapi" / "openapi.yaml"
+# OpenAI's OpenAPI spec, trimmed to the schemas the tests use (tests/spec/PROVENANCE.md): tests never read
+# outside the repository.
+OPENAPI_SPEC = REPO_ROOT / "tests" / "spec" / "openai-openapi.yaml"
 
 T = TypeVar("T")
 

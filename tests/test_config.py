@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from exporter import __version__
 from exporter.config import (
     FLAGS,
+    NOT_UTF8,
     YAML_KEYS,
     Config,
     ConfigError,
@@ -21,7 +23,9 @@ from exporter.config import (
     parse_listen,
     parse_threads,
     read_threads_file,
+    threads_file_ids,
 )
+from exporter.watchlist import ThreadsFileWatcher
 from tests.helpers import REPO_ROOT
 
 KEY = "sk-test-DISTINCTIVE-0123456789abcdef"
@@ -438,6 +442,14 @@ def test_state_file_under_a_file(env: dict[str, str], tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ threads file
 
 
+@pytest.mark.parametrize("text", ['x: "\\U10010000"\n', "poll_interval: 2024-02-30\n", "[" * 5000 + "]" * 5000])
+def test_yaml_values_pyyaml_cannot_read_are_config_errors(env: dict[str, str], tmp_path: Path, text: str) -> None:
+    # PyYAML raises ValueError / RecursionError, not YAMLError, for these; they used to escape as tracebacks.
+    f = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(["--config", str(f), "--thread", "a"], env)
+
+
 def test_parse_threads() -> None:
     text = "# watched threads\n\nthread_a\n  thread_b  \nthread_a\nthread_c # inline comment\n" \
            "bad id\nthread/x\n" + "y" * 257 + "\n\tthread_d\r\n"
@@ -446,10 +458,54 @@ def test_parse_threads() -> None:
     assert [n for n, _ in parsed.invalid] == [7, 8, 9]
 
 
-def test_read_threads_file_logs_invalid_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_read_threads_file_returns_invalid_lines_without_logging(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     f = write(tmp_path / "t.txt", "a\nb c\na\n")
-    assert read_threads_file(f) == ("a",)
-    assert "line 2" in caplog.text
+    with caplog.at_level(logging.DEBUG):
+        parsed = read_threads_file(f)
+    assert parsed.ids == ("a",)
+    assert [n for n, _ in parsed.invalid] == [2]
+    assert caplog.records == []  # the caller logs, once per change of the file
+
+
+def test_threads_file_ids_logs_each_invalid_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = write(tmp_path / "t.txt", "a\nb c\na\n")
+    assert threads_file_ids(f) == ("a",)
+    assert "line 2" in caplog.text and "line 1 " not in caplog.text
+
+
+def test_threads_file_bom_is_stripped(tmp_path: Path) -> None:
+    # Notepad writes a BOM; it used to become part of the first id and be polled as %EF%BB%BF....
+    f = tmp_path / "t.txt"
+    f.write_bytes(b"\xef\xbb\xbfthread_a\r\nthread_b\r\n")
+    assert read_threads_file(f).ids == ("thread_a", "thread_b")
+    assert parse_threads("\ufeffthread_a\n").ids == ("thread_a",)
+    # A BOM further down (files concatenated) is not stripped, but rejected with the line, never polled.
+    assert parse_threads(b"a\n\xef\xbb\xbfb\n").invalid[0][0] == 2
+
+
+def test_threads_file_non_utf8_line_rejected_alone(tmp_path: Path) -> None:
+    f = tmp_path / "t.txt"
+    f.write_bytes(b"thread_a\nthread_\xff\xfeb\nthread_c\n\x80\n")
+    parsed = read_threads_file(f)
+    assert parsed.ids == ("thread_a", "thread_c")
+    assert parsed.invalid == ((2, NOT_UTF8), (4, NOT_UTF8))
+
+
+def test_watcher_keeps_good_lines_and_logs_once_per_change(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "t.txt"
+    f.write_bytes(b"thread_a\n\xff\n")
+    watcher = ThreadsFileWatcher(f, threads_file_ids)
+    assert watcher.changed() and watcher.threads == ("thread_a",)
+    assert not watcher.changed()  # unchanged file: not re-read, not re-logged
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        f"threads file {f} line 2 skipped: {NOT_UTF8}"]
+
+
+def test_threads_file_bytes_and_text_agree() -> None:
+    text = "# head\nthread_a\r\nbad id\n\nthread_b # c\rthread_a\n"
+    assert parse_threads(text.encode("utf-8")) == parse_threads(text)
 
 
 def test_read_threads_file_missing(tmp_path: Path) -> None:

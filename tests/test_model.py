@@ -66,6 +66,20 @@ def test_good_thread_ids(good: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", None, 5, "a/b", "a\\b", ".", "..", "a b", "a?b", "a#b", "a%2Fb", "a\x00b",
-                                 "a\x85b", "x" * 257])
+                                 "a\x85b", "\ufeffthread_a", "a\u200bb", "x" * 257])
 def test_bad_thread_ids(bad: object) -> None:
     assert thread_id_problem(bad) is not None
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400, 2**53 + 1])
+@pytest.mark.parametrize("key", ["created_at", "completed_at"])
+def test_non_finite_or_huge_numbers_are_wrong_type(key: str, value: float) -> None:
+    # json.loads accepts NaN, Infinity, 1e999 and 400-digit integers; int(inf) used to raise OverflowError.
+    obj = {"id": "run_1", "thread_id": "t", "status": "completed", "created_at": 1, "completed_at": 2, key: value}
+    result = parse_run(obj)
+    assert result.snapshot is None and result.invalid_reason == "wrong_type"
+
+
+def test_largest_exact_integer_is_accepted() -> None:
+    result = parse_run({"id": "run_1", "thread_id": "t", "status": "queued", "created_at": 2**53})
+    assert result.snapshot is not None and result.snapshot.created_at == 2**53

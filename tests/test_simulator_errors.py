@@ -229,3 +229,17 @@ def test_request_ids_unique_and_headers_on_every_response(sim: Simulator) -> Non
     for resp in responses:
         _assert_common_headers(resp)
     assert len({r.headers["x-request-id"] for r in responses}) == len(responses)
+
+
+@pytest.mark.parametrize(("error", "printed"), [(ConnectionResetError, False), (BrokenPipeError, False),
+                                                (ValueError, True)])
+def test_a_client_going_away_is_not_a_traceback(error: type[Exception], printed: bool,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with Simulator(seed=0, clock=FakeClock()) as sim:
+        server = sim._server
+        assert server is not None
+        try:
+            raise error("boom")
+        except error:
+            server.handle_error(None, ("127.0.0.1", 1))  # what socketserver calls from inside its except
+    assert ("Traceback" in capsys.readouterr().err) == printed

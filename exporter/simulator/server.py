@@ -10,6 +10,7 @@ import logging
 import math
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -382,6 +383,13 @@ class _Server(ThreadingHTTPServer):
         with self._conn_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that disconnects mid-request (killed, timed out) is normal for an API server, not a
+        # traceback on stderr; anything else still is.
+        if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Unblock handler threads waiting on idle keep-alive connections."""

@@ -1,0 +1,302 @@
+"""Fuzz tests of every parser that reads the network or a file, with generated JSON and raw bytes.
+
+Parsers: run pages (`exporter.sources.assistants.parse_page`), single runs (`exporter.model.parse_run`), the
+threads file (`exporter.config.parse_threads` / `read_threads_file`) and the YAML config (`load_config` with
+`--config`). Each must never raise (a ConfigError is the expected answer to bad configuration), and every
+item it rejects must be counted: each item of a page is either a snapshot or in `invalid`.
+
+CI runs a short budget: FUZZ_EXAMPLES unset means 100 examples per test, the whole file in about 6 s on an
+idle machine. FUZZ_EXAMPLES sets the examples per test; a long run of 1,000,000 inputs across the 7 tests:
+
+    FUZZ_EXAMPLES=142858 nice -n 19 python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter import statuses
+from exporter.config import YAML_KEYS, Config, ConfigError, load_config, parse_threads, read_threads_file
+from exporter.model import (
+    INVALID_REASONS,
+    REASON_MISSING_ID,
+    REASON_MISSING_STATUS,
+    REASON_NOT_OBJECT,
+    REASON_UNKNOWN_STATUS,
+    REASON_WRONG_TYPE,
+    parse_run,
+    thread_id_problem,
+)
+from exporter.sources.assistants import parse_page
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+settings.register_profile(
+    "fuzz",
+    max_examples=EXAMPLES,
+    deadline=None,  # a shared CI machine has pauses; speed is measured in bench/, not here
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FUZZ = settings.get_profile("fuzz")
+
+# Reasons for which the item is dropped, and those for which it is kept (with status `unknown`).
+DROPPED = (REASON_NOT_OBJECT, REASON_MISSING_ID, REASON_WRONG_TYPE)
+KEPT = (REASON_MISSING_STATUS, REASON_UNKNOWN_STATUS)
+THREAD = "thread_fuzz"
+
+RUN_FIELDS = (
+    "id", "object", "thread_id", "assistant_id", "model", "status", "created_at", "started_at", "expires_at",
+    "cancelled_at", "failed_at", "completed_at", "last_error", "incomplete_details", "usage",
+)
+TIMES = ("created_at", "started_at", "expires_at", "cancelled_at", "failed_at", "completed_at")
+
+# ------------------------------------------------------------------------------------------ strategies
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([10**400, -(10**400), 2**53 + 1, 2**63, -1, 0]),  # beyond a float, at the edges
+    st.floats(allow_nan=True, allow_infinity=True),  # json.loads accepts NaN / Infinity
+    st.text(max_size=12),
+)
+# Small nested values: generation dominates the cost of an example, and the parsers only look one or two
+# levels deep.
+json_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.text(max_size=8), children, max_size=3),
+    ),
+    max_leaves=6,
+)
+plausible = {
+    "id": st.one_of(st.text(min_size=1, max_size=30), json_values, st.just("x" * 257)),
+    "status": st.one_of(st.sampled_from([*statuses.API_STATUSES, *statuses.ENUM_NAMES]), json_values),
+    "usage": st.one_of(
+        st.fixed_dictionaries({}, optional={"prompt_tokens": json_values, "completion_tokens": json_values}),
+        json_values,
+    ),
+    "last_error": st.one_of(st.fixed_dictionaries({"code": json_values}), json_values),
+    "incomplete_details": st.one_of(st.fixed_dictionaries({"reason": json_values}), json_values),
+    **{key: st.one_of(st.integers(0, 2**40), json_values) for key in TIMES},
+}
+# Run-shaped objects: the right keys with values of the right or a wrong type, so parsing gets past the
+# first check as often as it fails it.
+run_objects = st.fixed_dictionaries(
+    {}, optional={key: plausible.get(key, json_values) for key in RUN_FIELDS}
+)
+items = st.one_of(run_objects, json_values)
+pages = st.fixed_dictionaries(
+    {"data": st.one_of(st.lists(items, max_size=8), json_values)},
+    optional={
+        "object": st.just("list"),
+        "has_more": st.one_of(st.booleans(), json_values),
+        "first_id": json_values,
+        "last_id": st.one_of(st.text(max_size=10), json_values),
+    },
+)
+
+
+def encode(obj: Any) -> bytes:
+    return json.dumps(obj).encode("utf-8")
+
+
+def mutations(body: bytes) -> st.SearchStrategy[bytes]:
+    """The body truncated, or with one byte replaced: what a network or a bug does to a page."""
+    if not body:
+        return st.just(body)
+    cut = st.integers(0, len(body) - 1).map(lambda n: body[:n])
+    flip = st.tuples(st.integers(0, len(body) - 1), st.integers(0, 255)).map(
+        lambda p: body[: p[0]] + bytes([p[1]]) + body[p[0] + 1 :]
+    )
+    return st.one_of(cut, flip)
+
+
+page_bodies = st.one_of(
+    pages.map(encode),
+    pages.map(encode).flatmap(mutations),
+    json_values.map(encode),
+    st.binary(max_size=200),
+    st.sampled_from([b'{"data": [', b"[" * 100_000, b'{"data": [{"id": "r", "created_at": 1e999}]}',
+                     b'{"data": [{"id": "r", "created_at": NaN}]}', b"\xef\xbb\xbf{}"]),
+)
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def check_accounting(data: list[Any], runs: int, invalid: dict[str, int]) -> None:
+    """Every item is a snapshot or counted as dropped; kept-but-downgraded items are counted too."""
+    assert set(invalid) <= set(INVALID_REASONS)
+    assert all(count > 0 for count in invalid.values())
+    assert runs + sum(invalid.get(r, 0) for r in DROPPED) == len(data)
+    assert sum(invalid.get(r, 0) for r in KEPT) <= runs
+
+
+def check_snapshot_types(obj: Any) -> None:
+    result = parse_run(obj, THREAD)
+    if result.snapshot is None:
+        assert result.invalid_reason in DROPPED
+        return
+    snap = result.snapshot
+    assert snap.id and isinstance(snap.id, str) and snap.thread_id
+    assert snap.status in statuses.ALL_STATUSES
+    for key in TIMES:
+        value = getattr(snap, key)
+        assert value is None or (type(value) is int)
+    assert result.invalid_reason in (None, *KEPT)
+    assert (result.invalid_reason is None) == statuses.is_recognized(obj.get("status"))
+
+
+# ------------------------------------------------------------------------------------------ pages and runs
+
+
+@FUZZ
+@given(page_bodies)
+def test_parse_page_never_raises_and_counts_every_item(body: bytes) -> None:
+    page = parse_page(body, THREAD)
+    if page is None:
+        return  # the caller counts it as malformed_page and retries
+    data = json.loads(body)["data"]  # parse_page accepted it, so this is a JSON object with a list
+    check_accounting(data, len(page.runs), page.invalid)
+    assert all(run.thread_id for run in page.runs)
+    if page.has_more:
+        assert page.last_id
+
+
+@FUZZ
+@given(items)
+def test_parse_run_never_raises(obj: Any) -> None:
+    check_snapshot_types(obj)
+
+
+@FUZZ
+@given(items)
+def test_parse_run_survives_the_wire(obj: Any) -> None:
+    # Through JSON and back: NaN, Infinity and 400-digit integers as the network delivers them.
+    check_snapshot_types(json.loads(encode(obj)))
+
+
+# ------------------------------------------------------------------------------------------ threads file
+
+thread_lines = st.one_of(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12),
+    st.text(max_size=12),
+    st.just("# comment"),
+    st.just(""),
+)
+threads_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(thread_lines.map(lambda s: s.encode("utf-8")), st.binary(max_size=12)), max_size=20).map(
+        b"\n".join
+    ),
+    st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf"]), st.lists(thread_lines, max_size=10)).map(
+        lambda p: p[0] + "\r\n".join(p[1]).encode("utf-8")
+    ),
+)
+
+
+def check_threads(parsed_ids: tuple[str, ...], invalid: tuple[tuple[int, str], ...], lines: int) -> None:
+    assert len(set(parsed_ids)) == len(parsed_ids)
+    assert all(thread_id_problem(i) is None and not i.startswith("\ufeff") for i in parsed_ids)
+    numbers = [n for n, _ in invalid]
+    assert numbers == sorted(set(numbers)) and all(1 <= n <= lines for n in numbers)
+    assert len(parsed_ids) + len(invalid) <= lines
+
+
+@FUZZ
+@given(threads_bytes)
+def test_threads_bytes_never_raise(data: bytes) -> None:
+    parsed = parse_threads(data)
+    check_threads(parsed.ids, parsed.invalid, len(data.splitlines()))
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_threads_text_never_raises(text: str) -> None:
+    parsed = parse_threads(text)
+    check_threads(parsed.ids, parsed.invalid, len(text.splitlines()))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@FUZZ
+@given(data=threads_bytes)
+def test_threads_file_never_raises(workdir: Path, data: bytes) -> None:
+    path = workdir / "threads.txt"
+    path.write_bytes(data)
+    parsed = read_threads_file(path)
+    assert parsed == parse_threads(data)
+
+
+# ------------------------------------------------------------------------------------------ YAML config
+
+yaml_values = st.one_of(
+    json_values,
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20),
+    st.dates(),
+    st.sampled_from(["5", "0.1", "-1", "1e999", "nan", "bearer", "api-key", "debug", "json", "127.0.0.1:0",
+                     "[::1]:9788", "http://127.0.0.1:1/v1", "a,b", "", "true"]),
+)
+yaml_documents = st.one_of(
+    st.fixed_dictionaries({}, optional={key: yaml_values for key in YAML_KEYS}),
+    st.dictionaries(st.one_of(st.sampled_from(sorted(YAML_KEYS)), st.text(max_size=10)), yaml_values, max_size=6),
+)
+
+
+def _safe_yaml(doc: Any) -> bytes:
+    try:
+        return yaml.safe_dump(doc, allow_unicode=True).encode("utf-8")
+    except (yaml.YAMLError, UnicodeEncodeError):
+        return b"{}"  # a value PyYAML itself cannot write (e.g. a lone surrogate)
+
+
+config_bodies = st.one_of(
+    yaml_documents.map(_safe_yaml),
+    yaml_documents.map(_safe_yaml).flatmap(mutations),
+    st.binary(max_size=200),
+    st.sampled_from([b"", b"\xef\xbb\xbfpoll_interval: 1\n", b"- a\n- b\n", b"&a [*a]", b"!!python/object:os.system {}",
+                     b"a: &x [*x]\n", b"poll_interval: .inf\n", b"threads: {a: 1}\n", b"\x00"]),
+)
+
+
+@pytest.fixture(scope="module")
+def config_env(workdir: Path) -> Iterator[dict[str, str]]:
+    key = workdir / "key"
+    key.write_text("sk-fuzz-0123456789", encoding="utf-8")
+    threads = workdir / "threads-for-config.txt"
+    threads.write_text("thread_a\n", encoding="utf-8")
+    # Paths come from flags, which win over the YAML file: the fuzzer must not create directories anywhere.
+    yield {"state": str(workdir / "state" / "s.db"), "key": str(key), "threads": str(threads)}
+
+
+@FUZZ
+@given(body=config_bodies)
+def test_load_config_yaml_never_raises(workdir: Path, config_env: dict[str, str], body: bytes) -> None:
+    path = workdir / "config.yaml"
+    path.write_bytes(body)
+    argv = ["--config", str(path), "--state-file", config_env["state"], "--api-key-file", config_env["key"],
+            "--threads-file", config_env["threads"]]
+    try:
+        config = load_config(argv, {"HOME": str(workdir)})
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and message  # one line, not empty
+        assert "sk-fuzz" not in message
+        return
+    assert isinstance(config, Config)
+    assert math.isfinite(config.poll_interval) and config.poll_interval >= 0.1
+    assert config.idle_poll_interval >= config.poll_interval
+    assert 1 <= config.max_concurrency <= 256
