@@ -344,8 +344,8 @@ def test_default_azure_credential_gets_and_caches_tokens_from_the_identity_endpo
 def test_short_token_lifetimes_are_refreshed_before_the_api_refuses_them(
     identity_env: Callable[[Simulator], None],
 ) -> None:
-    # azure-identity renews 300 s before expiry, so a 302 s token is renewed about every 2 s.
-    with Simulator(flavor="foundry", token_lifetime=302) as sim:
+    # azure-identity renews 300 s before expiry, so a 301 s token is renewed about every second.
+    with Simulator(flavor="foundry", token_lifetime=301) as sim:
         identity_env(sim)
         auth = AzureTokenAuth(default_credential())
         codes: list[int] = []
