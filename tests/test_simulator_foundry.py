@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +17,8 @@ import pytest
 from exporter.simulator import FakeClock, Simulator
 from exporter.simulator.cli import main as simulate_main
 from exporter.statuses import TERMINAL
+from tests.helpers import REPO_ROOT
+from tests.test_simulator_cli import LAUNCH, _first_line
 
 START = 1_760_000_000.0
 IDENTITY_HEADER = "identity-secret"
@@ -160,10 +168,10 @@ def test_new_threads_are_deterministic_given_the_seed() -> None:
         clock = FakeClock(start=START)
         with Simulator(scenario="discovery", seed=seed, clock=clock, speed=10, flavor="foundry") as s:
             clock.advance(200)
-            s.engine.now()
-            return s.thread_ids()
+            return s.thread_ids()  # catches up by itself: no other engine call first
 
     assert threads(1) == threads(1)
+    assert len(threads(1)) > 3
     assert threads(1) != threads(2)
 
 
@@ -254,3 +262,37 @@ def test_bad_constructor_arguments_raise() -> None:
         Simulator(flavor="bedrock")
     with pytest.raises(ValueError, match="token_lifetime"):
         Simulator(flavor="foundry", token_lifetime=0)
+
+
+@pytest.mark.slow
+def test_cli_serves_the_foundry_flavor_with_its_identity_endpoint() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SIMULATOR_IDENTITY_HEADER": "from-env"}
+    argv = ["--listen", "127.0.0.1:0", "--flavor", "foundry", "--project", "proj-1", "--token-lifetime", "600"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, *argv], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = _first_line(proc)
+        match = re.search(r"endpoint=(\S+) identity_endpoint=(\S+) identity_header=(\S+) threads=(\S+)", line)
+        assert match and "flavor=foundry" in line, line
+        endpoint, identity, header, threads = match.groups()
+        assert endpoint.endswith("/api/projects/proj-1") and header == "from-env"
+        resp = httpx.get(
+            identity, params={"resource": RESOURCE, "api-version": "2019-08-01"}, headers={"X-IDENTITY-HEADER": header}
+        )
+        body = resp.json()
+        assert 595 <= int(body["expires_on"]) - time.time() <= 600
+        runs = httpx.get(
+            f"{endpoint}/threads/{threads.split(',')[0]}/runs",
+            params={"api-version": "2025-05-01"},
+            headers={"Authorization": f"Bearer {body['access_token']}"},
+        )
+        assert runs.status_code == 200 and "first_id" not in runs.json()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -74,6 +74,7 @@ def test_every_run_and_page_validates_over_time(scenario: str) -> None:
         "expiry": {"requires_action", "expired"},
         "backlog": {"failed"},
         "history": {"failed", "incomplete", "cancelled", "expired"},
+        "discovery": {"requires_action", "failed", "incomplete", "cancelled", "expired"},
     }[scenario]
     assert expected <= statuses
 

@@ -378,8 +378,9 @@ class Engine:
             return self._advance()
 
     def thread_ids(self) -> list[str]:
-        """The scenario's own threads that still exist."""
+        """The scenario's own threads that still exist (catching up first: a scenario may open threads)."""
         with self._lock:
+            self._advance()
             return [tid for tid in self._scenario_threads if tid not in self._deleted]
 
     def runs(self) -> list[JSON]:
