@@ -296,3 +296,13 @@ def test_cli_serves_the_foundry_flavor_with_its_identity_endpoint() -> None:
             proc.wait(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_the_discovery_scenario_has_content_filter_incomplete_reasons_in_the_api_and_the_truth(
+    sim: Simulator, clock: FakeClock
+) -> None:
+    clock.advance(600)
+    reasons = [r["incomplete_details"]["reason"] for r in sim.engine.runs() if r["status"] == "incomplete"]
+    truth = sim.engine.truth()
+    assert truth.incomplete_reasons.get("content_filter", 0) == reasons.count("content_filter") > 0
+    assert set(truth.incomplete_reasons) == set(reasons)

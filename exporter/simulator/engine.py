@@ -34,7 +34,8 @@ from exporter.statuses import API_STATUSES, TERMINAL
 EXPIRY_SECONDS = 600.0  # the API expires a run 10 minutes after creation
 MAX_RUNS_PER_THREAD = 5000
 ERROR_CODES: tuple[str, ...] = ("server_error", "rate_limit_exceeded", "invalid_prompt")
-INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens")
+# content_filter: Foundry's incomplete_details.reason when its content filter stops a run.
+INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens", "content_filter")
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _END_FIELD = {"completed": "completed_at", "incomplete": "completed_at", "failed": "failed_at"}
 
@@ -236,7 +237,8 @@ class Engine:
         if outcome == "failed":
             run.error_code = rng.choices(ERROR_CODES, weights=(0.6, 0.3, 0.1))[0]
         if outcome == "incomplete":
-            run.incomplete_reason = rng.choices(INCOMPLETE_REASONS, weights=(0.8, 0.2))[0]
+            reasons, weights = zip(*s.incomplete_reasons, strict=True)
+            run.incomplete_reason = rng.choices(reasons, weights=weights)[0]
             if run.incomplete_reason == "max_completion_tokens":
                 run.max_completion_tokens = run.completion_tokens = 512
             else:

@@ -53,6 +53,8 @@ class Scenario:
     # Chance that an arrival opens a new thread (conversations start all the time; discovery must find them).
     # Arrivals go to the `threads` most recent threads, so older ones fall idle.
     new_thread_probability: float = 0.0
+    # incomplete_details.reason of incomplete runs, with relative weights.
+    incomplete_reasons: tuple[tuple[str, float], ...] = (("max_completion_tokens", 0.8), ("max_prompt_tokens", 0.2))
     faults: Faults = field(default_factory=Faults)  # default fault knobs (copied per Simulator)
 
 
@@ -103,10 +105,13 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="discovery",
-            description="new threads open all the time: 1 arrival in 5 starts one; the 3 newest get the runs",
+            description="new threads open all the time (1 arrival in 5 starts one), the 3 newest get the runs; "
+            "some incomplete runs are stopped by the content filter",
             phases=(Phase(None, 0.5, _STEADY),),
             threads=3,
             new_thread_probability=0.2,
+            # Foundry's content filter also ends runs as incomplete.
+            incomplete_reasons=(("max_completion_tokens", 0.6), ("max_prompt_tokens", 0.2), ("content_filter", 0.2)),
         ),
     )
 }
