@@ -126,6 +126,37 @@ def test_plan_refresh(expires_in: float, refresh_in: float | None, due_in: float
 
 def test_a_token_handed_back_already_due_is_asked_about_again_after_a_few_seconds() -> None:
     assert plan_refresh(T0 + 100, T0 - 5, T0) == T0 + 5
+    # The same 310 s token handed back at +10 s (the credential's cache a second behind): not kept halfway.
+    assert plan_refresh(T0 + 300, None, T0, fresh=False) == T0 + 5
+    assert plan_refresh(T0 + 300, None, T0, fresh=True) == T0 + 150
+
+
+def test_the_same_token_handed_back_when_due_is_asked_about_again_soon() -> None:
+    clock = Clock()
+    cred = FakeCredential(clock, lifetime=310)
+    repeat = {"left": 1}
+    original = cred.get_token
+
+    def lagging(*scopes: str, **kwargs: Any) -> AccessToken:
+        if cred.calls and repeat["left"]:  # one call answered from a cache that is a second behind
+            repeat["left"] -= 1
+            return AccessToken("tok-1", int(T0 + 310))
+        return original(*scopes, **kwargs)
+
+    cred.get_token = lagging  # type: ignore[method-assign]
+
+    async def go() -> list[str]:
+        async with api(AzureTokenAuth(cred, clock=clock)) as client:
+            seen = [await bearer(client)]
+            clock.now = T0 + 10  # due: the credential hands back tok-1 once more
+            seen.append(await bearer(client))
+            clock.now = T0 + 14
+            seen.append(await bearer(client))
+            clock.now = T0 + 15  # MIN_RECHECK later, not halfway through the remaining 300 s
+            seen.append(await bearer(client))
+            return seen
+
+    assert run(go) == ["Bearer tok-1", "Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]
 
 
 # ----- the auth flow with a fake credential ------------------------------------------------------------

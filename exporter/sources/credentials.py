@@ -77,14 +77,17 @@ def one_line(message: str, secrets: tuple[str, ...] = ()) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
-def plan_refresh(expires_on: float, refresh_on: float | None, now: float, margin: float = REFRESH_MARGIN) -> float:
+def plan_refresh(
+    expires_on: float, refresh_on: float | None, now: float, margin: float = REFRESH_MARGIN, *, fresh: bool = True
+) -> float:
     """When to ask for a new token: the credential's refresh_on, else `margin` before expiry.
 
-    A token that lives no longer than the margin is renewed halfway through its life instead of on every
-    request; one handed back already due is asked about again after MIN_RECHECK at most.
+    A fresh token that lives no longer than the margin is renewed halfway through its life instead of on
+    every request. One handed back already due, or the same token again (the credential's own cache can be
+    a second behind ours), is asked about again after MIN_RECHECK at most.
     """
     lifetime = expires_on - now
-    due = expires_on - (margin if lifetime > margin else lifetime / 2)
+    due = expires_on - (lifetime / 2 if fresh and lifetime <= margin else margin)
     if refresh_on is not None:
         due = min(due, refresh_on)
     if due <= now:
@@ -166,7 +169,8 @@ class AzureTokenAuth(httpx.Auth):
             raise TokenUnavailable(f"cannot get a token for {self.scope}: the credential returned an empty token")
         now = self.clock()
         refresh = float(refresh_on) if isinstance(refresh_on, int | float) else None
-        return CachedToken(token, expires_on, plan_refresh(expires_on, refresh, now, self.margin))
+        fresh = not known or token != known[0]
+        return CachedToken(token, expires_on, plan_refresh(expires_on, refresh, now, self.margin, fresh=fresh))
 
     def close(self) -> None:
         close = getattr(self.credential, "close", None)
