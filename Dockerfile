@@ -3,7 +3,8 @@ FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN pip install --no-cache-dir --prefix=/install .
+# The azure extra: Entra ID tokens (azure-identity) for Azure AI Foundry.
+RUN pip install --no-cache-dir --prefix=/install ".[azure]"
 
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/assistants-exporter --create-home exporter

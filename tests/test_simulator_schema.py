@@ -42,7 +42,9 @@ def _walk_thread(
         params["after"] = page["last_id"]
 
 
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+# discovery sends Foundry's content_filter incomplete reason, which OpenAI's spec does not have
+# (tests/test_simulator_foundry.py covers that scenario).
+@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"discovery"}))
 def test_every_run_and_page_validates_over_time(scenario: str) -> None:
     clock = FakeClock()
     seen: set[str] = set()

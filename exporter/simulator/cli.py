@@ -13,7 +13,7 @@ from types import FrameType
 from exporter.config import parse_listen
 from exporter.simulator.faults import Faults
 from exporter.simulator.scenarios import SCENARIOS
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import FLAVORS, Simulator
 
 PROG = "assistants-exporter simulate"
 
@@ -87,7 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=_non_negative, default=0.0, help="seconds added to every response")
     p.add_argument("--malformed-rate", type=_probability, default=0.0, help="probability per list item")
     p.add_argument("--truncate-rate", type=_probability, default=0.0, help="probability of a cut JSON body")
+    p.add_argument("--flavor", choices=FLAVORS, default="openai", help="openai (/v1) or foundry (Azure AI Foundry)")
+    p.add_argument("--project", type=_project, default="sim-project", help="foundry: the project name in paths")
+    p.add_argument("--token-lifetime", type=_positive, default=3600.0, help="foundry: seconds a token is valid")
+    p.add_argument(
+        "--identity-header",
+        help="foundry: the managed identity endpoint's secret (default: env SIMULATOR_IDENTITY_HEADER, else random)",
+    )
     return p
+
+
+def _project(value: str) -> str:
+    if not value or not all(ch.isalnum() or ch in "_.-" for ch in value) or not value.isascii():
+        raise argparse.ArgumentTypeError(f"must be letters, digits, '_', '.' or '-', got {value!r}")
+    return value
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -106,6 +119,17 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return key
 
 
+def _startup_line(sim: Simulator, scenario: str) -> str:
+    threads = ",".join(sim.thread_ids())
+    if sim.flavor != "foundry":
+        return f"simulator: scenario={scenario} base_url={sim.base_url} threads={threads}"
+    # The identity header is the simulator's own loopback secret: clients need it as IDENTITY_HEADER.
+    return (
+        f"simulator: scenario={scenario} flavor=foundry endpoint={sim.base_url} "
+        f"identity_endpoint={sim.identity_endpoint} identity_header={sim.identity_header} threads={threads}"
+    )
+
+
 def main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -122,6 +146,7 @@ def main(argv: list[str]) -> int:
         malformed_rate=args.malformed_rate,
         truncate_rate=args.truncate_rate,
     )
+    identity_header = (args.identity_header or os.environ.get("SIMULATOR_IDENTITY_HEADER", "")).strip() or None
     sim = Simulator(
         scenario=args.scenario,
         seed=args.seed,
@@ -130,6 +155,10 @@ def main(argv: list[str]) -> int:
         api_key=api_key,
         speed=args.speed,
         faults=faults,
+        flavor=args.flavor,
+        project=args.project,
+        token_lifetime=args.token_lifetime,
+        identity_header=identity_header,
     )
     try:
         sim.start()
@@ -143,8 +172,7 @@ def main(argv: list[str]) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        threads = ",".join(sim.thread_ids())
-        print(f"simulator: scenario={args.scenario} base_url={sim.base_url} threads={threads}", flush=True)
+        print(_startup_line(sim, args.scenario), flush=True)
         while not stop.wait(0.5):
             pass
     finally:

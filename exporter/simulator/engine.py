@@ -34,7 +34,8 @@ from exporter.statuses import API_STATUSES, TERMINAL
 EXPIRY_SECONDS = 600.0  # the API expires a run 10 minutes after creation
 MAX_RUNS_PER_THREAD = 5000
 ERROR_CODES: tuple[str, ...] = ("server_error", "rate_limit_exceeded", "invalid_prompt")
-INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens")
+# content_filter: Foundry's incomplete_details.reason when its content filter stops a run.
+INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens", "content_filter")
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _END_FIELD = {"completed": "completed_at", "incomplete": "completed_at", "failed": "failed_at"}
 
@@ -97,6 +98,17 @@ def _record(run: Run) -> _Record:
     )
 
 
+def _slice_page(
+    keys: list[tuple[int, str]], start: int, end: int, limit: int, backwards: bool
+) -> tuple[list[tuple[int, str]], bool]:
+    """The keys of one page between two cursor positions, and whether more follow in the paging direction."""
+    if backwards:  # paging backwards: the `limit` items just before the cursor
+        lo = max(start, end - limit)
+        return keys[lo:end], lo > start
+    hi = min(end, start + limit) if start < end else start
+    return keys[start:hi], hi < end
+
+
 def validate_plan(plan: Sequence[tuple[str, float]]) -> Plan:
     """Check a scripted plan: known statuses, non-terminal stints then exactly one terminal one."""
     out: Plan = []
@@ -142,6 +154,7 @@ class Engine:
         self._t0 = clock.now()
         self._now = self._t0
         self._threads: dict[str, _Thread] = {}
+        self._thread_order: list[tuple[int, str]] = []  # (created_at, id) of live threads, ascending
         self._scenario_threads: list[str] = []
         self._deleted: set[str] = set()
         self._active: dict[str, Run] = {}
@@ -224,7 +237,8 @@ class Engine:
         if outcome == "failed":
             run.error_code = rng.choices(ERROR_CODES, weights=(0.6, 0.3, 0.1))[0]
         if outcome == "incomplete":
-            run.incomplete_reason = rng.choices(INCOMPLETE_REASONS, weights=(0.8, 0.2))[0]
+            reasons, weights = zip(*s.incomplete_reasons, strict=True)
+            run.incomplete_reason = rng.choices(reasons, weights=weights)[0]
             if run.incomplete_reason == "max_completion_tokens":
                 run.max_completion_tokens = run.completion_tokens = 512
             else:
@@ -299,7 +313,10 @@ class Engine:
 
     def _arrive(self, t: float) -> None:
         rng = self._work_rng
+        if self.scenario.new_thread_probability > 0 and rng.random() < self.scenario.new_thread_probability:
+            self._scenario_threads.append(self._new_thread(rng, int(t)))
         candidates = [tid for tid in self._scenario_threads if tid not in self._deleted]
+        candidates = candidates[-self.scenario.threads :] if self.scenario.threads > 0 else candidates
         tid = rng.choice(candidates) if candidates else None
         run = self._scenario_run(rng, t, tid or "")
         if tid is None:
@@ -341,6 +358,7 @@ class Engine:
     def _new_thread(self, rng: random.Random, created_at: int, metadata: dict[str, str] | None = None) -> str:
         tid = _rand_id(rng, "thread_")
         self._threads[tid] = _Thread(tid, created_at, dict(metadata or {}))
+        bisect.insort(self._thread_order, (created_at, tid))
         return tid
 
     def _thread(self, thread_id: str) -> _Thread:
@@ -362,8 +380,9 @@ class Engine:
             return self._advance()
 
     def thread_ids(self) -> list[str]:
-        """The scenario's own threads that still exist."""
+        """The scenario's own threads that still exist (catching up first: a scenario may open threads)."""
         with self._lock:
+            self._advance()
             return [tid for tid in self._scenario_threads if tid not in self._deleted]
 
     def runs(self) -> list[JSON]:
@@ -441,6 +460,7 @@ class Engine:
                 self._active.pop(run.id, None)
                 self._archive.append(_record(run))
             del self._threads[thread_id]
+            self._thread_order.remove((thread.created_at, thread_id))
             self._deleted.add(thread_id)
 
     def create_run(
@@ -532,15 +552,30 @@ class Engine:
                 start = self._cursor_index(thread, keys, order, after, "after") + 1
             if before is not None:
                 end = self._cursor_index(thread, keys, order, before, "before")
-            if before is not None and after is None:
-                # Paging backwards: the `limit` items just before the cursor.
-                lo = max(start, end - limit)
-                chosen, has_more = keys[lo:end], lo > start
-            else:
-                hi = min(end, start + limit) if start < end else start
-                chosen, has_more = keys[start:hi], hi < end
+            chosen, has_more = _slice_page(keys, start, end, limit, backwards=before is not None and after is None)
             data = [render_run(thread.runs[key[1]]) for key in chosen]
             return list_page(data, has_more), data
+
+    def list_threads(self, *, limit: int, order: str, after: str | None, before: str | None) -> tuple[list[JSON], bool]:
+        """One page of threads by created_at (ties by id) and whether more follow (Foundry's GET /threads)."""
+        with self._lock:
+            self._advance()
+            keys = self._thread_order if order == "asc" else self._thread_order[::-1]
+            start, end = 0, len(keys)
+            if after is not None:
+                start = self._thread_cursor_index(keys, order, after, "after") + 1
+            if before is not None:
+                end = self._thread_cursor_index(keys, order, before, "before")
+            chosen, has_more = _slice_page(keys, start, end, limit, backwards=before is not None and after is None)
+            data = [render_thread(tid, created, self._threads[tid].metadata) for created, tid in chosen]
+            return data, has_more
+
+    def _thread_cursor_index(self, keys: list[tuple[int, str]], order: str, cursor: str, name: str) -> int:
+        thread = self._threads.get(cursor)
+        if thread is None:
+            raise ApiError(400, f"Invalid '{name}': no thread with id '{cursor}'.", param=name)
+        i = bisect.bisect_left(self._thread_order, (thread.created_at, thread.id))
+        return i if order == "asc" else len(keys) - 1 - i
 
     @staticmethod
     def _cursor_index(thread: _Thread, keys: list[tuple[int, str]], order: str, cursor: str, name: str) -> int:

@@ -50,6 +50,11 @@ class Scenario:
     history_threads: int = 0  # how many threads are seeded with old terminal runs
     history_runs: int = 0  # old runs per such thread
     history_span: float = 0.0  # the old runs were created over this many seconds before the start
+    # Chance that an arrival opens a new thread (conversations start all the time; discovery must find them).
+    # Arrivals go to the `threads` most recent threads, so older ones fall idle.
+    new_thread_probability: float = 0.0
+    # incomplete_details.reason of incomplete runs, with relative weights.
+    incomplete_reasons: tuple[tuple[str, float], ...] = (("max_completion_tokens", 0.8), ("max_prompt_tokens", 0.2))
     faults: Faults = field(default_factory=Faults)  # default fault knobs (copied per Simulator)
 
 
@@ -97,6 +102,16 @@ SCENARIOS: dict[str, Scenario] = {
             history_threads=3,
             history_runs=1500,
             history_span=7 * 86_400.0,
+        ),
+        Scenario(
+            name="discovery",
+            description="new threads open all the time (1 arrival in 5 starts one), the 3 newest get the runs; "
+            "some incomplete runs are stopped by the content filter",
+            phases=(Phase(None, 0.5, _STEADY),),
+            threads=3,
+            new_thread_probability=0.2,
+            # Foundry's content filter also ends runs as incomplete.
+            incomplete_reasons=(("max_completion_tokens", 0.6), ("max_prompt_tokens", 0.2), ("content_filter", 0.2)),
         ),
     )
 }

@@ -9,12 +9,14 @@ import json
 import logging
 import math
 import re
+import secrets
 import socket
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -24,7 +26,15 @@ from exporter.simulator.clock import Clock, FakeClock, WallClock
 from exporter.simulator.engine import Engine
 from exporter.simulator.faults import FaultInjector, Faults, RateLimitState, format_duration
 from exporter.simulator.scenarios import SCENARIOS
-from exporter.simulator.wire import JSON, ApiError
+from exporter.simulator.wire import JSON, ApiError, foundry_page
+
+FLAVORS: tuple[str, ...] = ("openai", "foundry")
+# Foundry's Azure.AI.Agents api-versions that the simulator accepts; anything else is a 400.
+FOUNDRY_API_VERSIONS: tuple[str, ...] = ("v1", "2025-05-01", "2025-05-15-preview")
+# The audience Foundry accepts tokens for (the scope https://ai.azure.com/.default without "/.default").
+FOUNDRY_RESOURCE = "https://ai.azure.com"
+MSI_PATH = "/msi/token"
+MSI_API_VERSION = "2019-08-01"
 
 _log = logging.getLogger(__name__)
 _THREAD = r"(?P<thread_id>[^/]+)"
@@ -93,8 +103,53 @@ def _parse_order(raw: str | None) -> str:
     return raw
 
 
+@dataclass(frozen=True, slots=True)
+class _IssuedToken:
+    resource: str
+    expires_on: int
+
+
+class _TokenIssuer:
+    """Bearer tokens for the foundry flavor, issued by the managed identity endpoint, checked on every call."""
+
+    def __init__(self, clock: Clock, lifetime: float) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self._tokens: dict[str, _IssuedToken] = {}
+        self._lock = threading.Lock()
+        self.issued = 0
+
+    def issue(self, resource: str) -> JSON:
+        now = self.clock.now()
+        expires_on = int(now + self.lifetime)
+        token = "simtok_" + secrets.token_urlsafe(24)
+        with self._lock:
+            # Forget expired tokens so a long run with short lifetimes stays small.
+            self._tokens = {k: v for k, v in self._tokens.items() if v.expires_on > now}
+            self._tokens[token] = _IssuedToken(resource, expires_on)
+            self.issued += 1
+        # App Service's 2019-08-01 answer: expires_on is epoch seconds as a string.
+        return {"access_token": token, "expires_on": str(expires_on), "resource": resource, "token_type": "Bearer"}
+
+    def check(self, token: str) -> str | None:
+        """Why a token is refused, or None when it is one of ours, for Foundry, and not expired."""
+        with self._lock:
+            issued = self._tokens.get(token)
+        if issued is None:
+            return "not issued by this identity endpoint"
+        if issued.resource.rstrip("/") != FOUNDRY_RESOURCE:
+            return "issued for another audience"
+        if self.clock.now() >= issued.expires_on:
+            return "expired"
+        return None
+
+
 class Simulator:
-    """An Assistants-v2-compatible runs API on loopback, backed by a seeded lifecycle engine."""
+    """An Assistants-v2-compatible runs API on loopback, backed by a seeded lifecycle engine.
+
+    flavor="openai" serves OpenAI's /v1 API; flavor="foundry" serves Azure AI Foundry classic agents under
+    /api/projects/{project}/ with Entra-style bearer tokens from a managed identity endpoint (docs/simulator.md).
+    """
 
     def __init__(
         self,
@@ -106,9 +161,27 @@ class Simulator:
         clock: Clock | None = None,
         speed: float = 1.0,
         faults: Faults | None = None,
+        *,
+        flavor: str = "openai",
+        project: str = "sim-project",
+        token_lifetime: float = 3600.0,
+        identity_header: str | None = None,
+        token_clock: Clock | None = None,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", project):
+            raise ValueError("project must be letters, digits, '_', '.' or '-'")
+        if not token_lifetime > 0 or not math.isfinite(token_lifetime):
+            raise ValueError("token_lifetime must be a positive number of seconds")
+        self.flavor = flavor
+        self.project = project
+        # The identity endpoint's shared secret (App Service's IDENTITY_HEADER).
+        self.identity_header = identity_header or secrets.token_urlsafe(16)
+        # Tokens live on the wall clock by default: azure-identity compares expires_on with time.time().
+        self.tokens = _TokenIssuer(token_clock if token_clock is not None else WallClock(), token_lifetime)
         self.scenario = SCENARIOS[scenario]
         self.host = host
         self._requested_port = port
@@ -176,7 +249,15 @@ class Simulator:
 
     @property
     def base_url(self) -> str:
+        """The API base: `.../v1`, or for the foundry flavor the project endpoint `.../api/projects/{project}`."""
+        if self.flavor == "foundry":
+            return f"http://{self.host}:{self.port}/api/projects/{self.project}"
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def identity_endpoint(self) -> str:
+        """The managed identity endpoint (set IDENTITY_ENDPOINT to this, IDENTITY_HEADER to identity_header)."""
+        return f"http://{self.host}:{self.port}{MSI_PATH}"
 
     def thread_ids(self) -> list[str]:
         return self.engine.thread_ids()
@@ -192,11 +273,16 @@ class Simulator:
                 r.params["thread_id"], limit=limit, order=order, after=r.arg("after"), before=r.arg("before")
             )
             page["data"] = self._injector.corrupt_items(self.faults, data)
-            return page
+            return self._envelope(page)
 
         def list_steps(r: _Request) -> JSON:
             limit, order = _parse_limit(r.arg("limit")), _parse_order(r.arg("order"))
-            return e.list_steps(r.params["thread_id"], r.params["run_id"], limit=limit, order=order)
+            return self._envelope(e.list_steps(r.params["thread_id"], r.params["run_id"], limit=limit, order=order))
+
+        def list_threads(r: _Request) -> JSON:
+            limit, order = _parse_limit(r.arg("limit")), _parse_order(r.arg("order"))
+            data, has_more = e.list_threads(limit=limit, order=order, after=r.arg("after"), before=r.arg("before"))
+            return foundry_page(data, has_more)
 
         def create_thread(r: _Request) -> JSON:
             meta = r.body.get("metadata")
@@ -226,10 +312,21 @@ class Simulator:
                 lambda r: e.submit_tool_outputs(r.params["thread_id"], r.params["run_id"], r.body),
             ),
         ]
+        if self.flavor == "foundry":  # OpenAI's API has no thread listing; Foundry's has
+            routes.append(("GET", "/threads", list_threads))
         return [(method, re.compile(f"^{pattern}$"), fn) for method, pattern, fn in routes]
 
+    def _envelope(self, page: JSON) -> JSON:
+        """OpenAI's list envelope as is, or Foundry's {data, last_id, has_more} (last_id null on the last page)."""
+        if self.flavor != "foundry":
+            return page
+        last_id = page["last_id"] if page["has_more"] else None
+        return {"data": page["data"], "last_id": last_id, "has_more": page["has_more"]}
+
     def _authorized(self, headers: Any) -> ApiError | None:
-        """Bearer (OpenAI) or api-key (Azure) auth. The key is never echoed back."""
+        """Bearer (OpenAI) or api-key (Azure) auth; Foundry takes only its own bearer tokens. Never echoed back."""
+        if self.flavor == "foundry":
+            return self._token_authorized(headers)
         auth = headers.get("Authorization") or ""
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         key = key or (headers.get("api-key") or "").strip()
@@ -243,8 +340,36 @@ class Simulator:
             return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
 
+    def _token_authorized(self, headers: Any) -> ApiError | None:
+        auth = headers.get("Authorization") or ""
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            return ApiError(401, "Access token is missing.", type_="invalid_request_error", code="PermissionDenied")
+        problem = self.tokens.check(token)
+        if problem is not None:
+            return ApiError(401, f"Access token is {problem}.", code="PermissionDenied")
+        return None
+
+    def _identity(self, method: str, target: str, headers: Any) -> _Response:
+        """App Service's managed identity endpoint: GET /msi/token?resource=..&api-version=2019-08-01."""
+        parts = urlsplit(target)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        given = headers.get("X-IDENTITY-HEADER") or ""
+        if method != "GET":
+            return _Response(405, {"statusCode": 405, "message": "Only GET is supported."})
+        if not hmac.compare_digest(given.encode(), self.identity_header.encode()):
+            return _Response(401, {"statusCode": 401, "message": "Missing or wrong X-IDENTITY-HEADER."})
+        if query.get("api-version", [""])[-1] != MSI_API_VERSION:
+            return _Response(400, {"statusCode": 400, "message": f"api-version must be {MSI_API_VERSION}."})
+        resource = query.get("resource", [""])[-1].strip()
+        if not resource:
+            return _Response(400, {"statusCode": 400, "message": "resource is required."})
+        return _Response(200, self.tokens.issue(resource))
+
     def handle(self, method: str, target: str, headers: Any, raw_body: bytes) -> _Response:
         """Answer one request: forced statuses, auth, the rate limit, random errors, then the route."""
+        if self.flavor == "foundry" and urlsplit(target).path.rstrip("/") == MSI_PATH:
+            return self._identity(method, target, headers)  # a separate service: no API faults or rate limit
         faults = self.faults
         if faults.latency > 0:
             time.sleep(faults.latency)  # a simulated slow API, not synchronisation
@@ -275,13 +400,18 @@ class Simulator:
     def _route(self, method: str, target: str, headers: Any, raw_body: bytes) -> JSON:
         parts = urlsplit(target)
         path = parts.path.rstrip("/")
-        if not path.startswith("/v1/"):
+        prefix = f"/api/projects/{self.project}/" if self.flavor == "foundry" else "/v1/"
+        if not path.startswith(prefix):
             raise ApiError(404, f"Invalid URL ({method} {parts.path[:200]})")
-        path = path[3:]
+        path = path[len(prefix) - 1 :]
         for route_method, pattern, fn in self._routes:
             match = pattern.match(path)
             if match is None or route_method != method:
                 continue
+            query = parse_qs(parts.query, keep_blank_values=True)
+            if self.flavor == "foundry":
+                self._check_api_version(query)
+                return fn(_Request(match.groupdict(), query, self._json_body(method, raw_body)))
             beta = headers.get("OpenAI-Beta") or ""
             if "assistants=v2" not in beta.replace(" ", ""):
                 raise ApiError(
@@ -291,9 +421,20 @@ class Simulator:
                     code="invalid_beta",
                 )
             # api-version (Azure) and any other unknown query parameter are ignored.
-            query = parse_qs(parts.query, keep_blank_values=True)
             return fn(_Request(match.groupdict(), query, self._json_body(method, raw_body)))
         raise ApiError(404, f"Invalid URL ({method} {parts.path[:200]})")
+
+    @staticmethod
+    def _check_api_version(query: dict[str, list[str]]) -> None:
+        version = (query.get("api-version") or [""])[-1]
+        if version not in FOUNDRY_API_VERSIONS:
+            shown = f"'{version[:40]}'" if version else "missing"
+            raise ApiError(
+                400,
+                f"api-version is {shown}; supported: {', '.join(FOUNDRY_API_VERSIONS)}.",
+                param="api-version",
+                code="UnsupportedApiVersion" if version else "MissingApiVersion",
+            )
 
     @staticmethod
     def _json_body(method: str, raw: bytes) -> dict[str, Any]:

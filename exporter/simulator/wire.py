@@ -238,3 +238,12 @@ def list_page(data: list[Any], has_more: bool) -> JSON:
     first = data[0].get("id") if data and isinstance(data[0], dict) else None
     last = data[-1].get("id") if data and isinstance(data[-1], dict) else None
     return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more}
+
+
+def foundry_page(data: list[Any], has_more: bool) -> JSON:
+    """Foundry's list envelope: no object, no first_id, and last_id null on the last page.
+
+    The official SDK's pager follows last_id and ignores has_more, so last_id must be null to stop it.
+    """
+    last = data[-1].get("id") if has_more and data and isinstance(data[-1], dict) else None
+    return {"data": data, "last_id": last, "has_more": has_more}
