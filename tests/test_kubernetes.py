@@ -19,7 +19,7 @@ import yaml
 
 from exporter.config import FLAGS_BY_DEST, YAML_KEYS, parse_listen
 from mixin.config import EXPORTER_JOB_REGEX
-from tests.helpers import REPO_ROOT, require_binary
+from tests.helpers import REPO_ROOT, require_binary, served_paths
 
 KUBERNETES_VERSION = "1.32"  # the oldest release the manifests are validated for; stated in the README
 K8S = REPO_ROOT / "deploy" / "kubernetes"
@@ -147,14 +147,6 @@ def test_probes_ask_the_health_endpoints_on_the_metrics_port(overlay: str) -> No
         assert get["path"] == path, probe
         assert get["port"] in port_names, probe
     assert served_paths() >= set(expected.values())
-
-
-def served_paths() -> set[str]:
-    """Absolute paths quoted in the exporter's HTTP server code (server.py today; any server*.py module)."""
-    paths: set[str] = set()
-    for module in (REPO_ROOT / "exporter").glob("server*.py"):
-        paths |= set(re.findall(r"""["'](/[a-z]+)["']""", module.read_text(encoding="utf-8")))
-    return paths
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
