@@ -1,17 +1,22 @@
-# assistants-exporter: non-root, state on a volume, health-checked.
-FROM python:3.12-slim AS build
+# assistants-exporter: a wheel built in one stage, installed with the `azure` extra in a slim one; runs as a
+# non-root user with a read-only root filesystem (state on the volume, temporary files in /tmp).
+FROM python:3.12-slim AS builder
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-# The azure extra: Entra ID tokens (azure-identity) for Azure AI Foundry.
-RUN pip install --no-cache-dir --prefix=/install ".[azure]"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.12-slim
-RUN useradd --system --uid 10001 --home-dir /var/lib/assistants-exporter --create-home exporter
-COPY --from=build /install /usr/local
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/assistants-exporter --create-home exporter
+# The wheel is bind-mounted from the builder stage, so it never becomes a layer of this image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --find-links /wheels 'assistants-exporter[azure]'
 USER 10001
-ENV ASSISTANTS_EXPORTER_STATE_FILE=/var/lib/assistants-exporter/state.db \
-    ASSISTANTS_EXPORTER_LISTEN=0.0.0.0:9788 \
+# Nothing may write outside the volume and /tmp: no bytecode caches, and HOME and XDG_STATE_HOME on the
+# volume, so the default state file is /var/lib/assistants-exporter/state.db.
+ENV HOME=/var/lib/assistants-exporter \
+    XDG_STATE_HOME=/var/lib \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/assistants-exporter"]
 EXPOSE 9788

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import time
@@ -19,6 +20,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENAPI_SPEC = REPO_ROOT / "tests" / "spec" / "openai-openapi.yaml"
 
 T = TypeVar("T")
+
+
+def served_paths() -> set[str]:
+    """Absolute paths quoted in the exporter's HTTP server code (server.py today; any server*.py module)."""
+    paths: set[str] = set()
+    for module in (REPO_ROOT / "exporter").glob("server*.py"):
+        paths |= set(re.findall(r"""["'](/[a-z]+)["']""", module.read_text(encoding="utf-8")))
+    return paths
 
 
 def in_ci() -> bool:

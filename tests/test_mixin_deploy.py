@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mixin.config import EXPORTER_JOB_REGEX
-from tests.helpers import REPO_ROOT, require_binary, require_file
+from tests.helpers import REPO_ROOT, require_binary
 
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -69,10 +69,6 @@ def test_compose_services_and_mounts_exist() -> None:
         for target, source in bind_mounts(name).items():
             assert source.exists(), f"{name}: {source} (mounted at {target}) is missing"
             assert REPO_ROOT in source.parents, f"{name}: {source} is outside the repository"
-
-
-def test_dockerfile_exists() -> None:
-    require_file(REPO_ROOT / compose()["services"]["exporter"]["build"].get("dockerfile", "Dockerfile"))
 
 
 def test_scrape_config_matches_the_exporter_and_the_down_alert() -> None:
