@@ -8,6 +8,7 @@ supplies `fetch_page`, so auth, rate limits, retries and request metrics stay in
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ from exporter.model import (
     REASON_MISSING_ID,
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
+    SOURCE_THREADS,
     thread_id_problem,
 )
+from exporter.sources import DiscoveryResult
+from exporter.sources.assistants import AssistantsSource
 
 PAGE_LIMIT = 100
 MAX_PAGES = 1000  # 100,000 threads in one pass; a server whose cursors never end cannot keep us busy forever
@@ -27,6 +31,7 @@ MAX_PAGES = 1000  # 100,000 threads in one pass; a server whose cursors never en
 # Given the query parameters of one listing request, the response body, or None when the request failed.
 FetchPage = Callable[[dict[str, str]], Awaitable[bytes | None]]
 IsKnown = Callable[[str], bool]
+LIST_THREADS = "list_threads"  # api_requests_total{endpoint}
 StopReason = Literal["since", "known", "end", "error", "malformed", "loop", "max_pages"]
 
 
@@ -155,3 +160,27 @@ async def discover_threads(
         cursors.add(cursor)
         params["after"] = cursor
     return result(False, "max_pages")
+
+
+class ThreadDiscovery:
+    """Discovery of threads for the `threads` source: `GET {api-base}/threads`, newest first, each pass down
+    to the lookback or (once a pass has finished) to the first thread already known."""
+
+    name = SOURCE_THREADS
+
+    def __init__(self, source: AssistantsSource, lookback: float, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.lookback = lookback
+        self.clock = clock
+        self.finished_once = False  # until a pass finishes, stopping at a known thread could skip older ones
+
+    async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
+        async def fetch_page(params: dict[str, str]) -> bytes | None:
+            return await self.source.get_page("/threads", params, LIST_THREADS)
+
+        found = await discover_threads(fetch_page, is_known, self.clock() - self.lookback,
+                                       stop_at_known=self.finished_once)
+        self.finished_once = self.finished_once or found.finished
+        error = None if found.finished else f"thread discovery stopped early ({found.stopped})"
+        return DiscoveryResult([(t.id, t.created_at) for t in found.threads], self.source.last_reached, error,
+                               found.invalid)
