@@ -148,7 +148,7 @@ def check_snapshot_types(obj: Any) -> None:
         assert result.invalid_reason in DROPPED
         return
     snap = result.snapshot
-    assert snap.id and isinstance(snap.id, str) and snap.thread_id
+    assert snap.id and isinstance(snap.id, str) and snap.scope
     assert snap.status in statuses.ALL_STATUSES
     for key in TIMES:
         value = getattr(snap, key)
@@ -168,7 +168,7 @@ def test_parse_page_never_raises_and_counts_every_item(body: bytes) -> None:
         return  # the caller counts it as malformed_page and retries
     data = json.loads(body)["data"]  # parse_page accepted it, so this is a JSON object with a list
     check_accounting(data, len(page.runs), page.invalid)
-    assert all(run.thread_id for run in page.runs)
+    assert all(run.scope for run in page.runs)
     if page.has_more:
         assert page.last_id
 

@@ -22,6 +22,7 @@ from exporter import __version__, statuses
 from exporter.model import RunSnapshot
 from exporter.sources import PollResult
 from exporter.sources import assistants as mod
+from exporter.sources import http as http_client
 from exporter.sources.assistants import ApiSettings, AssistantsSource, backoff_delay, parse_retry_after
 from tests.helpers import FakeTime
 
@@ -340,7 +341,7 @@ def test_pages_per_poll_are_bounded() -> None:
 
 
 def test_oversized_body_is_malformed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mod, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(http_client, "MAX_BODY_BYTES", 1000)  # the shared client reads bodies
     h = Harness(lambda r: page([run_obj(i) for i in range(20)]))
     result = h.poll()
     assert result.outcome == "error" and result.invalid == {"malformed_page": 1}
