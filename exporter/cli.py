@@ -31,6 +31,7 @@ from exporter.sources import Discovery
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.sources.foundry import ThreadDiscovery
 from exporter.sources.push import PushReceiver, PushTokens
+from exporter.sources.sessions import SessionDiscovery, SessionsSource
 from exporter.store import Loaded, Store, StoreError
 from exporter.tracker import DEDUPE_WINDOW
 from exporter.watchlist import ThreadsFileWatcher, WatchList
@@ -180,23 +181,38 @@ def _auth(config: Config) -> httpx.Auth | None:
         raise ConfigError(str(exc)) from None
 
 
-def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, AssistantsSource]:
-    sources: dict[str, AssistantsSource] = {}
-    if "threads" in config.sources:
+ApiSource = AssistantsSource | SessionsSource
+
+
+def _request_hook(daemon: Callable[[], Daemon], source: str) -> Callable[[str, str], None]:
+    return lambda endpoint, code: daemon().on_request(source, endpoint, code)
+
+
+def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, ApiSource]:
+    sources: dict[str, ApiSource] = {}
+    kinds: dict[str, type[AssistantsSource] | type[SessionsSource]] = {
+        "threads": AssistantsSource, "sessions": SessionsSource}
+    for name, kind in kinds.items():
+        if name not in config.sources:
+            continue
         # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
-        sources["threads"] = AssistantsSource(
+        sources[name] = kind(
             _api_settings(config),
-            on_request=lambda endpoint, code: daemon().on_request("threads", endpoint, code),
+            on_request=_request_hook(daemon, name),
             on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
             auth=_auth(config),
         )
     return sources
 
 
-def _discoveries(config: Config, sources: dict[str, AssistantsSource]) -> list[Discovery]:
-    if config.discover_threads and "threads" in sources:
-        return [ThreadDiscovery(sources["threads"], config.discover_lookback)]
-    return []
+def _discoveries(config: Config, sources: dict[str, ApiSource]) -> list[Discovery]:
+    found: list[Discovery] = []
+    threads, sessions = sources.get("threads"), sources.get("sessions")
+    if config.discover_threads and isinstance(threads, AssistantsSource):
+        found.append(ThreadDiscovery(threads, config.discover_lookback))
+    if isinstance(sessions, SessionsSource):  # sessions are always discovered: nothing else names them
+        found.append(SessionDiscovery(sessions, config.discover_lookback, config.agent_ids))
+    return found
 
 
 def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseRoute]:

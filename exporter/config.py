@@ -37,7 +37,9 @@ PUSH_TOKEN_ENV = "ASSISTANTS_EXPORTER_PUSH_TOKEN"
 MIN_PUSH_TOKEN = 16  # characters; a guessable token would open the write endpoints
 SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, PUSH_TOKEN_ENV)
 # --source values: the sources this version can run. `threads` is the default.
-SOURCES: tuple[str, ...] = ("threads", "push")
+SOURCES: tuple[str, ...] = ("threads", "push", "sessions")
+# The sources that call the API (and need a key).
+API_SOURCES: tuple[str, ...] = ("threads", "sessions")
 AUTH_HEADERS: tuple[str, ...] = ("bearer", "api-key")
 CREDENTIALS: tuple[str, ...] = ("key", "azure")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -99,7 +101,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--project", "str", None, "OpenAI-Project header.", "PROJ", env_aliases=("OPENAI_PROJECT_ID",)),
     Flag("--source", "list", ("threads",),
          "Source to run; repeatable (env: comma-separated; YAML: a list): threads (poll threads), "
-         "push (accept runs on /api/v1/runs).", "NAME", yaml_key_override="sources"),
+         "push (accept runs on /api/v1/runs), sessions (discover and poll Agents API sessions).", "NAME",
+         yaml_key_override="sources"),
     Flag("--thread", "list", (), "Thread id to watch; repeatable (env: comma-separated; YAML: a list).",
          "ID", yaml_key_override="threads"),
     Flag("--threads-file", "str", None,
@@ -133,6 +136,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--demo-speed", "float", 5.0, "Speed-up of simulated time for --demo (> 0).", "X"),
     Flag("--log-level", "str", "info", "One of debug, info, warning, error.", "LEVEL"),
     Flag("--log-format", "str", "text", "Log lines as 'text' or one JSON object per line.", "{text,json}"),
+    Flag("--agent-id", "list", (),
+         "With --source sessions, discover only the sessions of this agent; repeatable (env: comma-separated; "
+         "YAML: a list).", "ID", yaml_key_override="agent_ids"),
 )
 
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
@@ -177,6 +183,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     config_file: Path | None = None
+    agent_ids: tuple[str, ...] = ()
     # Non-fatal findings (unknown ASSISTANTS_EXPORTER_* env vars) for the caller to log once logging is up.
     warnings: tuple[str, ...] = ()
 
@@ -192,7 +199,7 @@ class Config:
     @property
     def calls_api(self) -> bool:
         """Whether a source that calls the API runs."""
-        return "threads" in self.sources
+        return any(name in API_SOURCES for name in self.sources)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -222,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = flag.help + ("" if flag.kind == "bool" else _default_help(flag))
         if flag.kind == "bool":
             parser.add_argument(flag.name, action="store_true", help=help_text)
-        elif flag.kind == "list" and flag.name in ("--thread", "--source"):
+        elif flag.kind == "list" and flag.name in ("--thread", "--source", "--agent-id"):
             parser.add_argument(flag.name, action="append", metavar=flag.metavar, help=help_text)
         else:
             parser.add_argument(flag.name, metavar=flag.metavar, help=help_text)
@@ -632,7 +639,7 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     if api_key:
         secrets.append(api_key)  # so load_config can scrub it from any later error
     credential: str = get("credential", lambda f, r: _choice(f, r, CREDENTIALS))
-    if api_key is None and not demo and "threads" in sources and credential == "key":
+    if api_key is None and not demo and any(n in API_SOURCES for n in sources) and credential == "key":
         raise ConfigError("an API key is required (set OPENAI_API_KEY or use --api-key-file), "
                           "or run with --demo")
 
@@ -653,6 +660,9 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
             and not discover):
         raise ConfigError("--thread, --threads-file or --discover-threads is required (or a push token, to "
                           "register threads over the API; or run with --demo)")
+    agent_ids: list[str] = get("agent_id", _thread_list)
+    if agent_ids and "sessions" not in sources:
+        _fail(FLAGS_BY_DEST["agent_id"], source("agent_id"), "filters session discovery: it needs --source sessions")
     token_scope: str = get("token_scope", _as_str)
     if not re.fullmatch(r"[\x21-\x7e]{1,512}", token_scope):
         _fail(FLAGS_BY_DEST["token_scope"], source("token_scope"), "expected a scope such as "
@@ -729,6 +739,7 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         log_format=get("log_format", lambda f, r: _choice(f, r, LOG_FORMATS)),
         config_file=Path(config_raw.value).expanduser() if config_raw else None,
         warnings=_env_warnings(env),
+        agent_ids=tuple(agent_ids),
     )
 
 
@@ -737,7 +748,8 @@ def _thread_list(flag: Flag, raw: _Raw) -> list[str]:
     for thread_id in ids:
         problem = thread_id_problem(thread_id)
         if problem:
-            _fail(flag, _Raw(thread_id, raw.origin), f"invalid thread id ({problem})")
+            what = "agent id" if flag.name == "--agent-id" else "thread id"
+            _fail(flag, _Raw(thread_id, raw.origin), f"invalid {what} ({problem})")
     return ids
 
 

@@ -217,3 +217,60 @@ def parse_run(obj: object, thread_id: str | None = None, source: str = SOURCE_TH
     except TypeError:
         return ParseResult(None, REASON_WRONG_TYPE)
     return ParseResult(snap, _status_reason(raw_status))
+
+
+SOURCE_SESSIONS = "sessions"
+# Agents API turn statuses that differ from run statuses: `waiting` (for external input) is the closest
+# meaning of requires_action, where a run waits for its caller. The other five are run statuses already.
+TURN_STATUSES: dict[str, str] = {
+    "queued": statuses.QUEUED,
+    "in_progress": statuses.IN_PROGRESS,
+    "waiting": statuses.REQUIRES_ACTION,
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def parse_turn(obj: object, session_id: str, source: str = SOURCE_SESSIONS) -> ParseResult:
+    """Validate one Agents API turn (`agent.session.turn`) into a run snapshot whose scope is its session.
+
+    `completed_at` is set for every terminal turn: it is the end of whichever terminal status it reached.
+    `agent_id` becomes `assistant_id`; usage input/output tokens become prompt/completion. Never raises."""
+    if not isinstance(obj, dict):
+        return ParseResult(None, REASON_NOT_OBJECT)
+    turn_id = _run_id(obj)
+    if turn_id is None:
+        return ParseResult(None, _id_problem(obj))
+    scope = obj.get("session_id")
+    if not isinstance(scope, str) or not scope:
+        scope = session_id
+    raw_status = obj.get("status")
+    status = TURN_STATUSES.get(raw_status, statuses.UNKNOWN) if isinstance(raw_status, str) else statuses.UNKNOWN
+    try:
+        created_at = _opt_int(obj, "created_at")
+        if created_at is None:
+            raise TypeError("created_at")
+        prompt, completion = _usage(obj, "input_tokens", "output_tokens")
+        ended = _opt_int(obj, "completed_at")
+        snap = RunSnapshot(
+            id=turn_id,
+            scope=scope,
+            status=status,
+            created_at=created_at,
+            assistant_id=_opt_str(obj.get("agent_id")) or "",
+            started_at=_opt_int(obj, "started_at"),
+            error_code=_nested_str(obj, "error", "code"),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            source=source,
+            completed_at=ended if status == "completed" else None,
+            failed_at=ended if status == "failed" else None,
+            cancelled_at=ended if status == "cancelled" else None,
+        )
+    except TypeError:
+        return ParseResult(None, REASON_WRONG_TYPE)
+    reason = REASON_MISSING_STATUS if raw_status is None else None
+    if reason is None and status == statuses.UNKNOWN:
+        reason = REASON_UNKNOWN_STATUS
+    return ParseResult(snap, reason)

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from exporter import __version__, statuses
 from exporter.model import RunSnapshot
 from exporter.sources import PollResult
-from exporter.sources import assistants as mod
 from exporter.sources import http as http_client
 from exporter.sources.assistants import ApiSettings, AssistantsSource, backoff_delay, parse_retry_after
 from tests.helpers import FakeTime

@@ -26,6 +26,7 @@ from exporter.simulator.clock import Clock, FakeClock, WallClock
 from exporter.simulator.engine import Engine
 from exporter.simulator.faults import FaultInjector, Faults, RateLimitState, format_duration
 from exporter.simulator.scenarios import SCENARIOS
+from exporter.simulator.sessions import SESSION_SCENARIOS, SessionsApi, SessionsEngine
 from exporter.simulator.wire import JSON, ApiError, foundry_page
 
 FLAVORS: tuple[str, ...] = ("openai", "foundry")
@@ -167,6 +168,7 @@ class Simulator:
         token_lifetime: float = 3600.0,
         identity_header: str | None = None,
         token_clock: Clock | None = None,
+        sessions_scenario: str | None = None,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
@@ -188,6 +190,13 @@ class Simulator:
         self.api_key = api_key
         self.clock: Clock = clock if clock is not None else WallClock()
         self.engine = Engine(self.scenario, seed, self.clock, speed)
+        if sessions_scenario is not None and sessions_scenario not in SESSION_SCENARIOS:
+            raise ValueError(f"unknown sessions scenario {sessions_scenario!r}; "
+                             f"choose from {', '.join(SESSION_SCENARIOS)}")
+        # The Agents API (sessions and turns), openai flavor only; without a scenario its sessions are scripted.
+        self.sessions = SessionsEngine(self.clock, seed, speed,
+                                       SESSION_SCENARIOS[sessions_scenario] if sessions_scenario else None)
+        self._sessions_api = SessionsApi(self.sessions)
         self.faults: Faults = faults if faults is not None else copy.deepcopy(self.scenario.faults)
         fault_seed = self.faults.seed if self.faults.seed is not None else seed
         self._injector = FaultInjector(fault_seed)
@@ -211,7 +220,7 @@ class Simulator:
         )
         self._thread.start()
         if not isinstance(self.clock, FakeClock):
-            # With the wall clock, tick the engine so memory and catch-up work stay small between requests.
+            # With the wall clock, tick the engines so memory and catch-up work stay small between requests.
             self._ticker = threading.Thread(target=self._tick, name="simulator-tick", daemon=True)
             self._ticker.start()
         return self
@@ -219,6 +228,7 @@ class Simulator:
     def _tick(self) -> None:
         while not self._stopping.wait(1.0):
             self.engine.now()
+            self.sessions.now()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -404,6 +414,10 @@ class Simulator:
         if not path.startswith(prefix):
             raise ApiError(404, f"Invalid URL ({method} {parts.path[:200]})")
         path = path[len(prefix) - 1 :]
+        if self.flavor == "openai" and path.startswith("/agents/"):
+            query = parse_qs(parts.query, keep_blank_values=True)
+            return self._sessions_api.route(method, path, query, headers,
+                                            lambda items: self._injector.corrupt_items(self.faults, items))
         for route_method, pattern, fn in self._routes:
             match = pattern.match(path)
             if match is None or route_method != method:

@@ -1,0 +1,83 @@
+"""OpenAI Agents API (beta): sessions and their turns.
+
+A session is a scope, polled like a thread: `GET {base}/agents/sessions/{id}/turns` newest first, under the
+same stop rule, so a steady-state poll is one request. `SessionDiscovery` lists `GET {base}/agents/sessions`
+newest first each pass, down to the lookback or the first session already known, once per `--agent-id`
+(the API filters by one agent at a time). Every request carries `OpenAI-Beta: agents=v1`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from urllib.parse import quote
+
+from exporter.model import SOURCE_SESSIONS, ParseResult, parse_turn, thread_id_problem
+from exporter.sources import DiscoveryResult, PollResult, StopRule
+from exporter.sources.foundry import discover_threads
+from exporter.sources.http import ApiClient
+
+LIST_TURNS = "list_turns"  # api_requests_total{endpoint}
+LIST_SESSIONS = "list_sessions"
+
+
+def _parse_turn(item: object, session_id: str) -> ParseResult:
+    return parse_turn(item, session_id)
+
+
+class SessionsSource(ApiClient):
+    """Lists the turns of one session at a time, newest first, for the tracker."""
+
+    name = SOURCE_SESSIONS
+    beta = "agents=v1"
+
+    async def poll(self, session_id: str, stop: StopRule) -> PollResult:
+        started = self._clock()
+        result = PollResult(scope=session_id, outcome="ok", started=started)
+        problem = thread_id_problem(session_id)
+        if problem is not None:
+            result.outcome, result.error = "error", problem
+        else:
+            path = f"/agents/sessions/{quote(session_id, safe='')}/turns"
+            await self.list_scope(path, session_id, stop, result, _parse_turn, LIST_TURNS, "session")
+        result.duration = max(0.0, self._clock() - started)
+        return result
+
+
+class SessionDiscovery:
+    """Finds sessions for the `sessions` source: each pass lists them newest first down to the lookback or
+    (once a pass has finished) the first one already known; one pass per agent filter."""
+
+    name = SOURCE_SESSIONS
+
+    def __init__(self, source: SessionsSource, lookback: float, agent_ids: Sequence[str] = (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.lookback = lookback
+        self.agent_ids: tuple[str | None, ...] = tuple(dict.fromkeys(agent_ids)) or (None,)
+        self.clock = clock
+        # Per filter: until a pass finishes, stopping at a known session could skip older ones.
+        self.finished_once: dict[str | None, bool] = dict.fromkeys(self.agent_ids, False)
+
+    async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
+        result = DiscoveryResult()
+        since = self.clock() - self.lookback
+        stopped: list[str] = []
+        for agent_id in self.agent_ids:
+            async def fetch_page(params: dict[str, str], agent_id: str | None = agent_id) -> bytes | None:
+                if agent_id is not None:
+                    params = {**params, "agent_id": agent_id}
+                body = await self.source.get_page("/agents/sessions", params, LIST_SESSIONS)
+                result.api_reached = result.api_reached or self.source.last_reached
+                return body
+
+            found = await discover_threads(fetch_page, is_known, since, stop_at_known=self.finished_once[agent_id])
+            self.finished_once[agent_id] = self.finished_once[agent_id] or found.finished
+            result.scopes.extend((s.id, s.created_at) for s in found.threads)
+            for reason, count in found.invalid.items():
+                result.invalid[reason] = result.invalid.get(reason, 0) + count
+            if not found.finished:
+                stopped.append(found.stopped)
+        if stopped:
+            result.error = f"session discovery stopped early ({', '.join(stopped)})"
+        return result
