@@ -252,7 +252,7 @@ def test_sessions_need_a_key_and_nothing_else(env: dict[str, str]) -> None:
 
 
 def test_agent_id_without_the_sessions_source_is_a_config_error(env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match="--agent-id.*needs --source sessions"):
+    with pytest.raises(ConfigError, match=r"--agent-id.*needs --source sessions"):
         load_config(["--thread", "thread_a", "--agent-id", "agent_a"], {**env, "OPENAI_API_KEY": "sk-test"})
     with pytest.raises(ConfigError, match="invalid agent id"):
         load_config(["--source", "sessions", "--agent-id", "a/b"], {**env, "OPENAI_API_KEY": "sk-test"})
