@@ -97,7 +97,7 @@ PUSH_REQUESTS = MetricSpec("assistants_exporter_push_requests_total", "counter",
 PUSH_ITEMS = MetricSpec("assistants_exporter_push_items_total", "counter", ("outcome",),
                         "Pushed run items, by outcome (accepted, duplicate, stale, invalid).", zeros=PUSH_OUTCOMES)
 DISCOVERED_THREADS = MetricSpec("assistants_exporter_discovered_threads_total", "counter", (),
-                                "Threads that discovery (--discover-threads) added to the watch list.")
+                                "Scopes (threads, sessions) that discovery added to the watch list.")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
 BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
