@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 
 from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, threads_file_ids
-from exporter.daemon import Daemon, watching_since
+from exporter.daemon import Daemon
 from exporter.inbox import Inbox
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
@@ -261,7 +261,6 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
         inbox=inbox,
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
-    daemon.watching_since = watching_since(loaded.meta)
     probes.daemon = daemon
     try:
         await daemon.run(stop)

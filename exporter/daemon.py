@@ -30,17 +30,6 @@ INVALID_LOG_INTERVAL = 60.0
 PUBLISH_INTERVAL = 1.0
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
-WATCHING_SINCE = "watching_since."  # meta key prefix, then the discovery's name
-
-
-def watching_since(meta: Mapping[str, str]) -> dict[str, float]:
-    """The persisted first-complete-pass instants of the discoveries, from the state file's meta table."""
-    out: dict[str, float] = {}
-    for key, value in meta.items():
-        if key.startswith(WATCHING_SINCE):
-            with contextlib.suppress(ValueError):
-                out[key[len(WATCHING_SINCE):]] = float(value)
-    return out
 
 
 @dataclass(slots=True)
@@ -114,9 +103,7 @@ class Daemon:
         self.discoveries = tuple(discoveries)
         self.discover_interval = discover_interval
         self._next_discovery = float("-inf")
-        self._discovering: list[tuple[Discovery, asyncio.Task[DiscoveryResult], float]] = []
-        # Per discovery: when its first complete pass began (epoch seconds); persisted in the meta table.
-        self.watching_since: dict[str, float] = {}
+        self._discovering: list[tuple[Discovery, asyncio.Task[DiscoveryResult]]] = []
 
     # -- hooks from the sources -----------------------------------------------------------
 
@@ -181,7 +168,7 @@ class Daemon:
             for discovery in self.discoveries:
                 task = asyncio.create_task(discovery.discover(self._is_watched), name=f"discover:{discovery.name}")
                 task.add_done_callback(lambda _: self._wake.set())
-                self._discovering.append((discovery, task, self.wall()))
+                self._discovering.append((discovery, task))
         for scope in self.scheduler.due(self.tracker.is_active):
             slot = self.scheduler.slots[scope]
             source = self.sources[slot.source]
@@ -193,29 +180,22 @@ class Daemon:
 
     def _reap_discoveries(self, now: float) -> None:
         running = []
-        for discovery, task, began in self._discovering:
+        for discovery, task in self._discovering:
             if not task.done():
-                running.append((discovery, task, began))
+                running.append((discovery, task))
             elif not task.cancelled():
                 exc = task.exception()
                 if exc is not None:  # a source bug must not kill the loop
                     log.error("discovery %s failed: %r", discovery.name, exc)
                 else:
-                    self._apply_discovery(discovery, task.result(), now, began)
+                    self._apply_discovery(discovery, task.result(), now)
         self._discovering = running
 
-    def _apply_discovery(self, discovery: Discovery, result: DiscoveryResult, now: float,
-                         began: float = 0.0) -> None:
+    def _apply_discovery(self, discovery: Discovery, result: DiscoveryResult, now: float) -> None:
         agg = self.tracker.aggregates
-        since = self.watching_since.get(discovery.name) if discovery.born_watched else None
         for scope, created_at in result.scopes:
             if self.watchlist.discover(scope, discovery.name, created_at):
                 agg.inc(m.DISCOVERED_THREADS.name, ())
-                # Creation times are whole seconds: one in the second before the pass began is still after it.
-                if since is not None and created_at >= int(since) - 1:
-                    self.tracker.watch(scope, born_watched=True)
-        if discovery.born_watched and since is None and result.error is None:
-            self.watching_since[discovery.name] = began
         for reason, count in result.invalid.items():
             agg.inc(m.INVALID_OBJECTS.name, (reason,), count)
         self.state.api_up[discovery.name] = 1.0 if result.api_reached else 0.0
@@ -343,8 +323,7 @@ class Daemon:
             batch = self._uncommitted
             if self.mono() < self._store_retry_at:
                 return False
-        meta = {"last_poll_success": repr(self.state.last_poll_success),
-                **{f"{WATCHING_SINCE}{name}": repr(t) for name, t in self.watching_since.items()}}
+        meta = {"last_poll_success": repr(self.state.last_poll_success)}
         try:
             self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
                               batch.discovered)
@@ -370,7 +349,7 @@ class Daemon:
         self._published_at = self.mono()
 
     async def _shutdown(self) -> None:
-        tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, t, _ in self._discovering)]
+        tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, t in self._discovering)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

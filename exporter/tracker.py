@@ -172,12 +172,9 @@ class Tracker:
         for finish in sorted(finishes, key=lambda f: f.at):
             self._record_finish(finish)
 
-    def watch(self, scope_id: str, *, born_watched: bool = False) -> None:
-        """Start watching a scope. `born_watched`: it was created while the exporter watched the place it was
-        found in (a discovery that had already listed everything before it), so none of its runs is history:
-        it counts as swept from the start, and its first listing counts even the runs already finished."""
+    def watch(self, scope_id: str) -> None:
         if scope_id not in self.scopes:
-            self.scopes[scope_id] = ScopeState(scope_id, swept=born_watched)
+            self.scopes[scope_id] = ScopeState(scope_id)
             self.changes.scopes[scope_id] = self.scopes[scope_id]
 
     def unwatch(self, scope_id: str) -> None:

@@ -90,8 +90,5 @@ class DiscoveryResult:
 class Discovery(Protocol):
     name: str  # the listing source whose scopes it finds
     lookback: float  # seconds: scopes created longer ago than this, and idle, leave the watch list
-    # True: a scope created after the discovery's first complete pass began is watched from its birth, so its
-    # runs are never history (the daemon keeps that instant in the state file). False: the history rule.
-    born_watched: bool
 
     async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult: ...

@@ -167,7 +167,6 @@ class ThreadDiscovery:
     to the lookback or (once a pass has finished) to the first thread already known."""
 
     name = SOURCE_THREADS
-    born_watched = False  # a discovered thread's finished runs are history
 
     def __init__(self, source: AssistantsSource, lookback: float, clock: Callable[[], float] = time.time) -> None:
         self.source = source

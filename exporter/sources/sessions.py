@@ -49,8 +49,6 @@ class SessionDiscovery:
     (once a pass has finished) the first one already known; one pass per agent filter."""
 
     name = SOURCE_SESSIONS
-    # Nothing but discovery names sessions, so one created while the exporter watches is new in full.
-    born_watched = True
 
     def __init__(self, source: SessionsSource, lookback: float, agent_ids: Sequence[str] = (),
                  clock: Callable[[], float] = time.time) -> None:
