@@ -75,24 +75,26 @@ def slis(cfg: MixinConfig) -> list[SLI]:
     ]
 
 
-def _sum(selector: str, window: str) -> str:
+def _sum(metric: str, matchers: list[str], window: str) -> str:
+    selector = f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
     return f"sum by ({LEVEL}) (rate({selector}[{window}]))"
 
 
-def sli_parts(cfg: MixinConfig, sli: SLI, window: str) -> tuple[str, str]:
-    """(errors, total) rates by assistant_id and source over `window`."""
+def sli_parts(cfg: MixinConfig, sli: SLI, window: str, matchers: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(errors, total) rates by assistant_id and source over `window`; `matchers` narrow every selector."""
+    extra = list(matchers)
     if sli.key == "success":
         statuses = "|".join(error_statuses(cfg))
-        return _sum(f'{FINISHED}{{status=~"{statuses}"}}', window), _sum(FINISHED, window)
+        return _sum(FINISHED, [f'status=~"{statuses}"', *extra], window), _sum(FINISHED, extra, window)
     bound = cfg.slos.queue_latency.threshold_seconds
-    total = _sum(f'{STINTS}_count{{status="queued"}}', window)
-    good = _sum(f'{STINTS}_bucket{{status="queued", le=~"{le_matcher(bound)}"}}', window)
+    total = _sum(f"{STINTS}_count", ['status="queued"', *extra], window)
+    good = _sum(f"{STINTS}_bucket", ['status="queued"', f'le=~"{le_matcher(bound)}"', *extra], window)
     return f"({total} - {good})", total
 
 
-def ratio_expr(cfg: MixinConfig, sli: SLI, window: str) -> str:
+def ratio_expr(cfg: MixinConfig, sli: SLI, window: str, matchers: tuple[str, ...] = ()) -> str:
     """errors/total; a level with events but no error series yet reads 0, and an idle one 0, not NaN."""
-    errors, total = sli_parts(cfg, sli, window)
+    errors, total = sli_parts(cfg, sli, window, matchers)
     return f"(\n  {errors}\n  or\n  {total} * 0\n)\n/\nclamp_min({total}, 1e-9)\n"
 
 
