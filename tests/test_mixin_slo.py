@@ -54,6 +54,12 @@ def test_shipped_objectives_and_windows_are_the_workbook_table() -> None:
     assert DEFAULT.slos.min_events == DEFAULT.thresholds.failure_min_finished, "the same volume guard as today"
 
 
+def test_docs_list_the_shipped_windows() -> None:
+    doc = (REPO_ROOT / "docs" / "dashboards-and-alerts.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\w+) \| ([0-9.]+)\u00d7 \| (\w+) \(\w+\) \| (\w+) \|", doc, re.MULTILINE)
+    assert rows == [(w.long, w.short, f"{w.factor:g}", w.severity, w.for_) for w in DEFAULT.slos.windows]
+
+
 def test_every_window_an_alert_reads_is_recorded() -> None:
     doc = yaml.safe_load(SLO_RULES.read_text())
     records = {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
