@@ -32,7 +32,7 @@ HEADER = """\
 
 @dataclass(frozen=True, slots=True)
 class SLI:
-    """An objective over an error ratio: errors and total are counter selectors or expressions of them."""
+    """One objective: its target and window, and the names of its records and alert."""
 
     key: str  # used in record names: assistant_id_source:assistants_run_<key>_slo_errors:ratio_rate5m
     name: str  # the alerts' `slo` label
@@ -169,12 +169,9 @@ def validate(cfg: MixinConfig) -> None:
 
 def build(cfg: MixinConfig = DEFAULT) -> dict[str, Any]:
     validate(cfg)
-    return {
-        "groups": [
-            {"name": "assistants-exporter.slo.recording", "rules": recording_rules(cfg)},
-            {"name": "assistants-exporter.slo.alerts", "rules": alerting_rules(cfg)},
-        ]
-    }
+    # One group: its rules run in order at each evaluation, so the alerts read this evaluation's ratios.
+    # (Separate groups run concurrently, and an alert would read the previous evaluation's at random.)
+    return {"groups": [{"name": "assistants-exporter.slo", "rules": recording_rules(cfg) + alerting_rules(cfg)}]}
 
 
 def render(cfg: MixinConfig = DEFAULT) -> str:
