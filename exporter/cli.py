@@ -250,6 +250,8 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
         sources=sources,
         discoveries=_discoveries(config, sources),
         discover_interval=config.discover_interval,
+        discovered_since={key.split(":", 1)[1]: float(value) for key, value in loaded.meta.items()
+                          if key.startswith("discovered_since:")},
         tracker=loaded.tracker(config.labels, config.terminal_retention,
                                DEDUPE_WINDOW if config.push_tokens else 0.0),
         store=store,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,7 @@ class Daemon:
         inbox: Inbox | None = None,
         discoveries: Sequence[Discovery] = (),
         discover_interval: float = 60.0,
+        discovered_since: Mapping[str, float] | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -103,7 +105,9 @@ class Daemon:
         self.discoveries = tuple(discoveries)
         self.discover_interval = discover_interval
         self._next_discovery = float("-inf")
-        self._discovering: list[tuple[Discovery, asyncio.Task[DiscoveryResult]]] = []
+        self._discovering: list[tuple[Discovery, float, asyncio.Task[DiscoveryResult]]] = []
+        # Per discovery: when its last finished pass started. A scope created after that is new (born watched).
+        self.discovered_since: dict[str, float] = dict(discovered_since or {})
 
     # -- hooks from the sources -----------------------------------------------------------
 
@@ -168,7 +172,7 @@ class Daemon:
             for discovery in self.discoveries:
                 task = asyncio.create_task(discovery.discover(self._is_watched), name=f"discover:{discovery.name}")
                 task.add_done_callback(lambda _: self._wake.set())
-                self._discovering.append((discovery, task))
+                self._discovering.append((discovery, self.wall(), task))
         for scope in self.scheduler.due(self.tracker.is_active):
             slot = self.scheduler.slots[scope]
             source = self.sources[slot.source]
@@ -180,22 +184,29 @@ class Daemon:
 
     def _reap_discoveries(self, now: float) -> None:
         running = []
-        for discovery, task in self._discovering:
+        for discovery, started, task in self._discovering:
             if not task.done():
-                running.append((discovery, task))
+                running.append((discovery, started, task))
             elif not task.cancelled():
                 exc = task.exception()
                 if exc is not None:  # a source bug must not kill the loop
                     log.error("discovery %s failed: %r", discovery.name, exc)
                 else:
-                    self._apply_discovery(discovery, task.result(), now)
+                    self._apply_discovery(discovery, started, task.result(), now)
         self._discovering = running
 
-    def _apply_discovery(self, discovery: Discovery, result: DiscoveryResult, now: float) -> None:
+    def _apply_discovery(self, discovery: Discovery, started: float, result: DiscoveryResult, now: float) -> None:
         agg = self.tracker.aggregates
+        since = self.discovered_since.get(discovery.name)
+        # created_at is whole seconds: a scope created in the second a pass started may be missing from it.
+        born_after = None if since is None else math.floor(since) - 1
         for scope, created_at in result.scopes:
             if self.watchlist.discover(scope, discovery.name, created_at):
                 agg.inc(m.DISCOVERED_THREADS.name, ())
+                if born_after is not None and created_at >= born_after:
+                    self.tracker.watch(scope, born=created_at)
+        if result.error is None:
+            self.discovered_since[discovery.name] = started
         for reason, count in result.invalid.items():
             agg.inc(m.INVALID_OBJECTS.name, (reason,), count)
         self.state.api_up[discovery.name] = 1.0 if result.api_reached else 0.0
@@ -323,7 +334,8 @@ class Daemon:
             batch = self._uncommitted
             if self.mono() < self._store_retry_at:
                 return False
-        meta = {"last_poll_success": repr(self.state.last_poll_success)}
+        meta = {"last_poll_success": repr(self.state.last_poll_success),
+                **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
         try:
             self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
                               batch.discovered)
@@ -349,7 +361,7 @@ class Daemon:
         self._published_at = self.mono()
 
     async def _shutdown(self) -> None:
-        tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, t in self._discovering)]
+        tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, _, t in self._discovering)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

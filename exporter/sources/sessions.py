@@ -8,6 +8,7 @@ newest first each pass, down to the lookback or the first session already known,
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
@@ -56,12 +57,15 @@ class SessionDiscovery:
         self.lookback = lookback
         self.agent_ids: tuple[str | None, ...] = tuple(dict.fromkeys(agent_ids)) or (None,)
         self.clock = clock
-        # Per filter: until a pass finishes, stopping at a known session could skip older ones.
-        self.finished_once: dict[str | None, bool] = dict.fromkeys(self.agent_ids, False)
+        # Per filter, as ThreadDiscovery: until a pass finishes, stopping at a known session could skip older
+        # ones; after one, a pass stops at the first known session created before that pass began (less a
+        # second: created_at is whole seconds).
+        self.settled_before: dict[str | None, float | None] = dict.fromkeys(self.agent_ids)
 
     async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
         result = DiscoveryResult()
-        since = self.clock() - self.lookback
+        started = self.clock()
+        since = started - self.lookback
         stopped: list[str] = []
         for agent_id in self.agent_ids:
             async def fetch_page(params: dict[str, str], agent_id: str | None = agent_id) -> bytes | None:
@@ -71,8 +75,11 @@ class SessionDiscovery:
                 result.api_reached = result.api_reached or self.source.last_reached
                 return body
 
-            found = await discover_threads(fetch_page, is_known, since, stop_at_known=self.finished_once[agent_id])
-            self.finished_once[agent_id] = self.finished_once[agent_id] or found.finished
+            settled = self.settled_before[agent_id]
+            found = await discover_threads(fetch_page, is_known, since, stop_at_known=settled is not None,
+                                           stop_known_before=settled)
+            if found.finished:
+                self.settled_before[agent_id] = math.floor(started) - 1
             result.scopes.extend((s.id, s.created_at) for s in found.threads)
             for reason, count in found.invalid.items():
                 result.invalid[reason] = result.invalid.get(reason, 0) + count
