@@ -1,14 +1,15 @@
 """Fuzz tests of every parser that reads the network or a file, with generated JSON and raw bytes.
 
-Parsers: run pages (`exporter.sources.assistants.parse_page`), single runs (`exporter.model.parse_run`), the
-threads file (`exporter.config.parse_threads` / `read_threads_file`) and the YAML config (`load_config` with
+Parsers: run pages (`exporter.sources.assistants.parse_page`), single runs (`exporter.model.parse_run`), Agents
+API turn pages and turns (`exporter.sources.http.parse_page` with `exporter.model.parse_turn`), the threads
+file (`exporter.config.parse_threads` / `read_threads_file`) and the YAML config (`load_config` with
 `--config`). Each must never raise (a ConfigError is the expected answer to bad configuration), and every
 item it rejects must be counted: each item of a page is either a snapshot or in `invalid`.
 
 CI runs a short budget: FUZZ_EXAMPLES unset means 100 examples per test, the whole file in about 6 s on an
-idle machine. FUZZ_EXAMPLES sets the examples per test; a long run of 1,000,000 inputs across the 7 tests:
+idle machine. FUZZ_EXAMPLES sets the examples per test; a long run of 1,000,000 inputs across the 9 tests:
 
-    FUZZ_EXAMPLES=142858 nice -n 19 python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
+    FUZZ_EXAMPLES=111112 nice -n 19 python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from exporter.model import (
     REASON_NOT_OBJECT,
     REASON_UNKNOWN_STATUS,
     REASON_WRONG_TYPE,
+    TURN_STATUSES,
     parse_run,
+    parse_turn,
     thread_id_problem,
 )
+from exporter.sources import http
 from exporter.sources.assistants import parse_page
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -184,6 +188,68 @@ def test_parse_run_never_raises(obj: Any) -> None:
 def test_parse_run_survives_the_wire(obj: Any) -> None:
     # Through JSON and back: NaN, Infinity and 400-digit integers as the network delivers them.
     check_snapshot_types(json.loads(encode(obj)))
+
+
+# ------------------------------------------------------------------------------------------ turns
+
+TURN_FIELDS = ("id", "object", "agent_id", "session_id", "status", "created_at", "started_at", "completed_at",
+               "error", "usage")
+TURN_TIMES = ("created_at", "started_at", "completed_at")
+SESSION = "sess_fuzz"
+turn_plausible = {
+    "id": plausible["id"],
+    "status": st.one_of(st.sampled_from([*TURN_STATUSES, "requires_action", "paused"]), json_values),
+    "usage": st.one_of(
+        st.fixed_dictionaries({}, optional={"input_tokens": json_values, "output_tokens": json_values}),
+        json_values,
+    ),
+    "error": st.one_of(st.fixed_dictionaries({"code": json_values}), json_values),
+    **{key: st.one_of(st.integers(0, 2**40), json_values) for key in TURN_TIMES},
+}
+turn_items = st.one_of(
+    st.fixed_dictionaries({}, optional={key: turn_plausible.get(key, json_values) for key in TURN_FIELDS}),
+    json_values,
+)
+turn_page_bodies = st.one_of(
+    st.fixed_dictionaries({"data": st.lists(turn_items, max_size=8)},
+                          optional={"has_more": st.one_of(st.booleans(), json_values),
+                                    "last_id": json_values}).map(encode).flatmap(
+        lambda body: st.one_of(st.just(body), mutations(body))),
+    st.binary(max_size=200),
+)
+
+
+def check_turn(obj: Any) -> None:
+    result = parse_turn(obj, SESSION)
+    if result.snapshot is None:
+        assert result.invalid_reason in DROPPED
+        return
+    snap = result.snapshot
+    assert snap.id and isinstance(snap.id, str) and snap.scope and snap.source == "sessions"
+    assert snap.status in statuses.ALL_STATUSES
+    assert all(getattr(snap, key) is None or type(getattr(snap, key)) is int for key in TIMES)
+    recognized = isinstance(obj.get("status"), str) and obj["status"] in TURN_STATUSES
+    assert (result.invalid_reason is None) == recognized
+    if snap.terminal:  # completed_at ends every terminal turn
+        assert snap.ended_at() == (None if obj.get("completed_at") is None else int(obj["completed_at"]))
+
+
+@FUZZ
+@given(turn_items)
+def test_parse_turn_survives_the_wire(obj: Any) -> None:
+    check_turn(json.loads(encode(obj)))
+
+
+@FUZZ
+@given(turn_page_bodies)
+def test_turn_pages_never_raise_and_count_every_item(body: bytes) -> None:
+    page = http.parse_page(body, SESSION, parse_turn)
+    if page is None:
+        return
+    data = json.loads(body)["data"]
+    check_accounting(data, len(page.runs), page.invalid)
+    if page.has_more:
+        assert page.last_id
 
 
 # ------------------------------------------------------------------------------------------ threads file
