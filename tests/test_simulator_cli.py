@@ -29,6 +29,7 @@ LAUNCH = "import sys; from exporter.simulator.cli import main; sys.exit(main(sys
         ["--listen", "8780"],
         ["--listen", "127.0.0.1:99999"],
         ["--scenario", "nope"],
+        ["--sessions-scenario", "nope"],
         ["--error-rate", "1.5"],
         ["--rate-limit-burst", "0"],
         ["--latency", "-1"],

@@ -14,6 +14,7 @@ from exporter.config import parse_listen
 from exporter.simulator.faults import Faults
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.server import FLAVORS, Simulator
+from exporter.simulator.sessions import SESSION_SCENARIOS
 
 PROG = "assistants-exporter simulate"
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8780), help="HOST:PORT (default 127.0.0.1:8780)")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sessions-scenario", choices=sorted(SESSION_SCENARIOS), default=None,
+                   help="openai flavor: a workload for the Agents API sessions (default: none)")
     p.add_argument("--speed", type=_positive, default=1.0, help="divide every scenario duration by this")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key", help="accept only this key (default: any non-empty key; env SIMULATOR_API_KEY)")
@@ -159,6 +162,7 @@ def main(argv: list[str]) -> int:
         project=args.project,
         token_lifetime=args.token_lifetime,
         identity_header=identity_header,
+        sessions_scenario=args.sessions_scenario,
     )
     try:
         sim.start()
