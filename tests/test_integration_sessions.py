@@ -161,3 +161,44 @@ def test_steady_state_requests_are_within_a_quarter_of_the_ideal(sim: Simulator,
         assert abs((turns1 - turns0) - (polls1 - polls0)) <= sessions  # one request a poll (polls in flight aside)
     finally:
         exporter.stop()
+
+
+def test_faults_and_deleted_sessions(tmp_path: Path) -> None:
+    sim = Simulator(seed=12, speed=SPEED, sessions_scenario="sessions-churn").start()
+    try:
+        sim.engine.set_workload(False)
+        sim.faults.error_rate = 0.05
+        sim.faults.malformed_rate = 0.1
+        sim.faults.truncate_rate = 0.03
+        sim.faults.rate_limit_rps = 15.0
+        sim.faults.rate_limit_burst = 3
+        exporter = _start_exporter(sim, tmp_path)
+        try:
+            exporter.wait_ready()
+            wait_until(lambda: len(sim.sessions.deleted) >= 5, 60, 0.1, "sessions to be deleted")
+            wait_until(lambda: total(exporter.scrape(), "assistants_exporter_api_requests_total") >= 300, 60, 0.2,
+                       "300 requests")
+
+            def gone() -> float:
+                return total(exporter.scrape(), "assistants_exporter_threads", state="gone")
+            wait_until(lambda: gone() >= 1, 30, 0.2, "a deleted session reported gone")
+            sim.sessions.set_workload(False)
+            _quiesce(sim)
+            samples = exporter.scrape()
+            assert gone() <= len(sim.sessions.deleted)
+            # Never more than happened: a turn counted once whatever the retries, truncations and 429s.
+            truth = sim.sessions.truth()
+            counted = by_label(samples, FINISHED, "status")
+            assert all(counted.get(s, 0) <= truth.finished.get(s, 0) for s in TERMINAL)
+            assert sum(counted.get(s, 0) for s in TERMINAL) > 0
+            codes = by_label(samples, "assistants_exporter_api_requests_total", "code")
+            assert codes.get("429", 0) > 0 and codes.get("200", 0) > 0 and codes.get("404", 0) > 0
+            assert codes.get("500", 0) + codes.get("503", 0) > 0
+            invalid = by_label(samples, "assistants_exporter_invalid_objects_total", "reason")
+            assert invalid["malformed_page"] > 0
+            assert invalid["unknown_status"] + invalid["missing_status"] + invalid["wrong_type"] > 0
+            assert exporter.proc is not None and exporter.proc.poll() is None
+        finally:
+            exporter.stop()
+    finally:
+        sim.stop()
