@@ -134,6 +134,9 @@ def test_the_beta_header_is_required(world: World) -> None:
     ok = httpx.get(f"{world.sim.base_url}/agents/sessions",
                    headers={"Authorization": "Bearer sk-test", "OpenAI-Beta": "agents=v1"})
     assert ok.status_code == 200 and ok.json()["object"] == "list"
+    too_many = httpx.get(f"{world.sim.base_url}/agents/sessions/{world.session_id}/turns", params={"limit": 101},
+                         headers={"Authorization": "Bearer sk-test", "OpenAI-Beta": "agents=v1"})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "limit"
 
 
 def test_a_single_turn_and_session_validate(world: World) -> None:

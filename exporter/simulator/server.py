@@ -196,7 +196,7 @@ class Simulator:
         # The Agents API (sessions and turns), openai flavor only; without a scenario its sessions are scripted.
         self.sessions = SessionsEngine(self.clock, seed, speed,
                                        SESSION_SCENARIOS[sessions_scenario] if sessions_scenario else None)
-        self._sessions_api = SessionsApi(self.sessions)
+        self._sessions_api = SessionsApi(self.sessions, _parse_limit, _parse_order)
         self.faults: Faults = faults if faults is not None else copy.deepcopy(self.scenario.faults)
         fault_seed = self.faults.seed if self.faults.seed is not None else seed
         self._injector = FaultInjector(fault_seed)

@@ -491,8 +491,11 @@ def _position(keys: list[tuple[int, int, str]], key: tuple[int, int, str], order
 class SessionsApi:
     """The HTTP routes of the Agents API, called by the Simulator for paths under /agents/."""
 
-    def __init__(self, engine: SessionsEngine) -> None:
+    def __init__(self, engine: SessionsEngine, parse_limit: Callable[[str | None], int],
+                 parse_order: Callable[[str | None], str]) -> None:
         self.engine = engine
+        self._limit = parse_limit
+        self._order = parse_order
         e = engine
         self._routes: list[tuple[re.Pattern[str], Callable[[dict[str, str], dict[str, list[str]], Corrupt], JSON]]] = [
             (re.compile("^/agents/sessions$"), self._list_sessions),
@@ -516,22 +519,18 @@ class SessionsApi:
         raise ApiError(404, f"Invalid URL ({method} {path[:200]})")
 
     def _list_sessions(self, params: dict[str, str], query: dict[str, list[str]], corrupt: Corrupt) -> JSON:
-        from exporter.simulator.server import _parse_limit, _parse_order
-
         metadata = {k[9:-1]: v[-1] for k, v in query.items() if k.startswith("metadata[") and k.endswith("]")}
         agent = query.get("agent_id")
         data, has_more = self.engine.list_sessions(
-            limit=_parse_limit(_arg(query, "limit")), order=_parse_order(_arg(query, "order")),
+            limit=self._limit(_arg(query, "limit")), order=self._order(_arg(query, "order")),
             after=_arg(query, "after"), agent_id=agent[-1] if agent else None, metadata=metadata)
         page = list_page(data, has_more)  # cursors from the real items, before any fault corrupts one
         page["data"] = corrupt(data)
         return page
 
     def _list_turns(self, params: dict[str, str], query: dict[str, list[str]], corrupt: Corrupt) -> JSON:
-        from exporter.simulator.server import _parse_limit, _parse_order
-
         data, has_more = self.engine.list_turns(
-            params["session_id"], limit=_parse_limit(_arg(query, "limit")), order=_parse_order(_arg(query, "order")),
+            params["session_id"], limit=self._limit(_arg(query, "limit")), order=self._order(_arg(query, "order")),
             after=_arg(query, "after"))
         page = list_page(data, has_more)  # cursors from the real items, before any fault corrupts one
         page["data"] = corrupt(data)

@@ -14,7 +14,7 @@ from exporter.sources import PollResult, StopRule
 from exporter.sources.http import (
     ApiClient,
     ApiSettings,
-    _Page,
+    Page,
     backoff_delay,
     build_headers,
     parse_remaining,
@@ -39,7 +39,7 @@ def _parse_run(item: object, thread_id: str) -> ParseResult:
     return parse_run(item, thread_id)
 
 
-def parse_page(body: bytes, thread_id: str) -> _Page | None:
+def parse_page(body: bytes, thread_id: str) -> Page | None:
     """Validate one runs listing page; None when it is malformed as a whole."""
     return _parse_page(body, thread_id, _parse_run)
 

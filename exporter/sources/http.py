@@ -107,7 +107,7 @@ class _Fetch:
 
 
 @dataclass(slots=True)
-class _Page:
+class Page:
     runs: list[RunSnapshot]
     invalid: dict[str, int]
     has_more: bool
@@ -172,7 +172,7 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0.0, ceiling)
 
 
-def parse_page(body: bytes, scope: str, parse_item: ParseItem) -> _Page | None:
+def parse_page(body: bytes, scope: str, parse_item: ParseItem) -> Page | None:
     """Validate one listing page; None when it is malformed as a whole."""
     try:
         obj: Any = json.loads(body)
@@ -192,7 +192,7 @@ def parse_page(body: bytes, scope: str, parse_item: ParseItem) -> _Page | None:
     if has_more and (not isinstance(last_id, str) or not last_id):
         return None  # we could not ask for the next page
     cursor = last_id if isinstance(last_id, str) else None
-    page = _Page(runs=[], invalid={}, has_more=has_more, last_id=cursor)
+    page = Page(runs=[], invalid={}, has_more=has_more, last_id=cursor)
     for item in data:
         parsed = parse_item(item, scope)
         if parsed.invalid_reason is not None:
