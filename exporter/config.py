@@ -379,6 +379,8 @@ def _as_float(flag: Flag, raw: _Raw) -> float:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         _fail(flag, raw, "expected a number")
+    except OverflowError:  # a YAML integer beyond any float, e.g. 10**400
+        _fail(flag, raw, "expected a finite number")
     if not math.isfinite(number):
         _fail(flag, raw, "expected a finite number")
     return number
