@@ -27,6 +27,7 @@ from exporter.inbox import Inbox
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
 from exporter.server import HttpServer, PortInUseError, bind_socket
+from exporter.shards import Sharding
 from exporter.sources import Discovery
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.sources.foundry import ThreadDiscovery
@@ -215,12 +216,17 @@ def _discoveries(config: Config, sources: dict[str, ApiSource]) -> list[Discover
     return found
 
 
+def _sharding(config: Config) -> Sharding:
+    return Sharding(config.shard, config.total_shards, config.shard_peer_url)
+
+
 def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseRoute]:
     """The write endpoints: only when a push token is configured (else they answer 404)."""
     if not config.push_tokens:
         return []
     receiver = PushReceiver(inbox, PushTokens(config.push_tokens, config.push_token_file),
-                            max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request)
+                            max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request,
+                            sharding=_sharding(config))
     return list(receiver.routes())
 
 
@@ -258,11 +264,12 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
         collector=collector,
         schedule=Schedule(config.poll_interval, config.idle_poll_interval, max_in_flight=config.max_concurrency),
         watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched,
-                            loaded.discovered),
+                            loaded.discovered, _sharding(config).owns),
         run_sources=config.sources,
         inbox=inbox,
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
+    daemon.state.shard = (config.shard, config.total_shards)
     probes.daemon = daemon
     try:
         await daemon.run(stop)

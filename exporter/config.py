@@ -124,6 +124,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--push-max-body", "int", 1048576, "Largest request body the write endpoints accept, in bytes.", "BYTES"),
     Flag("--max-watched", "int", 100000, "Most scopes (threads) watched at once; registrations past it get 429.",
          "N"),
+    Flag("--shard", "str", "0",
+         "This replica's shard, 0..--total-shards - 1, or 'auto': the ordinal at the end of the hostname "
+         "(a StatefulSet pod name-3 is shard 3).", "N"),
+    Flag("--total-shards", "int", 1, "Replicas that share the scopes by a stable hash (>= 1).", "M"),
+    Flag("--shard-peer-url", "str", None,
+         "URL of a shard's write endpoints, with {shard} for its number, e.g. "
+         "http://assistants-exporter-{shard}.assistants-exporter:9788; writes for another shard go there.",
+         "TEMPLATE"),
     Flag("--listen", "str", "0.0.0.0:9788",
          "Address for /metrics, /healthz, /readyz; HOST:PORT or [V6]:PORT.", "HOST:PORT"),
     Flag("--state-file", "str", None, f"SQLite state file; default {DEFAULT_STATE_FILE_DOC}.", "PATH"),
@@ -168,6 +176,9 @@ class Config:
     push_token_file: Path | None = None
     push_max_body: int = 1048576
     max_watched: int = 100000
+    shard: int = 0
+    total_shards: int = 1
+    shard_peer_url: str | None = None
     poll_interval: float = 5.0
     idle_poll_interval: float = 60.0
     max_concurrency: int = 8
@@ -375,6 +386,8 @@ def _as_float(flag: Flag, raw: _Raw) -> float:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         _fail(flag, raw, "expected a number")
+    except OverflowError:  # a YAML integer beyond any float, e.g. 10**400
+        _fail(flag, raw, "expected a finite number")
     if not math.isfinite(number):
         _fail(flag, raw, "expected a finite number")
     return number
@@ -674,6 +687,19 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     max_watched: int = get("max_watched", _as_int)
     if max_watched < 1:
         _fail(FLAGS_BY_DEST["max_watched"], source("max_watched"), "must be >= 1")
+    total_shards: int = get("total_shards", _as_int)
+    if not 1 <= total_shards <= 1024:
+        _fail(FLAGS_BY_DEST["total_shards"], source("total_shards"), "must be 1..1024")
+    shard = _shard(source("shard"), total_shards, env)
+    shard_peer_url: str | None = get("shard_peer_url", opt_str)
+    if shard_peer_url is not None:
+        if "{shard}" not in shard_peer_url:
+            _fail(FLAGS_BY_DEST["shard_peer_url"], source("shard_peer_url"), "must contain {shard}")
+        _api_base(FLAGS_BY_DEST["shard_peer_url"], _Raw(shard_peer_url.replace("{shard}", "0"),
+                                                        source("shard_peer_url").origin))
+    elif total_shards > 1 and push_tokens:
+        raise ConfigError("--total-shards > 1 with write endpoints needs --shard-peer-url, to forward writes "
+                          "for other shards to their owner")
 
     poll_interval = number("poll_interval", 0.1)
     if "idle_poll_interval" in raw:
@@ -723,6 +749,9 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         push_token_file=push_token_file,
         push_max_body=push_max_body,
         max_watched=max_watched,
+        shard=shard,
+        total_shards=total_shards,
+        shard_peer_url=shard_peer_url,
         poll_interval=poll_interval,
         idle_poll_interval=idle_poll_interval,
         max_concurrency=max_concurrency,
@@ -741,6 +770,26 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         warnings=_env_warnings(env),
         agent_ids=tuple(agent_ids),
     )
+
+
+def _shard(raw: _Raw, total: int, env: Mapping[str, str]) -> int:
+    flag = FLAGS_BY_DEST["shard"]
+    text = _as_str(flag, raw)
+    if text == "auto":
+        from exporter.shards import ordinal
+
+        hostname = env.get("HOSTNAME") or os.uname().nodename
+        number = ordinal(hostname)
+        if number is None:
+            raise ConfigError(f"--shard auto: hostname {hostname[:80]!r} does not end in -N (a StatefulSet "
+                              "ordinal); give the shard number instead")
+    elif re.fullmatch(r"\d{1,4}", text):
+        number = int(text)
+    else:
+        _fail(flag, raw, "expected a shard number or 'auto'")
+    if number >= total:
+        raise ConfigError(f"--shard: {number} is not below --total-shards {total} (from {raw.origin})")
+    return number
 
 
 def _thread_list(flag: Flag, raw: _Raw) -> list[str]:

@@ -180,7 +180,8 @@ class Daemon:
             slot.task.add_done_callback(lambda _: self._wake.set())
 
     def _is_watched(self, scope: str) -> bool:
-        return scope in self.watchlist.wanted()
+        """Known to discovery: watched here, or owned by another shard (which watches it)."""
+        return scope in self.watchlist.wanted() or not self.watchlist.owns(scope)
 
     def _reap_discoveries(self, now: float) -> None:
         running = []

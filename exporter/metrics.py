@@ -32,6 +32,7 @@ class ExporterState:
     api_up: dict[str, float] = field(default_factory=dict)  # source -> 0/1
     rate_limit_remaining: float | None = None
     last_poll_success: float = 0.0
+    shard: tuple[int, int] = (0, 1)  # (--shard, --total-shards)
 
 
 class SnapshotCollector(Collector):
@@ -166,6 +167,9 @@ def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Seque
     fams.append(_counter_family(agg, m.PUSH_ITEMS, (), none))
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
         fams.append(_counter_family(agg, spec, (), none))
+    shard = _gauge(m.SHARD)
+    shard.add_metric([str(state.shard[0]), str(state.shard[1])], 1)
+    fams.append(shard)
     info = _gauge(m.BUILD_INFO)
     info.add_metric([__version__], 1)
     fams.append(info)

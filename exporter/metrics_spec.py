@@ -100,13 +100,15 @@ DISCOVERED_THREADS = MetricSpec("assistants_exporter_discovered_threads_total", 
                                 "Scopes (threads, sessions) that discovery added to the watch list.")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
+SHARD = MetricSpec("assistants_exporter_shard", "gauge", ("shard", "total_shards"),
+                   "Always 1; this replica's shard and the number of shards (--shard, --total-shards).")
 BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
                         "Always 1; the exporter's version.")
 
 METRICS: tuple[MetricSpec, ...] = (
     RUNS, RUNS_FINISHED, STATUS_DURATION, RUN_DURATION, OLDEST_AGE, FAILURE_RATIO, EXPIRY_RATIO, ERRORS,
     INCOMPLETE, TOKENS, API_UP, API_REQUESTS, RATE_LIMIT_REMAINING, POLL_DURATION, LAST_POLL_SUCCESS, THREADS,
-    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, STORE_ERRORS, BUILD_INFO,
+    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, STORE_ERRORS, SHARD, BUILD_INFO,
 )
 
 METRIC_NAMES: frozenset[str] = frozenset(m.name for m in METRICS)

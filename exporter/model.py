@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,29 +143,41 @@ def _status_reason(raw_status: object) -> str | None:
     return None
 
 
-def parse_response(obj: object, source: str) -> ParseResult:
-    """Validate one Responses API `Response` object. It has no thread: its scope is "". Never raises.
-
-    `created_at` is a float there; `completed_at` is only set for completed responses, so the other
-    terminal statuses end when the exporter learns of them (or at a webhook's created_at)."""
+def _parse(obj: object, build: Callable[[dict[str, Any], str], RunSnapshot]) -> ParseResult:
+    """The checks every run object shares; `build` reads the rest and raises TypeError for a bad field."""
     if not isinstance(obj, dict):
         return ParseResult(None, REASON_NOT_OBJECT)
     run_id = _run_id(obj)
     if run_id is None:
         return ParseResult(None, _id_problem(obj))
-    raw_status = obj.get("status")
     try:
-        created_at = _opt_int(obj, "created_at")
-        if created_at is None:
-            raise TypeError("created_at")
+        snap = build(obj, run_id)
+    except TypeError:
+        return ParseResult(None, REASON_WRONG_TYPE)
+    return ParseResult(snap, _status_reason(obj.get("status")))
+
+
+def _created_at(obj: dict[str, Any]) -> int:
+    created_at = _opt_int(obj, "created_at")
+    if created_at is None:
+        raise TypeError("created_at")
+    return created_at
+
+
+def parse_response(obj: object, source: str) -> ParseResult:
+    """Validate one Responses API `Response` object. It has no thread: its scope is "". Never raises.
+
+    `created_at` is a float there; `completed_at` is only set for completed responses, so the other
+    terminal statuses end when the exporter learns of them (or at a webhook's created_at)."""
+    def build(obj: dict[str, Any], run_id: str) -> RunSnapshot:
         prompt, completion = _usage(obj, "input_tokens", "output_tokens")
-        status = statuses.normalize(raw_status)
+        status = statuses.normalize(obj.get("status"))
         completed_at = _opt_int(obj, "completed_at")
-        snap = RunSnapshot(
+        return RunSnapshot(
             id=run_id,
             scope="",
             status=status,
-            created_at=created_at,
+            created_at=_created_at(obj),
             model=_opt_str(obj.get("model")) or "",
             completed_at=completed_at if status == "completed" else None,
             error_code=_nested_str(obj, "error", "code"),
@@ -173,34 +186,23 @@ def parse_response(obj: object, source: str) -> ParseResult:
             completion_tokens=completion,
             source=source,
         )
-    except TypeError:
-        return ParseResult(None, REASON_WRONG_TYPE)
-    return ParseResult(snap, _status_reason(raw_status))
+    return _parse(obj, build)
 
 
 def parse_run(obj: object, thread_id: str | None = None, source: str = SOURCE_THREADS) -> ParseResult:
     """Validate one run object from the network. Never raises."""
-    if not isinstance(obj, dict):
-        return ParseResult(None, REASON_NOT_OBJECT)
-    run_id = _run_id(obj)
-    if run_id is None:
-        return ParseResult(None, _id_problem(obj))
-    tid = obj.get("thread_id", thread_id)
-    if not isinstance(tid, str) or not tid:
-        tid = thread_id
-    if tid is None:
-        return ParseResult(None, REASON_WRONG_TYPE)
-    raw_status = obj.get("status")
-    try:
-        created_at = _opt_int(obj, "created_at")
-        if created_at is None:
-            raise TypeError("created_at")
+    def build(obj: dict[str, Any], run_id: str) -> RunSnapshot:
+        tid = obj.get("thread_id", thread_id)
+        if not isinstance(tid, str) or not tid:
+            tid = thread_id
+        if tid is None:
+            raise TypeError("thread_id")
         prompt, completion = _usage(obj)
-        snap = RunSnapshot(
+        return RunSnapshot(
             id=run_id,
             scope=tid,
-            status=statuses.normalize(raw_status),
-            created_at=created_at,
+            status=statuses.normalize(obj.get("status")),
+            created_at=_created_at(obj),
             assistant_id=_opt_str(obj.get("assistant_id")) or "",
             model=_opt_str(obj.get("model")) or "",
             started_at=_opt_int(obj, "started_at"),
@@ -214,9 +216,7 @@ def parse_run(obj: object, thread_id: str | None = None, source: str = SOURCE_TH
             completion_tokens=completion,
             source=source,
         )
-    except TypeError:
-        return ParseResult(None, REASON_WRONG_TYPE)
-    return ParseResult(snap, _status_reason(raw_status))
+    return _parse(obj, build)
 
 
 SOURCE_SESSIONS = "sessions"
@@ -248,9 +248,7 @@ def parse_turn(obj: object, session_id: str, source: str = SOURCE_SESSIONS) -> P
     raw_status = obj.get("status")
     status = TURN_STATUSES.get(raw_status, statuses.UNKNOWN) if isinstance(raw_status, str) else statuses.UNKNOWN
     try:
-        created_at = _opt_int(obj, "created_at")
-        if created_at is None:
-            raise TypeError("created_at")
+        created_at = _created_at(obj)
         prompt, completion = _usage(obj, "input_tokens", "output_tokens")
         ended = _opt_int(obj, "completed_at")
         snap = RunSnapshot(

@@ -52,12 +52,14 @@ class WatchList:
         registrations: Mapping[str, str] | None = None,
         max_watched: int = 100_000,
         discovered: Mapping[str, tuple[str, int]] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.static = tuple(static)
         self.threads_file = threads_file
         self.registered: dict[str, str] = dict(registrations or {})
         self.discovered: dict[str, tuple[str, int]] = dict(discovered or {})  # scope -> (source, created_at)
         self.max_watched = max_watched
+        self.owns = owns or (lambda _: True)  # sharding: only this replica's scopes are watched
         self._changes: dict[str, str | None] = {}
         self._discovered_changes: dict[str, tuple[str, int] | None] = {}
         # wanted() is asked often: cached until a list changes (a new threads file list is a new tuple)
@@ -78,12 +80,12 @@ class WatchList:
             out.setdefault(scope, source)
         for scope, (source, _) in self.discovered.items():
             out.setdefault(scope, source)
-        return out
+        return {scope: source for scope, source in out.items() if self.owns(scope)}
 
     def discover(self, scope: str, source: str, created_at: int) -> bool:
         """Add a scope a discovery found; False when it is known already or the list is full."""
         wanted = self.wanted()
-        if scope in wanted or len(wanted) >= self.max_watched:
+        if scope in wanted or len(wanted) >= self.max_watched or not self.owns(scope):
             return False
         self.discovered[scope] = (source, created_at)
         self._discovered_changes[scope] = (source, created_at)

@@ -6,12 +6,17 @@ import json
 import sys
 from pathlib import Path
 
+from grafana_foundation_sdk.models.common import BigValueTextMode as TextMode
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat as QueryFormat
+
 from mixin import slo
 from mixin.config import DASHBOARD_TAG, DEFAULT, BurnRateWindow, MixinConfig
-from mixin.grafana import (
+from mixin.panels import (
     Json,
+    Panel,
     Step,
     Target,
+    Variable,
     bargauge,
     dashboard,
     datasource_variable,
@@ -90,14 +95,14 @@ def runs_overview(cfg: MixinConfig) -> Json:
     expiry_1h = run_sel("assistants_run_expiry_ratio", 'window="1h"')
     oldest = run_sel("assistants_run_oldest_age_seconds")
     oldest_steps = (Step("green"), Step("orange", t.queued_age), Step("red", t.requires_action_age))
-    panels: list[Json] = [
+    panels: list[Panel] = [
         row("Now"),
         stat("Runs by status, now", text("""
             Runs the exporter currently knows, by their current status. Finished runs stay counted for the
             exporter's --terminal-retention, so terminal statuses are a recent-history count, not a total.
             If queued or requires_action keeps growing, check the oldest-run panel and the runbook
             (AssistantsRunsStuckQueued, AssistantsRunsRequiresActionNearExpiry)."""),
-             Target(f"sum by (status) ({runs})", "{{status}}"), text_mode="value_and_name", width=12),
+             Target(f"sum by (status) ({runs})", "{{status}}"), text_mode=TextMode.VALUE_AND_NAME, width=12),
         stat("Finished runs per minute", text("""
             Runs that reached any terminal status per minute, over the selection. A drop to zero while runs
             are still being created usually means runs are stuck (see oldest run per status) or the exporter
@@ -177,7 +182,7 @@ def runs_overview(cfg: MixinConfig) -> Json:
             The distribution of time spent in non-terminal statuses (all statuses together), from the
             exporter's histogram buckets. A band moving up means runs wait longer; the percentile panel shows
             which status."""),
-                Target(f"sum by (le) (increase({status_buckets}[{RATE}]))", "{{le}}", fmt="heatmap")),
+                Target(f"sum by (le) (increase({status_buckets}[{RATE}]))", "{{le}}", fmt=QueryFormat.HEATMAP)),
         timeseries("Run duration by outcome (p50 / p95)", text("""
             Creation to end, by terminal status. Long completed runs mean slow answers; expired runs sit at
             the 10-minute expiry by definition; failures that take long often come from upstream
@@ -202,7 +207,7 @@ def runs_overview(cfg: MixinConfig) -> Json:
                           f"clamp_min(sum(rate({finished}[{RATE}])), 1e-9)", "{{type}}"),
                    unit=" tokens"),
     ]
-    variables = [
+    variables: list[Variable] = [
         *exporter_variables(),
         source_variable(exp_sel("assistants_runs")),
         query_variable("assistant_id", "Assistant",
@@ -214,7 +219,7 @@ def runs_overview(cfg: MixinConfig) -> Json:
                      [DASHBOARD_TAG], variables, panels)
 
 
-def exporter_variables() -> list[Json]:
+def exporter_variables() -> list[Variable]:
     return [
         datasource_variable(),
         query_variable("job", "Job", "label_values(assistants_exporter_build_info, job)"),
@@ -223,7 +228,7 @@ def exporter_variables() -> list[Json]:
     ]
 
 
-def source_variable(selector: str) -> Json:
+def source_variable(selector: str) -> Variable:
     """Where runs come from (threads, push, ...); with All (`.*`) also series without the label."""
     return query_variable("source", "Source", f"label_values({selector}, source)")
 
@@ -240,7 +245,7 @@ def exporter_health(cfg: MixinConfig) -> Json:
     polls = exp_sel("assistants_exporter_poll_duration_seconds_count")
     invalid = exp_sel("assistants_exporter_invalid_objects_total")
     up_steps = (Step("red"), Step("green", 1))
-    panels: list[Json] = [
+    panels: list[Panel] = [
         row("Now"),
         stat("Scraped", text("""
             Prometheus's up series for each exporter instance: 1 when the last scrape worked. 0 means
@@ -265,12 +270,12 @@ def exporter_health(cfg: MixinConfig) -> Json:
         stat("Threads watched", text("""
             Threads the exporter polls, by state: active (has unfinished runs), idle, gone (404 from the
             API). Many gone threads mean the watch list is stale: prune it."""),
-             Target(threads, "{{state}}"), text_mode="value_and_name"),
+             Target(threads, "{{state}}"), text_mode=TextMode.VALUE_AND_NAME),
         stat("Version", text("""
             Exporter versions running in the selection. More than one outside a rollout means instances
             were not all upgraded."""),
              Target(f"count by (version) ({exp_sel('assistants_exporter_build_info')})", "{{version}}"),
-             text_mode="name"),
+             text_mode=TextMode.NAME),
         row("API"),
         timeseries("API requests by endpoint and code", text("""
             Requests the exporter makes per second, by endpoint and HTTP status (or timeout,
@@ -321,7 +326,7 @@ def exporter_health(cfg: MixinConfig) -> Json:
                      panels)
 
 
-def burn_panel(sli: slo.SLI, w: BurnRateWindow) -> Json:
+def burn_panel(sli: slo.SLI, w: BurnRateWindow) -> Panel:
     budget = f"{sli.budget():g}"
     action = "pages" if w.severity == "critical" else "opens a ticket"
     return timeseries(
@@ -336,7 +341,7 @@ def burn_panel(sli: slo.SLI, w: BurnRateWindow) -> Json:
         unit="x", steps=alert_steps(w.factor), width=12)
 
 
-def slo_panels(cfg: MixinConfig, sli: slo.SLI) -> list[Json]:
+def slo_panels(cfg: MixinConfig, sli: slo.SLI) -> list[Panel]:
     budget = f"{sli.budget():g}"
     ratio = slo.ratio_expr(cfg, sli, sli.window, (SLO_FILTER,)).rstrip()
     return [
@@ -359,7 +364,7 @@ def slo_panels(cfg: MixinConfig, sli: slo.SLI) -> list[Json]:
 def slos(cfg: MixinConfig) -> Json:
     panels = [p for sli in slo.slis(cfg) for p in slo_panels(cfg, sli)]
     # No job or instance: the recording rules sum over every exporter, as the alerts do.
-    variables = [
+    variables: list[Variable] = [
         datasource_variable(),
         source_variable("assistants_runs"),
         query_variable("assistant_id", "Assistant",

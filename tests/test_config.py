@@ -450,6 +450,13 @@ def test_yaml_values_pyyaml_cannot_read_are_config_errors(env: dict[str, str], t
         load_config(["--config", str(f), "--thread", "a"], env)
 
 
+def test_yaml_integer_beyond_a_float_is_a_config_error(env: dict[str, str], tmp_path: Path) -> None:
+    # float(10**400) raises OverflowError; it used to escape as a traceback.
+    f = write(tmp_path / "c.yaml", f"poll_interval: {10**400}\n")
+    with pytest.raises(ConfigError, match=r"--poll-interval.*finite"):
+        load_config(["--config", str(f), "--thread", "a"], env)
+
+
 def test_parse_threads() -> None:
     text = "# watched threads\n\nthread_a\n  thread_b  \nthread_a\nthread_c # inline comment\n" \
            "bad id\nthread/x\n" + "y" * 257 + "\n\tthread_d\r\n"

@@ -13,8 +13,9 @@ import yaml
 
 from exporter.metrics_spec import METRIC_NAMES, METRICS
 from mixin import dashboards
+from mixin.compare import compare
 from mixin.config import DEFAULT
-from mixin.grafana import DATASOURCE
+from mixin.panels import DATASOURCE, Target, dashboard, row, timeseries
 from tests.helpers import REPO_ROOT
 
 DASHBOARD_DIR = REPO_ROOT / "dashboards"
@@ -103,8 +104,8 @@ def test_schema_and_stable_uids() -> None:
     assert sorted(uids) == sorted(EXPECTED_UIDS), "uids are public (links, provisioning): keep them stable"
     assert len({b["title"] for b in BOARDS.values()}) == len(BOARDS)
     for board in BOARDS.values():
-        assert board["schemaVersion"] >= 39
-        assert board["id"] is None, "an exported id breaks import into another Grafana"
+        assert board["schemaVersion"] >= 41
+        assert board.get("id") is None, "an exported id breaks import into another Grafana"
         assert len(board["uid"]) <= 40 and re.fullmatch(r"[a-z0-9-]+", board["uid"])
 
 
@@ -261,3 +262,43 @@ def test_threshold_colours_match_the_alerts(uid: str, title: str, alert: str) ->
     expr = next(r["expr"] for g in doc["groups"] for r in g["rules"] if r.get("alert") == alert)
     thresholds = [float(x) for x in re.findall(r">\s*([0-9][0-9.e+-]*)", expr)]  # `>= N` is the volume guard
     assert red_threshold(panel) in thresholds, f"{title} turns red at {red_threshold(panel)}, {alert}: {expr}"
+
+
+def test_queries_are_named_in_order() -> None:
+    """The SDK leaves refId empty unless set; panels name their queries A, B, ... as Grafana does."""
+    for board in BOARDS.values():
+        for p in panels(board):
+            assert [t["refId"] for t in p["targets"]] == [chr(ord("A") + i) for i in range(len(p["targets"]))]
+
+
+def test_timezone_follows_the_viewer() -> None:
+    """Empty is the viewer's own setting; the SDK would default to "browser"."""
+    assert {b["timezone"] for b in BOARDS.values()} == {""}
+
+
+def test_layout_wraps_a_panel_that_does_not_fit() -> None:
+    """The SDK's own flow lets a panel overhang the grid; `layout` starts a new line instead."""
+    wide = [timeseries(f"p{i}", "d", Target("up"), width=w) for i, w in enumerate((16, 12, 8))]
+    board = dashboard("u", "t", "d", [], [], [row("r"), *wide])
+    positions = [(p["gridPos"]["x"], p["gridPos"]["y"], p["id"]) for p in board["panels"]]
+    assert positions == [(0, 0, 1), (0, 1, 2), (0, 9, 3), (12, 9, 4)]
+
+
+def test_compare_reports_changed_values_and_ignores_order(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    name = f"{dashboards.RUNS_UID}.json"
+    board = BOARDS[name]
+    (old / name).write_text(json.dumps(board), encoding="utf-8")
+    changed = json.loads(json.dumps(board))
+    changed["panels"].reverse()  # order alone is no difference
+    target = next(p for p in panels(changed) if p["title"] == "Oldest run per status")
+    target["targets"][0]["expr"] = "up"
+    target["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] = 1
+    (new / name).write_text(json.dumps(changed, sort_keys=True), encoding="utf-8")
+    assert compare(old, old) == []
+    lines = compare(old, new)
+    assert len(lines) == 2, lines
+    assert any(".targets.A.expr:" in line and line.endswith('-> "up"') for line in lines)
+    assert any(".fieldConfig.defaults.thresholds.steps:" in line for line in lines)

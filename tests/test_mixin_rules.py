@@ -39,7 +39,7 @@ def github_anchor(heading: str) -> str:
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     binary = require_binary("promtool")
-    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_rules_file_matches_generator() -> None:

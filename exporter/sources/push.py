@@ -11,18 +11,21 @@ what the request changed, so a 200 survives `kill -9`. One bad item never reject
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from exporter.inbox import Inbox, Item, Registration, RunItems, StoreUnavailable
+from exporter.inbox import Inbox, Item, PushOutcome, Registration, RunItems, StoreUnavailable
 from exporter.model import (
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
@@ -35,10 +38,13 @@ from exporter.model import (
     thread_id_problem,
 )
 from exporter.server import read_body, require_bearer
+from exporter.shards import Sharding, run_key
 
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 1000
+# Marks a request one replica forwards to the owner of its items: the owner takes them, never forwards again.
+FORWARDED_HEADER = "X-Assistants-Exporter-Forwarded-By"
 COMMIT_TIMEOUT = 10.0  # seconds a request waits for its commit before answering 503
 REASON_UNSUPPORTED_EVENT = "unsupported_event"
 REASON_NOT_JSON = "not_json"
@@ -131,19 +137,33 @@ class _NotJson:
     """Stands for an NDJSON line that did not parse."""
 
 
-def parse_items(items: list[object], now: float) -> tuple[list[RunSnapshot], list[tuple[int, str]]]:
-    runs: list[RunSnapshot] = []
-    invalid: list[tuple[int, str]] = []
+@dataclass(slots=True)
+class Parsed:
+    """A request's items: runs this replica owns, items for other shards (by shard: (index, raw item)),
+    and the invalid ones."""
+
+    runs: list[RunSnapshot] = field(default_factory=list)
+    remote: dict[int, list[tuple[int, object]]] = field(default_factory=dict)
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+
+
+def parse_items(items: list[object], now: float, sharding: Sharding | None = None) -> Parsed:
+    out = Parsed()
     for index, obj in enumerate(items):
         if isinstance(obj, _NotJson):
-            invalid.append((index, REASON_NOT_JSON))
+            out.invalid.append((index, REASON_NOT_JSON))
             continue
         parsed = parse_item(obj, now)
-        if parsed.snapshot is None:
-            invalid.append((index, parsed.invalid_reason or REASON_WRONG_TYPE))
+        snap = parsed.snapshot
+        if snap is None:
+            out.invalid.append((index, parsed.invalid_reason or REASON_WRONG_TYPE))
+            continue
+        owner = sharding.owner(run_key(snap.scope, snap.id)) if sharding is not None else None
+        if owner is None or sharding is None or owner == sharding.shard:
+            out.runs.append(snap)
         else:
-            runs.append(parsed.snapshot)
-    return runs, invalid
+            out.remote.setdefault(owner, []).append((index, obj))
+    return out
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
@@ -165,7 +185,10 @@ class PushReceiver:
         clock: Callable[[], float],
         on_request: Callable[[int], None],
         commit_timeout: float = COMMIT_TIMEOUT,
+        sharding: Sharding | None = None,
     ) -> None:
+        self.sharding = sharding or Sharding()
+        self._peers: httpx.AsyncClient | None = None
         self.inbox = inbox
         self.tokens = tokens
         self.max_body = max_body
@@ -200,18 +223,72 @@ class PushReceiver:
             return _error(400, "body is not JSON")
         if len(items) > MAX_ITEMS:
             return _error(413, f"more than {MAX_ITEMS} items")
-        runs, invalid = parse_items(items, self.clock())
-        done = await self._submit(RunItems(runs, invalid, self.name))
+        forwarded = FORWARDED_HEADER in request.headers
+        parsed = parse_items(items, self.clock(), None if forwarded else self.sharding)
+        outcome = PushOutcome()
+        if parsed.remote:
+            failure = await self._forward_runs(request, parsed.remote, outcome)
+            if failure is not None:
+                return failure
+        done = await self._submit(RunItems(parsed.runs, parsed.invalid, self.name))
         if isinstance(done, Response):
             return done
         assert isinstance(done, RunItems)
-        return JSONResponse(done.outcome.as_json())
+        outcome.accepted += done.outcome.accepted
+        outcome.duplicates += done.outcome.duplicates
+        outcome.stale += done.outcome.stale
+        outcome.invalid = sorted([*outcome.invalid, *done.outcome.invalid])
+        return JSONResponse(outcome.as_json())
+
+    async def _forward_runs(self, request: Request, remote: dict[int, list[tuple[int, object]]],
+                            outcome: PushOutcome) -> Response | None:
+        """Send each other shard its items; fold the owners' answers into `outcome`. A failure is a 502, so
+        the client retries the whole request (idempotent: what an owner took is a duplicate then)."""
+        async def one(shard: int, items: list[tuple[int, object]]) -> Response | None:
+            answer = await self._to_peer(request, shard, "POST", "/api/v1/runs",
+                                         json.dumps([obj for _, obj in items]).encode())
+            if isinstance(answer, Response):
+                return answer
+            if answer.status_code != 200:
+                return _error(502, f"shard {shard} answered {answer.status_code}")
+            body = answer.json()
+            outcome.accepted += int(body.get("accepted", 0))
+            outcome.duplicates += int(body.get("duplicates", 0))
+            outcome.stale += int(body.get("stale", 0))
+            for entry in body.get("invalid", []):
+                outcome.invalid.append((items[int(entry["index"])][0], str(entry["reason"])))
+            return None
+        results = await asyncio.gather(*(one(shard, items) for shard, items in sorted(remote.items())))
+        return next((r for r in results if r is not None), None)
+
+    async def _to_peer(self, request: Request, shard: int, method: str, path: str,
+                       body: bytes = b"") -> httpx.Response | Response:
+        """The owner's answer to this request, or a 502 when it cannot be reached."""
+        if self._peers is None:
+            self._peers = httpx.AsyncClient(timeout=httpx.Timeout(self.commit_timeout + 5), follow_redirects=False)
+        headers = {"Authorization": request.headers.get("authorization", ""), "Content-Type": "application/json",
+                   FORWARDED_HEADER: str(self.sharding.shard)}
+        try:
+            return await self._peers.request(method, self.sharding.peer(shard) + path, content=body, headers=headers)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("cannot forward to shard %d: %s", shard, type(exc).__name__)
+            return _error(502, f"shard {shard} cannot be reached; retry")
+
+    async def aclose(self) -> None:
+        if self._peers is not None:
+            await self._peers.aclose()
 
     async def thread(self, request: Request) -> Response:
         thread_id = str(request.path_params["thread_id"])
         problem = thread_id_problem(thread_id)
         if problem is not None:
             return _error(400, f"invalid thread id: {problem}")
+        owner = self.sharding.owner(thread_id)
+        if owner != self.sharding.shard and FORWARDED_HEADER not in request.headers:
+            answer = await self._to_peer(request, owner, request.method, f"/api/v1/threads/{thread_id}")
+            if isinstance(answer, Response):
+                return answer
+            return Response(answer.content, answer.status_code, media_type="application/json")
         add = request.method == "PUT"
         done = await self._submit(Registration(thread_id, SOURCE_THREADS, add))
         if isinstance(done, Response):
