@@ -21,7 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 from starlette.routing import BaseRoute
 
 from exporter import logs
-from exporter.config import Config, ConfigError, default_state_file, load_config, threads_file_ids
+from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
 from exporter.daemon import Daemon
 from exporter.inbox import Inbox
 from exporter.metrics import SnapshotCollector
@@ -250,7 +250,7 @@ async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, s
 async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Probes, stop: asyncio.Event,
                       inbox: Inbox) -> int:
     store, loaded = _open_store(config)
-    threads_file = ThreadsFileWatcher(config.threads_file, threads_file_ids) if config.threads_file else None
+    threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
     sources = _listing_sources(config, lambda: daemon)
     daemon = Daemon(
         sources=sources,

@@ -580,14 +580,6 @@ def read_threads_file(path: Path) -> ThreadsFile:
     return parse_threads(path.read_bytes())
 
 
-def threads_file_ids(path: Path) -> tuple[str, ...]:
-    """The ids in path, logging each invalid line: a reader for a watcher that calls it once per change."""
-    parsed = read_threads_file(path)
-    for number, reason in parsed.invalid:
-        logger.warning("threads file %s line %d skipped: %s", path, number, reason)
-    return parsed.ids
-
-
 # ---------------------------------------------------------------------------------------------- load
 
 

@@ -18,6 +18,7 @@ from exporter.aggregates import Histogram, Key
 from exporter.inbox import Inbox, Pending, Registration, RunItems, resolve
 from exporter.logs import RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
+from exporter.model import REASON_THREADS_FILE_LINE
 from exporter.scheduler import Schedule, Scheduler
 from exporter.sources import Discovery, DiscoveryResult, ListingSource, PollResult, StopRule
 from exporter.store import Store
@@ -141,7 +142,11 @@ class Daemon:
         if threads_file is None or now < self._next_file_check:
             return
         self._next_file_check = now + THREADS_FILE_CHECK
-        if threads_file.changed():
+        changed = threads_file.changed()
+        rejected = threads_file.take_rejected()
+        if rejected:
+            self.tracker.aggregates.inc(m.INVALID_OBJECTS.name, (REASON_THREADS_FILE_LINE,), rejected)
+        if changed:
             log.info("threads file %s: %d threads", threads_file.path, len(threads_file.threads))
             self.sync_scopes()
 

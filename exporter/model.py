@@ -17,6 +17,7 @@ REASON_WRONG_TYPE = "wrong_type"
 REASON_MISSING_STATUS = "missing_status"
 REASON_UNKNOWN_STATUS = "unknown_status"
 REASON_MALFORMED_PAGE = "malformed_page"
+REASON_THREADS_FILE_LINE = "threads_file_line"
 INVALID_REASONS: tuple[str, ...] = (
     REASON_NOT_OBJECT,
     REASON_MISSING_ID,
@@ -24,6 +25,7 @@ INVALID_REASONS: tuple[str, ...] = (
     REASON_MISSING_STATUS,
     REASON_UNKNOWN_STATUS,
     REASON_MALFORMED_PAGE,
+    REASON_THREADS_FILE_LINE,
 )
 
 _MAX_ID_LEN = 256

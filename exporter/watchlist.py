@@ -7,22 +7,26 @@ the threads file are re-read from their sources at every start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from exporter.config import ThreadsFile
 from exporter.model import SOURCE_THREADS
 
 log = logging.getLogger(__name__)
 
 
 class ThreadsFileWatcher:
-    """Re-reads a threads file when it changes; keeps the last good list when it cannot be read."""
+    """Re-reads a threads file when it changes; keeps the last good list when it cannot be read. Invalid lines
+    and read errors are logged once per change (of the file, or of the error), not at every check."""
 
-    def __init__(self, path: Path, reader: Callable[[Path], Collection[str]]) -> None:
+    def __init__(self, path: Path, reader: Callable[[Path], ThreadsFile]) -> None:
         self.path = path
         self._reader = reader
         self._stamp: tuple[int, int, int] | None = None
+        self._error: str | None = None
         self.threads: tuple[str, ...] = ()
+        self.rejected = 0  # invalid lines read since the daemon last took the count
 
     def changed(self) -> bool:
         try:
@@ -30,16 +34,26 @@ class ThreadsFileWatcher:
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             if stamp == self._stamp:
                 return False
-            threads = tuple(self._reader(self.path))
+            parsed = self._reader(self.path)
         except OSError as exc:
-            log.warning("cannot read threads file %s: %s; keeping %d threads", self.path,
-                        exc.strerror or exc, len(self.threads))
+            error = str(exc.strerror or exc)
+            if error != self._error:
+                log.warning("cannot read threads file %s: %s; keeping %d threads", self.path, error,
+                            len(self.threads))
+            self._error, self._stamp = error, None
             return False
-        self._stamp = stamp
-        if threads == self.threads:
+        self._stamp, self._error = stamp, None
+        for number, reason in parsed.invalid:
+            log.warning("threads file %s line %d skipped: %s", self.path, number, reason)
+        self.rejected += len(parsed.invalid)
+        if parsed.ids == self.threads:
             return False
-        self.threads = threads
+        self.threads = parsed.ids
         return True
+
+    def take_rejected(self) -> int:
+        rejected, self.rejected = self.rejected, 0
+        return rejected
 
 
 class WatchList:

@@ -23,7 +23,6 @@ from exporter.config import (
     parse_listen,
     parse_threads,
     read_threads_file,
-    threads_file_ids,
 )
 from exporter.watchlist import ThreadsFileWatcher
 from tests.helpers import REPO_ROOT
@@ -475,12 +474,6 @@ def test_read_threads_file_returns_invalid_lines_without_logging(
     assert caplog.records == []  # the caller logs, once per change of the file
 
 
-def test_threads_file_ids_logs_each_invalid_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    f = write(tmp_path / "t.txt", "a\nb c\na\n")
-    assert threads_file_ids(f) == ("a",)
-    assert "line 2" in caplog.text and "line 1 " not in caplog.text
-
-
 def test_threads_file_bom_is_stripped(tmp_path: Path) -> None:
     # Notepad writes a BOM; it used to become part of the first id and be polled as %EF%BB%BF....
     f = tmp_path / "t.txt"
@@ -503,11 +496,29 @@ def test_watcher_keeps_good_lines_and_logs_once_per_change(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     f = tmp_path / "t.txt"
     f.write_bytes(b"thread_a\n\xff\n")
-    watcher = ThreadsFileWatcher(f, threads_file_ids)
+    watcher = ThreadsFileWatcher(f, read_threads_file)
     assert watcher.changed() and watcher.threads == ("thread_a",)
-    assert not watcher.changed()  # unchanged file: not re-read, not re-logged
+    assert watcher.take_rejected() == 1  # counted in invalid_objects_total{reason="threads_file_line"}
+    assert not watcher.changed()  # unchanged file: not re-read, not re-logged, not counted again
+    assert watcher.take_rejected() == 0
     assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
         f"threads file {f} line 2 skipped: {NOT_UTF8}"]
+
+
+def test_an_unreadable_threads_file_is_logged_once_not_at_every_check(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: 'cannot read threads file' was logged every second while the file was missing."""
+    f = tmp_path / "t.txt"
+    f.write_text("thread_a\n")
+    watcher = ThreadsFileWatcher(f, read_threads_file)
+    assert watcher.changed()
+    f.unlink()
+    for _ in range(5):
+        assert not watcher.changed()
+    assert sum("cannot read threads file" in r.getMessage() for r in caplog.records) == 1
+    assert watcher.threads == ("thread_a",)  # the last good list is kept
+    f.write_text("thread_b\n")
+    assert watcher.changed() and watcher.threads == ("thread_b",)
 
 
 def test_threads_file_bytes_and_text_agree() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exporter.config import threads_file_ids
+from exporter.config import read_threads_file
 from exporter.daemon import STORE_RETRY_MIN, Daemon
 from exporter.inbox import Registration, RunItems, StoreUnavailable
 from exporter.metrics import SnapshotCollector
@@ -63,7 +63,7 @@ class FakeSource:
 def _daemon(tmp_path: Path, behaviour: Behaviour, clock: Clock, threads: Sequence[str] = (),
             threads_file: Path | None = None, poll: float = 1.0, idle: float = 10.0) -> tuple[Daemon, FakeSource]:
     source = FakeSource(behaviour, clock)
-    watcher = ThreadsFileWatcher(threads_file, threads_file_ids) if threads_file else None
+    watcher = ThreadsFileWatcher(threads_file, read_threads_file) if threads_file else None
     daemon = Daemon(
         sources={"threads": source},
         tracker=Tracker(["assistant_id"], 3600),
