@@ -3,7 +3,9 @@
 `POST /api/v1/runs` takes one JSON object, a JSON array of up to MAX_ITEMS, or NDJSON. Each item is an
 Assistants `RunObject`, a `thread.run.*` stream event, a Responses `Response`, or a minimal run
 (`{"id", "status"}` and any of the RunObject fields). `status` may be an API string, a RunStatus enum name or
-its integer value. `PUT`/`DELETE /api/v1/threads/{thread_id}` register or drop a thread to poll.
+its integer value. `PUT`/`DELETE /api/v1/threads/{thread_id}` register or drop a thread to poll;
+`PUT`/`DELETE /api/v1/responses/{response_id}` a background response to poll by id until it ends (with
+`--source responses`; a pushed unfinished `Response` is polled the same way).
 
 Every request needs `Authorization: Bearer <token>`; the answer is sent only once the daemon has committed
 what the request changed, so a 200 survives `kill -9`. One bad item never rejects its neighbours.
@@ -27,6 +29,7 @@ from exporter.model import (
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
     SOURCE_PUSH,
+    SOURCE_RESPONSES,
     SOURCE_THREADS,
     ParseResult,
     RunSnapshot,
@@ -177,6 +180,8 @@ class PushReceiver:
         return [
             Route("/api/v1/runs", self._counted(self.post_runs), methods=["POST"]),
             Route("/api/v1/threads/{thread_id:path}", self._counted(self.thread), methods=["PUT", "DELETE"]),
+            Route("/api/v1/responses/{response_id:path}", self._counted(self.response),
+                  methods=["PUT", "DELETE"]),
         ]
 
     def _counted(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -201,7 +206,10 @@ class PushReceiver:
         if len(items) > MAX_ITEMS:
             return _error(413, f"more than {MAX_ITEMS} items")
         runs, invalid = parse_items(items, self.clock())
-        done = await self._submit(RunItems(runs, invalid, self.name))
+        # Pushed Responses (no scope) that have not ended are polled by id when the responses source runs.
+        response_ids = {obj.get("id") for obj in items if isinstance(obj, dict) and obj.get("object") == "response"}
+        follow = [r.id for r in runs if r.id in response_ids and not r.terminal]
+        done = await self._submit(RunItems(runs, invalid, self.name, follow=follow))
         if isinstance(done, Response):
             return done
         assert isinstance(done, RunItems)
@@ -219,6 +227,18 @@ class PushReceiver:
         assert isinstance(done, Registration)
         code = {"full": 429, "missing": 404}.get(done.result, 200)
         return JSONResponse({"thread_id": thread_id, "result": done.result}, status_code=code)
+
+    async def response(self, request: Request) -> Response:
+        response_id = str(request.path_params["response_id"])
+        problem = thread_id_problem(response_id)
+        if problem is not None:
+            return _error(400, f"invalid response id: {problem}")
+        done = await self._submit(Registration(response_id, SOURCE_RESPONSES, request.method == "PUT"))
+        if isinstance(done, Response):
+            return done
+        assert isinstance(done, Registration)
+        code = {"full": 429, "missing": 404}.get(done.result, 200)
+        return JSONResponse({"response_id": response_id, "result": done.result}, status_code=code)
 
     async def _submit(self, item: Item) -> Item | Response:
         try:
