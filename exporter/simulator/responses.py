@@ -193,11 +193,13 @@ class ResponseEngine:
         done = status in ("completed", "incomplete")
         usage = None
         if done:
-            usage = {"input_tokens": resp.input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            usage = {"input_tokens": resp.input_tokens,
+                     "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                      "output_tokens": resp.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                      "total_tokens": resp.input_tokens + resp.output_tokens}
+        content = [{"type": "output_text", "text": "Done.", "annotations": [], "logprobs": []}]
         text = [{"type": "message", "id": "msg_" + resp.id[5:], "status": "completed", "role": "assistant",
-                 "content": [{"type": "output_text", "text": "Done.", "annotations": [], "logprobs": []}]}] if done else []
+                 "content": content}] if done else []
         return {
             "id": resp.id,
             "object": "response",
