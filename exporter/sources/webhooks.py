@@ -55,8 +55,9 @@ def parse_secret(secret: str) -> bytes:
     if not secret:
         raise SecretError("empty")
     if secret.startswith("whsec_"):
+        encoded = secret[6:] + "=" * (-len(secret[6:]) % 4)  # tolerate unpadded base64, as Standard Webhooks does
         try:
-            key = base64.b64decode(secret[6:], validate=True)
+            key = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise SecretError("not valid base64 after whsec_") from None
         if not key:
