@@ -246,11 +246,14 @@ class ResponseEngine:
         with self._lock:
             return list(self._order)
 
-    def truth(self) -> ResponseTruth:
+    def truth(self, agent_name: str | None = None) -> ResponseTruth:
+        """Every response so far (or one agent's)."""
         now = self.clock.now()
         truth = ResponseTruth()
         with self._lock:
             for resp in self._responses.values():
+                if agent_name is not None and resp.agent_name != agent_name:
+                    continue
                 status = resp.status(now)
                 truth.by_status[status] = truth.by_status.get(status, 0) + 1
                 if status == "failed" and resp.error_code:

@@ -63,6 +63,7 @@ class WebhookSender:
         self._lock = threading.Lock()
         self.sent: list[tuple[str, int]] = []  # (webhook-id, HTTP status or 0 for a transport error)
         self.given_up = 0
+        self.tampered_refused = 0  # tampered copies the receiver answered 4xx
 
     def start(self) -> WebhookSender:
         self._thread = threading.Thread(target=self._run, name="simulator-webhooks", daemon=True)
@@ -110,8 +111,10 @@ class WebhookSender:
                     return
                 _, _, delivery = heapq.heappop(self._queue)
             status = self._post(delivery)
-            if delivery.tampered or 200 <= status < 300:
-                continue  # a tampered copy is refused by design; it is never retried
+            if delivery.tampered and 400 <= status < 500:
+                self.tampered_refused += 1
+            if 200 <= status < 300 or (delivery.tampered and status):
+                continue  # a tampered copy that got an answer (a refusal, by design) is not retried
             delivery.attempt += 1
             if delivery.attempt >= self.max_attempts:
                 self.given_up += 1
