@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = flag.help + ("" if flag.kind == "bool" else _default_help(flag))
         if flag.kind == "bool":
             parser.add_argument(flag.name, action="store_true", help=help_text)
-        elif flag.kind == "list" and flag.name in ("--thread", "--source"):
+        elif flag.kind == "list" and flag.name in ("--thread", "--source", "--agent"):
             parser.add_argument(flag.name, action="append", metavar=flag.metavar, help=help_text)
         else:
             parser.add_argument(flag.name, metavar=flag.metavar, help=help_text)
