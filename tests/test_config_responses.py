@@ -10,7 +10,16 @@ import pytest
 
 from exporter.cli import main
 from exporter.config import load_config
-from tests.test_config import KEY, env, error_of, write  # noqa: F401  (env is a fixture)
+from tests.test_config import error_of, write
+
+KEY = "sk-test-DISTINCTIVE-0123456789abcdef"
+
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"OPENAI_API_KEY": KEY, "XDG_STATE_HOME": str(tmp_path / "state"), "HOME": str(tmp_path / "home")}
+
 
 SECRET = "whsec_" + base64.b64encode(b"config-test-secret-0123456789abc").decode()
 
