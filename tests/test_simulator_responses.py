@@ -151,3 +151,31 @@ def test_sdk_unwrap_accepts_every_delivery_and_rejects_the_tampered_copies(captu
     assert set(good) == set(ids)  # every response's event arrived, the refused ones after a retry
     assert len(good) > len(ids)  # and some twice (duplicates with the same webhook-id)
     assert [s for _, s in sender.sent[:2]] == [500, 503]
+
+
+def test_the_simulate_command_creates_responses_and_sends_signed_events() -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT, free_port
+
+    bad = subprocess.run([sys.executable, "-m", "exporter", "simulate", "--webhook-url", "http://127.0.0.1:1/x"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, env={"PATH": "", "PYTHONPATH": str(REPO_ROOT)},
+                         timeout=30)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--webhook-secret" in bad.stderr
+    cap = _Capture()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "simulate", "--listen", f"127.0.0.1:{port}",
+                             "--speed", "10", "--responses-per-second", "20", "--webhook-url", cap.url,
+                             "--webhook-reorder", "--webhook-duplicate-rate", "0.2"],
+                            env={"PATH": "", "PYTHONPATH": str(REPO_ROOT), "SIMULATOR_WEBHOOK_SECRET": SECRET},
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(cap.deliveries) >= 10, 30, what="webhook deliveries")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        cap.close()
+    client = openai.OpenAI(api_key="sk-test", webhook_secret=SECRET)
+    for headers, body in cap.deliveries:
+        assert client.webhooks.unwrap(body, headers).type.startswith("response.")

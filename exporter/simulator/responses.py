@@ -297,3 +297,32 @@ def response_routes(engine: ResponseEngine, foundry: bool) -> list[tuple[str, st
     if foundry:  # OpenAI has no list endpoint for responses; Foundry's new agents have
         routes.append(("GET", base, listing))
     return routes
+
+
+class ResponseWorkload:
+    """A thread that creates background responses at `rate` per second (the mix decides their outcomes)."""
+
+    def __init__(self, engine: ResponseEngine, rate: float, agent_name: str | None = None,
+                 tick: float = 0.1) -> None:
+        self.engine = engine
+        self.rate = rate
+        self.agent_name = agent_name
+        self.tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="simulator-responses", daemon=True)
+
+    def start(self) -> ResponseWorkload:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        owed = 0.0  # fractional responses carried to the next tick, so the long-run rate is exact
+        while not self._stop.wait(self.tick):
+            owed += self.rate * self.tick
+            count, owed = int(owed), owed - int(owed)
+            if count:
+                self.engine.spawn(count, self.agent_name)
