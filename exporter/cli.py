@@ -231,7 +231,8 @@ def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseR
     routes: list[BaseRoute] = []
     if config.push_tokens:
         receiver = PushReceiver(inbox, PushTokens(config.push_tokens, config.push_token_file),
-                                max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request)
+                                max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request,
+                                polls_responses=config.polls_responses)
         routes += receiver.routes()
     if config.webhook_secrets:
         hooks = WebhookReceiver(inbox, WebhookSecrets(config.webhook_secrets, config.webhook_secret_file),

@@ -168,6 +168,7 @@ class PushReceiver:
         clock: Callable[[], float],
         on_request: Callable[[int], None],
         commit_timeout: float = COMMIT_TIMEOUT,
+        polls_responses: bool = False,
     ) -> None:
         self.inbox = inbox
         self.tokens = tokens
@@ -175,6 +176,7 @@ class PushReceiver:
         self.clock = clock
         self.on_request = on_request
         self.commit_timeout = commit_timeout
+        self.polls_responses = polls_responses  # --source responses with a way to reach the API
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -233,6 +235,8 @@ class PushReceiver:
         problem = thread_id_problem(response_id)
         if problem is not None:
             return _error(400, f"invalid response id: {problem}")
+        if not self.polls_responses:
+            return _error(409, "responses are not polled here: run with --source responses and an API key")
         done = await self._submit(Registration(response_id, SOURCE_RESPONSES, request.method == "PUT"))
         if isinstance(done, Response):
             return done
