@@ -370,11 +370,10 @@ class Daemon:
                 delivery.outcome = "accepted"
             elif known is not None and known.terminal:
                 delivery.outcome = self.tracker.observe_run(snap, now)
-            elif SOURCE_RESPONSES in self.by_id:
+            elif SOURCE_RESPONSES in self.by_id and self._poll_by_id(snap.id, SOURCE_RESPONSES):
                 self.deliveries.hold(snap)
-                self.follow([snap.id], SOURCE_RESPONSES)
                 delivery.outcome = "accepted"
-            else:
+            else:  # no key, or the watch list is full: the event alone
                 delivery.outcome = self.tracker.observe_run(snap, now)
         self.on_webhook(delivery.event_type, delivery.outcome)
 
@@ -382,13 +381,17 @@ class Daemon:
         """Poll these runs by id (when that source runs) until they end: ids a receiver learned of."""
         if source not in self.by_id:
             return
-        added = False
         for run_id in run_ids:
             known = self.tracker.runs.get(run_id)
-            if (known is None or not known.terminal) and self.watchlist.register(run_id, source) == "added":
-                added = True
-        if added:
+            if known is None or not known.terminal:
+                self._poll_by_id(run_id, source)
+
+    def _poll_by_id(self, run_id: str, source: str) -> bool:
+        """Register a run for by-id polling; False when the watch list is full (--max-watched)."""
+        result = self.watchlist.register(run_id, source)
+        if result == "added":
             self.sync_scopes()
+        return result != "full"
 
     def _note_api(self, results: list[PollResult]) -> None:
         """api_up{source}: whether the polls of that source that ended in this tick reached its API."""

@@ -236,3 +236,20 @@ def test_without_an_api_key_events_count_at_once_and_later_events_of_it_are_not_
     assert (m.RUN_DURATION.name, ("incomplete", "webhooks")) not in daemon.tracker.aggregates.histograms
     loaded = Store(tmp_path / "state.db", []).load()
     assert set(loaded.deliveries) == {"a", "b", "c"}
+
+
+def test_with_the_watch_list_full_an_event_counts_on_its_own(tmp_path: Path) -> None:
+    async def go() -> Daemon:
+        clock = Clock()
+        daemon, _ = _daemon(tmp_path, clock)
+        daemon.watchlist.max_watched = 1
+        daemon.watchlist.register("resp_busy", "responses")
+        await _drive(daemon, clock, 0.1)
+        daemon.inbox._pending.append(_pending(Delivery("m8", "response.completed",
+                                                       event_snapshot("resp_8", "completed", int(clock.wall())))))
+        await _drive(daemon, clock, 0.2)
+        return daemon
+
+    daemon = asyncio.run(go())
+    assert _counter(daemon, m.RUNS_FINISHED.name, ("completed", "webhooks")) == 1
+    assert daemon.deliveries.pending == {} and "resp_8" not in daemon.scheduler.slots
