@@ -117,6 +117,7 @@ class Daemon:
         self._next_discovery = float("-inf")
         self._discovering: list[tuple[Discovery, asyncio.Task[DiscoveryResult]]] = []
         self.deliveries = deliveries if deliveries is not None else DeliveryLog()
+        self._publish_pending = False
 
     # -- hooks from the sources -----------------------------------------------------------
 
@@ -273,8 +274,26 @@ class Daemon:
                 answered, self._answer = self._answer, []
                 resolve(answered)
         # Ages and windowed ratios move with time alone: refresh at least once a second.
-        if reaped or received or self.mono() - self._published_at >= PUBLISH_INTERVAL:
+        if reaped or self.mono() - self._published_at >= PUBLISH_INTERVAL:
             self.publish()
+        elif received:
+            self._publish_soon()
+
+    def _publish_soon(self) -> None:
+        """Publish after the answered requests have run: building the families takes milliseconds, and a
+        receiver's answer (a webhook sender waits for it) should not wait for them."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.publish()
+            return
+        if not self._publish_pending:
+            self._publish_pending = True
+            loop.call_soon(self._deferred_publish)
+
+    def _deferred_publish(self) -> None:
+        self._publish_pending = False
+        self.publish()
 
     def _reap(self) -> list[PollResult | FetchResult]:
         results: list[PollResult | FetchResult] = []
