@@ -28,11 +28,13 @@ from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
 from exporter.server import HttpServer, PortInUseError, bind_socket
 from exporter.shards import Sharding
-from exporter.sources import Discovery
+from exporter.sources import ByIdSource, Discovery
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.sources.foundry import ThreadDiscovery
 from exporter.sources.push import PushReceiver, PushTokens
+from exporter.sources.responses import ResponseDiscovery, ResponsesSource
 from exporter.sources.sessions import SessionDiscovery, SessionsSource
+from exporter.sources.webhooks import DeliveryLog, WebhookReceiver, WebhookSecrets
 from exporter.store import Loaded, Store, StoreError
 from exporter.tracker import DEDUPE_WINDOW
 from exporter.watchlist import ThreadsFileWatcher, WatchList
@@ -103,6 +105,10 @@ class Probes:
     def on_push_request(self, code: int) -> None:
         if self.daemon is not None:
             self.daemon.on_push_request(code)
+
+    def on_webhook(self, event_type: str, outcome: str) -> None:
+        if self.daemon is not None:
+            self.daemon.on_webhook(event_type, outcome)
 
 
 def _config_error(message: str) -> int:
@@ -206,13 +212,32 @@ def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, 
     return sources
 
 
-def _discoveries(config: Config, sources: dict[str, ApiSource]) -> list[Discovery]:
+def _responses_client(config: Config, daemon: Callable[[], Daemon]) -> AssistantsSource | None:
+    """The HTTP client of the responses source (its own rate limit and `source` label), when it runs."""
+    if not config.polls_responses:
+        return None
+    return AssistantsSource(
+        _api_settings(config),
+        on_request=lambda endpoint, code: daemon().on_request("responses", endpoint, code),
+        on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
+        auth=_auth(config),
+    )
+
+
+def _by_id_sources(client: AssistantsSource | None) -> dict[str, ByIdSource]:
+    return {} if client is None else {"responses": ResponsesSource(client)}
+
+
+def _discoveries(config: Config, sources: dict[str, ApiSource],
+                 responses: AssistantsSource | None = None) -> list[Discovery]:
     found: list[Discovery] = []
     threads, sessions = sources.get("threads"), sources.get("sessions")
     if config.discover_threads and isinstance(threads, AssistantsSource):
         found.append(ThreadDiscovery(threads, config.discover_lookback))
     if isinstance(sessions, SessionsSource):  # sessions are always discovered: nothing else names them
         found.append(SessionDiscovery(sessions, config.discover_lookback, config.agent_ids))
+    if config.discover_responses and responses is not None:
+        found.append(ResponseDiscovery(responses, config.discover_lookback, config.agents))
     return found
 
 
@@ -221,13 +246,19 @@ def _sharding(config: Config) -> Sharding:
 
 
 def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseRoute]:
-    """The write endpoints: only when a push token is configured (else they answer 404)."""
-    if not config.push_tokens:
-        return []
-    receiver = PushReceiver(inbox, PushTokens(config.push_tokens, config.push_token_file),
-                            max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request,
-                            sharding=_sharding(config))
-    return list(receiver.routes())
+    """The write endpoints: only when a push token is configured, the webhook endpoint only with a webhook
+    secret (else they answer 404)."""
+    routes: list[BaseRoute] = []
+    if config.push_tokens:
+        receiver = PushReceiver(inbox, PushTokens(config.push_tokens, config.push_token_file),
+                                max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request,
+                                sharding=_sharding(config), polls_responses=config.polls_responses)
+        routes += receiver.routes()
+    if config.webhook_secrets:
+        hooks = WebhookReceiver(inbox, WebhookSecrets(config.webhook_secrets, config.webhook_secret_file),
+                                clock=time.time, on_result=probes.on_webhook)
+        routes += hooks.routes()
+    return routes
 
 
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
@@ -252,20 +283,23 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     store, loaded = _open_store(config)
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
     sources = _listing_sources(config, lambda: daemon)
+    responses = _responses_client(config, lambda: daemon)
     daemon = Daemon(
         sources=sources,
-        discoveries=_discoveries(config, sources),
+        by_id=_by_id_sources(responses),
+        deliveries=DeliveryLog(loaded.deliveries, pending=loaded.pending),
+        discoveries=_discoveries(config, sources, responses),
         discover_interval=config.discover_interval,
         discovered_since={key.split(":", 1)[1]: float(value) for key, value in loaded.meta.items()
                           if key.startswith("discovered_since:")},
         tracker=loaded.tracker(config.labels, config.terminal_retention,
-                               DEDUPE_WINDOW if config.push_tokens else 0.0),
+                               DEDUPE_WINDOW if config.receives else 0.0),
         store=store,
         collector=collector,
         schedule=Schedule(config.poll_interval, config.idle_poll_interval, max_in_flight=config.max_concurrency),
         watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched,
                             loaded.discovered, _sharding(config).owns),
-        run_sources=config.sources,
+        run_sources=(*config.sources, *(("webhooks",) if config.webhook_secrets else ())),
         inbox=inbox,
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)

@@ -37,8 +37,8 @@ PUSH_TOKEN_ENV = "ASSISTANTS_EXPORTER_PUSH_TOKEN"
 MIN_PUSH_TOKEN = 16  # characters; a guessable token would open the write endpoints
 SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, PUSH_TOKEN_ENV)
 # --source values: the sources this version can run. `threads` is the default.
-SOURCES: tuple[str, ...] = ("threads", "push", "sessions")
-# The sources that call the API (and need a key).
+SOURCES: tuple[str, ...] = ("threads", "push", "sessions", "responses")
+# The sources that always call the API (and need a key); `responses` can also run on webhooks alone.
 API_SOURCES: tuple[str, ...] = ("threads", "sessions")
 AUTH_HEADERS: tuple[str, ...] = ("bearer", "api-key")
 CREDENTIALS: tuple[str, ...] = ("key", "azure")
@@ -101,8 +101,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--project", "str", None, "OpenAI-Project header.", "PROJ", env_aliases=("OPENAI_PROJECT_ID",)),
     Flag("--source", "list", ("threads",),
          "Source to run; repeatable (env: comma-separated; YAML: a list): threads (poll threads), "
-         "push (accept runs on /api/v1/runs), sessions (discover and poll Agents API sessions).", "NAME",
-         yaml_key_override="sources"),
+         "push (accept runs on /api/v1/runs), sessions (discover and poll Agents API sessions), responses "
+         "(poll Responses API background responses by id).", "NAME", yaml_key_override="sources"),
     Flag("--thread", "list", (), "Thread id to watch; repeatable (env: comma-separated; YAML: a list).",
          "ID", yaml_key_override="threads"),
     Flag("--threads-file", "str", None,
@@ -147,6 +147,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--agent-id", "list", (),
          "With --source sessions, discover only the sessions of this agent; repeatable (env: comma-separated; "
          "YAML: a list).", "ID", yaml_key_override="agent_ids"),
+    Flag("--discover-responses", "bool", False,
+         "List the API's responses (GET {api-base}/responses, Azure AI Foundry's new agents) down to "
+         "--discover-lookback and poll the new ones; needs --source responses."),
+    Flag("--agent", "list", (), "With --discover-responses: only this agent's responses (agent_name); "
+         "repeatable (env: comma-separated; YAML: a list).", "NAME", yaml_key_override="agents"),
+    Flag("--webhook-secret-file", "str", None,
+         "File of webhook signing secrets (whsec_...), one a line; enables POST /webhooks/openai.", "PATH"),
 )
 
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
@@ -193,6 +200,10 @@ class Config:
     demo_speed: float = 5.0
     log_level: str = "info"
     log_format: str = "text"
+    discover_responses: bool = False
+    agents: tuple[str, ...] = ()
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_secret_file: Path | None = None
     config_file: Path | None = None
     agent_ids: tuple[str, ...] = ()
     # Non-fatal findings (unknown ASSISTANTS_EXPORTER_* env vars) for the caller to log once logging is up.
@@ -205,12 +216,22 @@ class Config:
 
     def secrets(self) -> tuple[str, ...]:
         """Strings the log filter must redact."""
-        return ((self.api_key,) if self.api_key else ()) + self.push_tokens
+        return ((self.api_key,) if self.api_key else ()) + self.push_tokens + self.webhook_secrets
 
     @property
     def calls_api(self) -> bool:
         """Whether a source that calls the API runs."""
-        return any(name in API_SOURCES for name in self.sources)
+        return any(name in API_SOURCES for name in self.sources) or self.polls_responses
+
+    @property
+    def polls_responses(self) -> bool:
+        """Responses are polled by id when the source runs and can reach the API (a key or Entra ID)."""
+        return "responses" in self.sources and (self.api_key is not None or self.credential == "azure")
+
+    @property
+    def receives(self) -> bool:
+        """Whether single-run updates arrive (push, webhooks): finished runs are then kept to dedupe."""
+        return bool(self.push_tokens or self.webhook_secrets or "responses" in self.sources)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -240,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = flag.help + ("" if flag.kind == "bool" else _default_help(flag))
         if flag.kind == "bool":
             parser.add_argument(flag.name, action="store_true", help=help_text)
-        elif flag.kind == "list" and flag.name in ("--thread", "--source", "--agent-id"):
+        elif flag.kind == "list" and flag.name in ("--thread", "--source", "--agent-id", "--agent"):
             parser.add_argument(flag.name, action="append", metavar=flag.metavar, help=help_text)
         else:
             parser.add_argument(flag.name, metavar=flag.metavar, help=help_text)
@@ -717,6 +738,20 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         choices = ",".join(RUN_LABELS_CHOICES)
         _fail(FLAGS_BY_DEST["labels"], source("labels"), f"each label must be one of {choices}")
 
+    discover_responses: bool = get("discover_responses", _as_bool)
+    agents: tuple[str, ...] = tuple(get("agent", _as_list))
+    if discover_responses and "responses" not in sources:
+        raise ConfigError("--discover-responses needs --source responses")
+    if discover_responses and api_key is None and credential == "key":
+        raise ConfigError("--discover-responses needs an API key (OPENAI_API_KEY or --api-key-file)")
+    if agents and not discover_responses:
+        raise ConfigError("--agent needs --discover-responses")
+    webhook_file_text: str | None = get("webhook_secret_file", opt_str)
+    webhook_secret_file = Path(webhook_file_text).expanduser() if webhook_file_text else None
+    webhook_secrets = (_webhook_secrets(webhook_secret_file, raw.get("webhook_secret_file"))
+                       if webhook_secret_file else [])
+    secrets.extend(webhook_secrets)
+
     demo_scenario: str = get("demo_scenario", _as_str)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", demo_scenario):
         _fail(FLAGS_BY_DEST["demo_scenario"], source("demo_scenario"), "expected a scenario name")
@@ -758,6 +793,10 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         demo_speed=number("demo_speed", 0.0, inclusive=False),
         log_level=get("log_level", lambda f, r: _choice(f, r, LOG_LEVELS)),
         log_format=get("log_format", lambda f, r: _choice(f, r, LOG_FORMATS)),
+        discover_responses=discover_responses,
+        agents=agents,
+        webhook_secrets=tuple(webhook_secrets),
+        webhook_secret_file=webhook_secret_file,
         config_file=Path(config_raw.value).expanduser() if config_raw else None,
         warnings=_env_warnings(env),
         agent_ids=tuple(agent_ids),
@@ -842,6 +881,26 @@ def _push_tokens(path: Path | None, raw: _Raw | None, env: Mapping[str, str]) ->
     if any(len(t) < MIN_PUSH_TOKEN or any(c.isspace() for c in t) for t in tokens):
         raise ConfigError(f"{where}: each push token must be at least {MIN_PUSH_TOKEN} characters, with no spaces")
     return tokens
+
+
+def _webhook_secrets(path: Path, raw: _Raw | None) -> list[str]:
+    """Signing secrets, one a line (two during a rotation). Errors name the file, never a secret."""
+    from exporter.sources.push import read_token_file
+    from exporter.sources.webhooks import SecretError, parse_secret
+
+    origin = f" (from {raw.origin})" if raw else ""
+    try:
+        lines = read_token_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--webhook-secret-file: cannot read {str(path)!r}: {_os_reason(exc)}{origin}") from None
+    if not lines:
+        raise ConfigError(f"--webhook-secret-file: {str(path)!r} holds no secret{origin}")
+    for number, line in enumerate(lines, 1):
+        try:
+            parse_secret(line)
+        except SecretError as exc:
+            raise ConfigError(f"--webhook-secret-file: {str(path)!r}: secret {number}: {exc}{origin}") from None
+    return lines
 
 
 def _check_threads_file(path: Path, raw: _Raw) -> None:

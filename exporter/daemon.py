@@ -11,16 +11,17 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
-from exporter.inbox import Inbox, Pending, Registration, RunItems, resolve
+from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, resolve
 from exporter.logs import RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
-from exporter.model import REASON_THREADS_FILE_LINE
+from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, RunSnapshot
 from exporter.scheduler import Schedule, Scheduler
-from exporter.sources import Discovery, DiscoveryResult, ListingSource, PollResult, StopRule
+from exporter.sources import ByIdSource, Discovery, DiscoveryResult, FetchResult, ListingSource, PollResult, StopRule
+from exporter.sources.webhooks import DeliveryLog
 from exporter.store import Store
 from exporter.tracker import Changes, Tracker
 from exporter.watchlist import WatchList
@@ -32,6 +33,8 @@ INVALID_LOG_INTERVAL = 60.0
 PUBLISH_INTERVAL = 1.0
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
+# A webhook event waits for the fetch of its response this many failed attempts, then counts on its own.
+FETCH_ATTEMPTS_BEFORE_EVENT = 3
 
 
 @dataclass(slots=True)
@@ -52,8 +55,12 @@ class _Uncommitted:
     histograms: dict[Key, Histogram]
     registrations: dict[str, str | None]
     discovered: dict[str, tuple[str, int] | None]
+    deliveries: dict[str, float | None]
+    pending: dict[str, tuple[str, int] | None]
 
     def merge(self, newer: _Uncommitted) -> None:
+        self.deliveries.update(newer.deliveries)
+        self.pending.update(newer.pending)
         self.changes.merge(newer.changes)
         self.counters.update(newer.counters)
         self.histograms.update(newer.histograms)
@@ -66,6 +73,7 @@ class Daemon:
         self,
         *,
         sources: Mapping[str, ListingSource],
+        by_id: Mapping[str, ByIdSource] | None = None,
         tracker: Tracker,
         store: Store,
         collector: SnapshotCollector,
@@ -76,17 +84,20 @@ class Daemon:
         discoveries: Sequence[Discovery] = (),
         discover_interval: float = 60.0,
         discovered_since: Mapping[str, float] | None = None,
+        deliveries: DeliveryLog | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sources = dict(sources)
+        # By-id sources poll one run per slot (the slot's scope is the run id) until the run ends.
+        self.by_id = dict(by_id or {})
         self.tracker = tracker
         self.store = store
         self.collector = collector
         self.schedule = schedule
         self.watchlist = watchlist if watchlist is not None else WatchList()
         # The `source` values to export at zero before any run arrives: every source that is on.
-        self.run_sources = tuple(run_sources) or tuple(self.sources)
+        self.run_sources = tuple(run_sources) or (*self.sources, *self.by_id)
         self.wall = wall
         self.mono = mono
         self.scheduler = Scheduler(schedule, mono)
@@ -109,6 +120,8 @@ class Daemon:
         self._discovering: list[tuple[Discovery, float, asyncio.Task[DiscoveryResult]]] = []
         # Per discovery: when its last finished pass started. A scope created after that is new (born watched).
         self.discovered_since: dict[str, float] = dict(discovered_since or {})
+        self.deliveries = deliveries if deliveries is not None else DeliveryLog()
+        self._publish_pending = False
 
     # -- hooks from the sources -----------------------------------------------------------
 
@@ -121,13 +134,18 @@ class Daemon:
     def on_push_request(self, code: int) -> None:
         self.tracker.aggregates.inc(m.PUSH_REQUESTS.name, (str(code),))
 
+    def on_webhook(self, event_type: str, outcome: str) -> None:
+        self.tracker.aggregates.inc(m.WEBHOOKS.name, (event_type, outcome))
+
     # -- watch list -----------------------------------------------------------------------
 
     def sync_scopes(self) -> None:
-        wanted = {scope: source for scope, source in self.watchlist.wanted().items() if source in self.sources}
+        wanted = {scope: source for scope, source in self.watchlist.wanted().items()
+                  if source in self.sources or source in self.by_id}
         added, removed = self.scheduler.sync(wanted)
         for scope in added:
-            self.tracker.watch(scope)
+            if wanted[scope] in self.sources:
+                self.tracker.watch(scope)
         for slot in removed:
             if slot.task is not None:
                 slot.task.cancel()
@@ -178,15 +196,25 @@ class Daemon:
                 task = asyncio.create_task(discovery.discover(self._is_watched), name=f"discover:{discovery.name}")
                 task.add_done_callback(lambda _: self._wake.set())
                 self._discovering.append((discovery, self.wall(), task))
-        for scope in self.scheduler.due(self.tracker.is_active):
+        for scope in self.scheduler.due(self._is_active):
             slot = self.scheduler.slots[scope]
-            source = self.sources[slot.source]
-            slot.task = asyncio.create_task(source.poll(scope, self._stop_rule(scope)), name=f"poll:{scope}")
+            by_id = self.by_id.get(slot.source)
+            if by_id is not None:
+                slot.task = asyncio.create_task(by_id.fetch(scope), name=f"fetch:{scope}")
+            else:
+                slot.task = asyncio.create_task(self.sources[slot.source].poll(scope, self._stop_rule(scope)),
+                                                name=f"poll:{scope}")
             slot.task.add_done_callback(lambda _: self._wake.set())
 
+    def _is_active(self, scope: str) -> bool:
+        """A by-id slot is an unfinished run: always active. A listing slot is active with unfinished runs."""
+        slot = self.scheduler.slots.get(scope)
+        return (slot is not None and slot.source in self.by_id) or self.tracker.is_active(scope)
+
     def _is_watched(self, scope: str) -> bool:
-        """Known to discovery: watched here, or owned by another shard (which watches it)."""
-        return scope in self.watchlist.wanted() or not self.watchlist.owns(scope)
+        """Known to discovery: watched here, owned by another shard (which watches it), or (a response that
+        ended and left the watch list) still known to the tracker."""
+        return scope in self.watchlist.wanted() or not self.watchlist.owns(scope) or scope in self.tracker.runs
 
     def _reap_discoveries(self, now: float) -> None:
         running = []
@@ -240,7 +268,9 @@ class Daemon:
     def step(self) -> None:
         """Apply whatever finished or arrived, commit it, answer the receivers, publish."""
         self._check_threads_file()
-        results = self._reap()
+        reaped = self._reap()
+        results = [r for r in reaped if isinstance(r, PollResult)]
+        fetches = [r for r in reaped if isinstance(r, FetchResult)]
         received = self.inbox.drain()
         now = self.wall()
         if self._discovering:
@@ -249,20 +279,40 @@ class Daemon:
             self._apply(result, now)
         if results:
             self._note_api(results)
+        if fetches:
+            self._apply_fetches(fetches, now)
         for pending in received:
             self._apply_item(pending.item, now)
         self.tracker.expire(now)
-        if received or results or self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted:
+        if received or reaped or self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted:
             self._answer.extend(received)
             if self.commit():
                 answered, self._answer = self._answer, []
                 resolve(answered)
         # Ages and windowed ratios move with time alone: refresh at least once a second.
-        if results or received or self.mono() - self._published_at >= PUBLISH_INTERVAL:
+        if reaped or self.mono() - self._published_at >= PUBLISH_INTERVAL:
             self.publish()
+        elif received:
+            self._publish_soon()
 
-    def _reap(self) -> list[PollResult]:
-        results: list[PollResult] = []
+    def _publish_soon(self) -> None:
+        """Publish after the answered requests have run: building the families takes milliseconds, and a
+        receiver's answer (a webhook sender waits for it) should not wait for them."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.publish()
+            return
+        if not self._publish_pending:
+            self._publish_pending = True
+            loop.call_soon(self._deferred_publish)
+
+    def _deferred_publish(self) -> None:
+        self._publish_pending = False
+        self.publish()
+
+    def _reap(self) -> list[PollResult | FetchResult]:
+        results: list[PollResult | FetchResult] = []
         for scope, slot in self.scheduler.slots.items():
             if slot.task is not None and slot.task.done():
                 task, slot.task = slot.task, None
@@ -295,6 +345,89 @@ class Daemon:
         self.health.polls_applied += 1
         self.scheduler.finished(result, tracker.is_active(result.scope))
 
+    def _apply_fetches(self, fetches: list[FetchResult], now: float) -> None:
+        """Single-run updates from by-id polls. A run that ended, or is gone (404), leaves the watch list."""
+        reached: dict[str, bool] = {}
+        released = False
+        for result in fetches:
+            slot = self.scheduler.slots.get(result.run_id)
+            if slot is not None:
+                reached[slot.source] = reached.get(slot.source, False) or result.api_reached
+            if result.invalid_reason is not None:
+                self.tracker.aggregates.inc(m.INVALID_OBJECTS.name, (result.invalid_reason,))
+                self._log_invalid(result.invalid_reason, result.run_id, now)
+            if result.api_reached:
+                self.state.last_poll_success = now
+                self.health.reached_api = True
+            slot_failures = slot.failures + (result.outcome == "error") if slot is not None else 0
+            if result.outcome == "ok" and result.run is not None:
+                self.tracker.observe_run(self._with_event_end(result.run), now)
+            elif result.run_id in self.deliveries.pending and (
+                    result.outcome == "gone" or slot_failures >= FETCH_ATTEMPTS_BEFORE_EVENT):
+                held = self.deliveries.settle(result.run_id)  # the fetch failed: count from the event alone
+                if held is not None:
+                    self.tracker.vanish(result.run_id)
+                    self.tracker.observe_run(held, now)
+            elif result.outcome == "gone":
+                self.tracker.vanish(result.run_id)
+            known = self.tracker.runs.get(result.run_id)
+            if result.outcome == "gone" or (known is not None and known.terminal):
+                released = self.watchlist.release(result.run_id) or released
+            elif result.error:
+                log.warning("fetch of %s failed: %s", result.run_id, result.error)
+            self.scheduler.fetched(result)
+        for source, ok in reached.items():
+            self.state.api_up[source] = 1.0 if ok else 0.0
+        if released:
+            self.sync_scopes()
+
+    def _with_event_end(self, snap: RunSnapshot) -> RunSnapshot:
+        """A fetched terminal response settles its held webhook event, whose created_at is its end time
+        (a Response has an end time only when completed)."""
+        if not snap.terminal:
+            return snap
+        held = self.deliveries.settle(snap.id)
+        if held is None or snap.ended_at() is not None or held.status != snap.status:
+            return snap
+        return replace(snap, failed_at=held.failed_at, cancelled_at=held.cancelled_at,
+                       completed_at=held.completed_at)
+
+    def _apply_delivery(self, delivery: Delivery, now: float) -> None:
+        """A verified webhook event: drop a repeated delivery; wait for the fetch of the response when the
+        exporter polls responses (for its error code, reason and tokens); else count from the event."""
+        if delivery.delivery_id in self.deliveries:
+            delivery.outcome = "duplicate"
+        else:
+            self.deliveries.add(delivery.delivery_id, now)
+            snap = delivery.run
+            known = self.tracker.runs.get(snap.id) if snap is not None else None
+            if snap is None:
+                delivery.outcome = "accepted"
+            elif known is not None and known.terminal:
+                delivery.outcome = self.tracker.observe_run(snap, now)
+            elif SOURCE_RESPONSES in self.by_id and self._poll_by_id(snap.id, SOURCE_RESPONSES):
+                self.deliveries.hold(snap)
+                delivery.outcome = "accepted"
+            else:  # no key, or the watch list is full: the event alone
+                delivery.outcome = self.tracker.observe_run(snap, now)
+        self.on_webhook(delivery.event_type, delivery.outcome)
+
+    def follow(self, run_ids: Sequence[str], source: str) -> None:
+        """Poll these runs by id (when that source runs) until they end: ids a receiver learned of."""
+        if source not in self.by_id:
+            return
+        for run_id in run_ids:
+            known = self.tracker.runs.get(run_id)
+            if known is None or not known.terminal:
+                self._poll_by_id(run_id, source)
+
+    def _poll_by_id(self, run_id: str, source: str) -> bool:
+        """Register a run for by-id polling; False when the watch list is full (--max-watched)."""
+        result = self.watchlist.register(run_id, source)
+        if result == "added":
+            self.sync_scopes()
+        return result != "full"
+
     def _note_api(self, results: list[PollResult]) -> None:
         """api_up{source}: whether the polls of that source that ended in this tick reached its API."""
         by_source: dict[str, bool] = {}
@@ -305,7 +438,10 @@ class Daemon:
         for source, reached in by_source.items():
             self.state.api_up[source] = 1.0 if reached else 0.0
 
-    def _apply_item(self, item: RunItems | Registration, now: float) -> None:
+    def _apply_item(self, item: RunItems | Registration | Delivery, now: float) -> None:
+        if isinstance(item, Delivery):
+            self._apply_delivery(item, now)
+            return
         if isinstance(item, Registration):
             item.result = (self.watchlist.register(item.scope, item.source) if item.add  # type: ignore[assignment]
                            else self.watchlist.unregister(item.scope))
@@ -323,6 +459,7 @@ class Daemon:
                 outcome.duplicates += 1
             else:
                 outcome.stale += 1
+        self.follow(item.follow, item.follow_source)
         outcome.invalid.extend(item.invalid)
         if item.invalid:
             agg.inc(m.PUSH_ITEMS.name, ("invalid",), len(item.invalid))
@@ -333,8 +470,10 @@ class Daemon:
 
     def commit(self) -> bool:
         """Write everything not yet written. On a store error keep it all for a retry with backoff."""
+        self.deliveries.expire(self.wall())
         batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
-                             self.watchlist.take_changes(), self.watchlist.take_discovered_changes())
+                             self.watchlist.take_changes(), self.watchlist.take_discovered_changes(),
+                             self.deliveries.take_changes(), self.deliveries.take_pending_changes())
         if self._uncommitted is not None:
             self._uncommitted.merge(batch)
             batch = self._uncommitted
@@ -344,7 +483,7 @@ class Daemon:
                 **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
         try:
             self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
-                              batch.discovered)
+                              batch.discovered, batch.deliveries, batch.pending)
         except (sqlite3.Error, OSError) as exc:
             self._uncommitted = batch
             self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
@@ -363,7 +502,7 @@ class Daemon:
 
     def publish(self) -> None:
         self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources,
-                                             tuple(self.sources)))
+                                             (*self.sources, *self.by_id)))
         self._published_at = self.mono()
 
     async def _shutdown(self) -> None:
@@ -374,6 +513,8 @@ class Daemon:
         self.step_final()
         for source in self.sources.values():
             await source.aclose()
+        for by_id in self.by_id.values():
+            await by_id.aclose()
 
     def step_final(self) -> None:
         """Commit what arrived before the stop; requests still waiting are answered if it succeeds."""

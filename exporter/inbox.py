@@ -35,6 +35,8 @@ class RunItems:
     invalid: list[tuple[int, str]]
     source: str  # the receiver, for its self-metrics
     outcome: PushOutcome = field(default_factory=PushOutcome)
+    follow: list[str] = field(default_factory=list)  # run ids to poll by id until they end (Responses)
+    follow_source: str = "responses"  # the by-id source that polls them
 
 
 RegistrationResult = Literal["added", "exists", "removed", "missing", "full"]
@@ -50,7 +52,17 @@ class Registration:
     result: RegistrationResult = "missing"
 
 
-Item = RunItems | Registration
+@dataclass(slots=True)
+class Delivery:
+    """One verified webhook event, for the daemon to dedupe (by webhook-id), apply and count."""
+
+    delivery_id: str
+    event_type: str  # the webhooks_total{type} label
+    run: RunSnapshot | None  # the terminal snapshot the event alone says; None for other event types
+    outcome: str = "accepted"  # set by the daemon: accepted, duplicate or stale
+
+
+Item = RunItems | Registration | Delivery
 
 
 class StoreUnavailable(Exception):

@@ -165,6 +165,7 @@ def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Seque
     fams.append(_counter_family(agg, m.INVALID_OBJECTS, (), none))
     fams.append(_counter_family(agg, m.PUSH_REQUESTS, (), ()))
     fams.append(_counter_family(agg, m.PUSH_ITEMS, (), none))
+    fams.append(_counter_family(agg, m.WEBHOOKS, (), ()))
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
         fams.append(_counter_family(agg, spec, (), none))
     shard = _gauge(m.SHARD)

@@ -20,11 +20,23 @@ POLL_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 RATIO_WINDOWS: dict[str, float] = {"5m": 300.0, "1h": 3600.0}
 
 # Values every dashboard and alert may rely on, exported at 0 before the first occurrence.
-KNOWN_ERROR_CODES: tuple[str, ...] = ("server_error", "rate_limit_exceeded", "invalid_prompt")
-KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens")
+# The Assistants codes come first; the rest are the Responses API's ResponseErrorCode values.
+KNOWN_ERROR_CODES: tuple[str, ...] = (
+    "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch", "bio_policy",
+    "vector_store_timeout", "invalid_image", "invalid_image_format", "invalid_base64_image", "invalid_image_url",
+    "image_too_large", "image_too_small", "image_parse_error", "image_content_policy_violation",
+    "invalid_image_mode", "image_file_too_large", "unsupported_image_media_type", "empty_image_file",
+    "failed_to_download_image", "image_file_not_found",
+)
+# Error codes are an open set: past this many distinct values, further new codes count as `other`.
+MAX_ERROR_CODES = 64
+OTHER_ERROR_CODE = "other"
+KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens", "max_output_tokens",
+                                             "content_filter")
 TOKEN_TYPES: tuple[str, ...] = ("prompt", "completion")
 THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone")
 PUSH_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "stale", "invalid")
+WEBHOOK_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,10 @@ PUSH_ITEMS = MetricSpec("assistants_exporter_push_items_total", "counter", ("out
                         "Pushed run items, by outcome (accepted, duplicate, stale, invalid).", zeros=PUSH_OUTCOMES)
 DISCOVERED_THREADS = MetricSpec("assistants_exporter_discovered_threads_total", "counter", (),
                                 "Scopes (threads, sessions) that discovery added to the watch list.")
+WEBHOOKS = MetricSpec("assistants_exporter_webhooks_total", "counter", ("type", "outcome"),
+                      "Webhook deliveries to /webhooks/openai, by event type (response.*, other; unverified "
+                      "before the signature is checked) and outcome (accepted, duplicate, bad_signature, stale, "
+                      "malformed).")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
 SHARD = MetricSpec("assistants_exporter_shard", "gauge", ("shard", "total_shards"),
@@ -108,7 +124,7 @@ BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
 METRICS: tuple[MetricSpec, ...] = (
     RUNS, RUNS_FINISHED, STATUS_DURATION, RUN_DURATION, OLDEST_AGE, FAILURE_RATIO, EXPIRY_RATIO, ERRORS,
     INCOMPLETE, TOKENS, API_UP, API_REQUESTS, RATE_LIMIT_REMAINING, POLL_DURATION, LAST_POLL_SUCCESS, THREADS,
-    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, STORE_ERRORS, SHARD, BUILD_INFO,
+    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, WEBHOOKS, STORE_ERRORS, SHARD, BUILD_INFO,
 )
 
 METRIC_NAMES: frozenset[str] = frozenset(m.name for m in METRICS)

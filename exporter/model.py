@@ -51,6 +51,8 @@ def thread_id_problem(thread_id: object) -> str | None:
 # The `source` label values of the sources that report runs.
 SOURCE_THREADS = "threads"
 SOURCE_PUSH = "push"
+SOURCE_RESPONSES = "responses"
+SOURCE_WEBHOOKS = "webhooks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class RunSnapshot:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     source: str = SOURCE_THREADS  # the source that reported it: the run's `source` label if it is new
+    created_known: bool = True  # False: created_at is a stand-in (a webhook event has no creation time)
 
     @property
     def terminal(self) -> bool:

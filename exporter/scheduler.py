@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from exporter.sources import Outcome, PollResult
+from exporter.sources import FetchResult, Outcome, PollResult
 
 MAX_BACKOFF = 300.0
 
@@ -36,7 +36,7 @@ class Slot:
     due: float = 0.0  # monotonic
     failures: int = 0
     polls: int = 0
-    task: asyncio.Task[PollResult] | None = None
+    task: asyncio.Task[PollResult] | asyncio.Task[FetchResult] | None = None
 
 
 class Scheduler:
@@ -84,6 +84,14 @@ class Scheduler:
         slot.polls += 1
         slot.due = result.started + self._delay(slot, result.outcome, active)
 
+    def fetched(self, result: FetchResult) -> None:
+        """A by-id fetch ended: the run is unfinished (finished ones leave), so it is due a poll interval on."""
+        slot = self.slots.get(result.run_id)
+        if slot is None:
+            return
+        slot.polls += 1
+        slot.due = self.mono() + self._delay(slot, result.outcome, True)
+
     def failed(self, scope: str) -> None:
         """The poll task itself raised (a bug): try again after a poll interval."""
         slot = self.slots.get(scope)
@@ -105,5 +113,5 @@ class Scheduler:
             return max(sched.poll_interval, sched.idle_poll_interval * (0.1 + 0.9 * self._rng.random()))
         return sched.idle_poll_interval
 
-    def tasks(self) -> Iterable[asyncio.Task[PollResult]]:
+    def tasks(self) -> Iterable[asyncio.Task[PollResult] | asyncio.Task[FetchResult]]:
         return [s.task for s in self.slots.values() if s.task is not None]

@@ -73,8 +73,17 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE discovered (scope TEXT PRIMARY KEY, source TEXT NOT NULL, created_at INTEGER NOT NULL)")
 
 
+def _migrate_webhooks(db: sqlite3.Connection) -> None:
+    """Webhook deliveries seen (dedupe by webhook-id for 72 h), and terminal events whose response is being
+    fetched for its details (counted from the event alone if that fetch fails)."""
+    db.execute("CREATE TABLE webhook_deliveries (id TEXT PRIMARY KEY, at REAL NOT NULL)")
+    db.execute("CREATE TABLE webhook_pending (id TEXT PRIMARY KEY, status TEXT NOT NULL, ended_at INTEGER NOT NULL)")
+
+
 # MIGRATIONS[n] takes a schema-n file to schema n + 1, inside one transaction.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_webhooks,
+}
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 # The columns each table must have at SCHEMA_VERSION: anything else is not our file.
@@ -88,6 +97,8 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "finishes": ("at", "labels", "status"),
     "registrations": ("scope", "source"),
     "discovered": ("scope", "source", "created_at"),
+    "webhook_deliveries": ("id", "at"),
+    "webhook_pending": ("id", "status", "ended_at"),
 }
 
 
@@ -104,6 +115,8 @@ class Loaded:
     registrations: dict[str, str] = field(default_factory=dict)  # scope -> source
     discovered: dict[str, tuple[str, int]] = field(default_factory=dict)  # scope -> (source, created_at)
     meta: dict[str, str] = field(default_factory=dict)
+    deliveries: dict[str, float] = field(default_factory=dict)  # webhook-id -> when it arrived
+    pending: dict[str, tuple[str, int]] = field(default_factory=dict)  # response id -> (status, ended_at)
 
     def tracker(self, extra_labels: Sequence[str], retention: float, dedupe_window: float = 0.0) -> Tracker:
         """A tracker that carries on from this state."""
@@ -264,6 +277,8 @@ class Store:
         out.registrations = dict(db.execute("SELECT scope, source FROM registrations"))
         out.discovered = {scope: (source, created) for scope, source, created
                           in db.execute("SELECT scope, source, created_at FROM discovered")}
+        out.deliveries = dict(db.execute("SELECT id, at FROM webhook_deliveries"))
+        out.pending = {i: (st, e) for i, st, e in db.execute("SELECT id, status, ended_at FROM webhook_pending")}
         return out
 
     # -- writing -----------------------------------------------------------------------------
@@ -276,6 +291,8 @@ class Store:
         meta: dict[str, str] | None = None,
         registrations: dict[str, str | None] | None = None,
         discovered: dict[str, tuple[str, int] | None] | None = None,
+        deliveries: dict[str, float | None] | None = None,
+        pending: dict[str, tuple[str, int] | None] | None = None,
     ) -> None:
         """Write one tick's effects atomically. `registrations`: scope -> source, or None to remove;
         `discovered`: scope -> (source, created_at), or None to remove.
@@ -289,6 +306,7 @@ class Store:
                 self._write_registrations(registrations.items())
             if discovered:
                 self._write_discovered(discovered.items())
+            self._write_webhooks(deliveries or {}, pending or {})
             if meta:
                 self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
         self._transaction(work)
@@ -324,6 +342,16 @@ class Store:
                 self._db.execute("DELETE FROM discovered WHERE scope = ?", (scope,))
             else:
                 self._db.execute("INSERT OR REPLACE INTO discovered VALUES (?, ?, ?)", (scope, *found))
+
+    def _write_webhooks(self, deliveries: dict[str, float | None], pending: dict[str, tuple[str, int] | None]) -> None:
+        db = self._db
+        db.executemany("DELETE FROM webhook_deliveries WHERE id = ?",
+                       [(i,) for i, at in deliveries.items() if at is None])
+        db.executemany("INSERT OR REPLACE INTO webhook_deliveries VALUES (?, ?)",
+                       [(i, at) for i, at in deliveries.items() if at is not None])
+        db.executemany("DELETE FROM webhook_pending WHERE id = ?", [(i,) for i, p in pending.items() if p is None])
+        db.executemany("INSERT OR REPLACE INTO webhook_pending VALUES (?, ?, ?)",
+                       [(i, *p) for i, p in pending.items() if p is not None])
 
     def _write_aggregates(self, counters: dict[Key, float], histograms: dict[Key, Histogram]) -> None:
         names = self.extra_labels

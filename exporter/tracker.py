@@ -162,6 +162,7 @@ class Tracker:
         self._window_events: dict[str, deque[Finish]] = {w: deque() for w in RATIO_WINDOWS}
         self._window_totals: dict[tuple[str, LabelValues], list[int]] = {}  # [finished, failed, expired]
         self.changes = Changes()
+        self._codes: set[str] | None = None  # error code label values in use, built on first need
 
     # -- loading and scope membership -------------------------------------------------------
 
@@ -277,6 +278,12 @@ class Tracker:
         self._update(run, snap, now)
         return "accepted"
 
+    def vanish(self, run_id: str) -> None:
+        """A run fetched by id is gone (404) before it ended: it leaves the gauges, never counted."""
+        run = self.runs.get(run_id)
+        if run is not None and not run.terminal:
+            self._drop(run_id)
+
     def mark_gone(self, scope_id: str) -> None:
         """The API says the scope does not exist: its unfinished runs can never be seen to end."""
         self.watch(scope_id)
@@ -288,6 +295,15 @@ class Tracker:
 
     def _first_sight(self, scope: ScopeState | None, snap: RunSnapshot, now: float, *, live: bool) -> None:
         swept_after = scope is not None and scope.swept and snap.created_at > scope.horizon
+        if live and snap.terminal and not snap.created_known:
+            # Only its end is known (a webhook event): counted, but no stint or run duration is observed.
+            ended = float(snap.ended_at() or now)
+            run = RunState(snap.id, snap.scope, snap.status, snap.created_at, ended, snap.assistant_id,
+                           snap.model, source=snap.source)
+            self._finish(run, snap, now, durations=False)
+            self._put(run)
+            self.changes.upsert(run)
+            return
         if snap.status in _BEFORE_START or not (live or swept_after):
             self._first_sight_unwatched(scope, snap, now)
             return
@@ -345,15 +361,16 @@ class Tracker:
             run.stint_start = float(snap.started_at) if first_in_progress and snap.started_at else now
         self.changes.upsert(run)
 
-    def _finish(self, run: RunState, snap: RunSnapshot, now: float) -> None:
+    def _finish(self, run: RunState, snap: RunSnapshot, now: float, durations: bool = True) -> None:
         ended = float(snap.ended_at() or now)
         run.ended_at = run.stint_start = ended
         labels = self.labels_of(run)
         agg = self.aggregates
         agg.inc(m.RUNS_FINISHED.name, (snap.status, *labels))
-        agg.observe(m.RUN_DURATION.name, (snap.status, *labels), max(0.0, ended - run.created_at))
+        if durations:
+            agg.observe(m.RUN_DURATION.name, (snap.status, *labels), max(0.0, ended - run.created_at))
         if snap.status == "failed":
-            agg.inc(m.ERRORS.name, (snap.error_code or "unknown", *labels))
+            agg.inc(m.ERRORS.name, (self._error_code(snap.error_code or "unknown"), *labels))
         if snap.status == "incomplete":
             agg.inc(m.INCOMPLETE.name, (snap.incomplete_reason or "unknown", *labels))
         if snap.prompt_tokens:
@@ -363,6 +380,18 @@ class Tracker:
         finish = Finish(now, labels, snap.status)
         self._record_finish(finish)
         self.changes.finishes.append(finish)
+
+    def _error_code(self, code: str) -> str:
+        """The code label: error codes are an open set, so past MAX_ERROR_CODES distinct ones, `other`."""
+        if self._codes is None:
+            self._codes = {values[0] for name, values in self.aggregates.counters if name == m.ERRORS.name}
+            self._codes.update(m.KNOWN_ERROR_CODES)
+        if code in self._codes:
+            return code
+        if len(self._codes) >= m.MAX_ERROR_CODES:
+            return m.OTHER_ERROR_CODE
+        self._codes.add(code)
+        return code
 
     def _drop_vanished(self, scope: ScopeState, seen: set[str]) -> None:
         """A full listing without a known unfinished run: it was deleted, and can never be seen to end."""

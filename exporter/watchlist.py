@@ -141,6 +141,13 @@ class WatchList:
         self._cache = None
         return "removed"
 
+    def release(self, scope: str) -> bool:
+        """Drop a registered or discovered scope that needs no more polls (a response that ended)."""
+        found = scope in self.registered or scope in self.discovered
+        self.unregister(scope)
+        self.undiscover(scope)
+        return found
+
     def take_changes(self) -> dict[str, str | None]:
         changes, self._changes = self._changes, {}
         return changes

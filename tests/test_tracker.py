@@ -204,3 +204,20 @@ def test_forgetting_a_run_never_hides_an_unseen_older_one() -> None:
     assert not tracker.should_stop(TH, [newest])
     tracker.observe_listing(TH, [newest, unread], T0 + 7, complete=True, ok=True)
     assert finished(tracker, "cancelled") == 2
+
+
+def test_error_codes_are_bounded_past_which_new_codes_count_as_other() -> None:
+    from exporter import metrics_spec as spec
+
+    tr = Tracker([], 3600, dedupe_window=3600)
+    codes = [f"code_{i}" for i in range(spec.MAX_ERROR_CODES)]
+    for i, code in enumerate(codes):
+        tr.observe_run(RunSnapshot(f"r{i}", "", "failed", 100, failed_at=110, error_code=code, source="responses"),
+                       120.0)
+    counted = {values[0]: v for (name, values), v in tr.aggregates.counters.items() if name == spec.ERRORS.name}
+    known = len(spec.KNOWN_ERROR_CODES)
+    assert sum(counted.values()) == spec.MAX_ERROR_CODES
+    assert len([c for c in counted if c.startswith("code_")]) == spec.MAX_ERROR_CODES - known
+    assert counted[spec.OTHER_ERROR_CODE] == known
+    tr.observe_run(RunSnapshot("k", "", "failed", 100, failed_at=110, error_code="server_error"), 120.0)
+    assert tr.aggregates.counters[(spec.ERRORS.name, ("server_error", "threads"))] == 1  # known codes always pass

@@ -12,9 +12,11 @@ from types import FrameType
 
 from exporter.config import parse_listen
 from exporter.simulator.faults import Faults
+from exporter.simulator.responses import ResponseWorkload
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.server import FLAVORS, Simulator
 from exporter.simulator.sessions import SESSION_SCENARIOS
+from exporter.simulator.webhooks import WebhookFaults, WebhookSender
 
 PROG = "assistants-exporter simulate"
 
@@ -97,7 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--identity-header",
         help="foundry: the managed identity endpoint's secret (default: env SIMULATOR_IDENTITY_HEADER, else random)",
     )
+    r = p.add_argument_group("Responses API")
+    r.add_argument("--responses-per-second", type=_non_negative, default=0.0,
+                   help="background responses created per second (default 0: only those clients create)")
+    r.add_argument("--webhook-url", help="POST a signed event to this URL when a background response ends")
+    r.add_argument("--webhook-secret", help="signing secret (whsec_...; default: env SIMULATOR_WEBHOOK_SECRET)")
+    r.add_argument("--webhook-duplicate-rate", type=_probability, default=0.0, help="events delivered twice")
+    r.add_argument("--webhook-reorder", action="store_true", help="deliver events that end together shuffled")
+    r.add_argument("--webhook-late-rate", type=_probability, default=0.0, help="events held back 2 s")
+    r.add_argument("--webhook-bad-signature-rate", type=_probability, default=0.0,
+                   help="events preceded by a tampered copy")
     return p
+
+
+def _webhook_sender(sim: Simulator, args: argparse.Namespace) -> WebhookSender | None:
+    if not args.webhook_url:
+        return None
+    secret = (args.webhook_secret or os.environ.get("SIMULATOR_WEBHOOK_SECRET", "")).strip()
+    if not secret:
+        raise _UsageError("--webhook-url needs --webhook-secret (or env SIMULATOR_WEBHOOK_SECRET)")
+    if not args.webhook_url.startswith(("http://", "https://")):
+        raise _UsageError("--webhook-url must start with http:// or https://")
+    faults = WebhookFaults(duplicate=args.webhook_duplicate_rate, reorder=args.webhook_reorder,
+                           late=args.webhook_late_rate, bad_signature=args.webhook_bad_signature_rate,
+                           seed=args.seed)
+    try:
+        return WebhookSender(sim.responses, args.webhook_url, secret, faults)
+    except ValueError as err:  # SecretError: says what is wrong, never the secret
+        raise _UsageError(f"--webhook-secret: {err}") from None
 
 
 def _project(value: str) -> str:
@@ -165,6 +194,11 @@ def main(argv: list[str]) -> int:
         sessions_scenario=args.sessions_scenario,
     )
     try:
+        sender = _webhook_sender(sim, args)
+    except _UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    try:
         sim.start()
     except OSError as err:
         print(f"{PROG}: error: cannot listen on {host}:{port}: {err.strerror}", file=sys.stderr)
@@ -175,6 +209,9 @@ def main(argv: list[str]) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    workload = ResponseWorkload(sim.responses, args.responses_per_second).start() if args.responses_per_second else None
+    if sender is not None:
+        sender.start()
     try:
         print(_startup_line(sim, args.scenario), flush=True)
         while not stop.wait(0.5):
@@ -182,5 +219,8 @@ def main(argv: list[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for extra in (workload, sender):
+            if extra is not None:
+                extra.stop()
         sim.stop()
     return 0

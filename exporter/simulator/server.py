@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from exporter.simulator.clock import Clock, FakeClock, WallClock
 from exporter.simulator.engine import Engine
 from exporter.simulator.faults import FaultInjector, Faults, RateLimitState, format_duration
+from exporter.simulator.responses import ResponseEngine, response_routes
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.sessions import SESSION_SCENARIOS, SessionsApi, SessionsEngine
 from exporter.simulator.wire import JSON, ApiError, foundry_page
@@ -197,6 +198,7 @@ class Simulator:
         self.sessions = SessionsEngine(self.clock, seed, speed,
                                        SESSION_SCENARIOS[sessions_scenario] if sessions_scenario else None)
         self._sessions_api = SessionsApi(self.sessions, _parse_limit, _parse_order)
+        self.responses = ResponseEngine(self.clock, seed, speed)
         self.faults: Faults = faults if faults is not None else copy.deepcopy(self.scenario.faults)
         fault_seed = self.faults.seed if self.faults.seed is not None else seed
         self._injector = FaultInjector(fault_seed)
@@ -324,6 +326,7 @@ class Simulator:
         ]
         if self.flavor == "foundry":  # OpenAI's API has no thread listing; Foundry's has
             routes.append(("GET", "/threads", list_threads))
+        routes += response_routes(self.responses, self.flavor == "foundry")
         return [(method, re.compile(f"^{pattern}$"), fn) for method, pattern, fn in routes]
 
     def _envelope(self, page: JSON) -> JSON:
@@ -423,6 +426,8 @@ class Simulator:
             if match is None or route_method != method:
                 continue
             query = parse_qs(parts.query, keep_blank_values=True)
+            if path.startswith(("/responses", "/openai/v1/")):  # the Responses API: no beta header, no api-version
+                return fn(_Request(match.groupdict(), query, self._json_body(method, raw_body)))
             if self.flavor == "foundry":
                 self._check_api_version(query)
                 return fn(_Request(match.groupdict(), query, self._json_body(method, raw_body)))

@@ -97,6 +97,16 @@ class _Failure:
 
 
 @dataclass(slots=True)
+class Got:
+    """One object fetched by path: its body, or gone (404), or a secret-free error."""
+
+    body: bytes | None
+    gone: bool
+    api_reached: bool
+    error: str | None
+
+
+@dataclass(slots=True)
 class _Fetch:
     """A page request after retries: the final 2xx reply, or why there is none."""
 
@@ -308,6 +318,14 @@ class ApiClient:
         fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, params, path, endpoint)
         self.last_reached = fetch.api_reached
         return None if fetch.reply is None or fetch.reply.too_large else fetch.reply.body
+
+    async def get_object(self, path: str, endpoint: str) -> Got:
+        """GET {base}{path} (api-version added), retried like a runs page: one object by id (a response)."""
+        params = {"api-version": self._settings.api_version} if self._settings.api_version else {}
+        fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, params, path, endpoint)
+        body = None if fetch.reply is None or fetch.reply.too_large else fetch.reply.body
+        error = fetch.error or ("body too large" if fetch.reply is not None and fetch.reply.too_large else None)
+        return Got(body, fetch.gone, fetch.api_reached, error)
 
     async def _fetch(self, url: str, params: dict[str, str], what: str, endpoint: str) -> _Fetch:
         """One page, retrying 429, 5xx and transport failures up to max_attempts."""

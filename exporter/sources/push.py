@@ -3,7 +3,9 @@
 `POST /api/v1/runs` takes one JSON object, a JSON array of up to MAX_ITEMS, or NDJSON. Each item is an
 Assistants `RunObject`, a `thread.run.*` stream event, a Responses `Response`, or a minimal run
 (`{"id", "status"}` and any of the RunObject fields). `status` may be an API string, a RunStatus enum name or
-its integer value. `PUT`/`DELETE /api/v1/threads/{thread_id}` register or drop a thread to poll.
+its integer value. `PUT`/`DELETE /api/v1/threads/{thread_id}` register or drop a thread to poll;
+`PUT`/`DELETE /api/v1/responses/{response_id}` a background response to poll by id until it ends (with
+`--source responses`; a pushed unfinished `Response` is polled the same way).
 
 Every request needs `Authorization: Bearer <token>`; the answer is sent only once the daemon has committed
 what the request changed, so a 200 survives `kill -9`. One bad item never rejects its neighbours.
@@ -30,6 +32,7 @@ from exporter.model import (
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
     SOURCE_PUSH,
+    SOURCE_RESPONSES,
     SOURCE_THREADS,
     ParseResult,
     RunSnapshot,
@@ -186,6 +189,7 @@ class PushReceiver:
         on_request: Callable[[int], None],
         commit_timeout: float = COMMIT_TIMEOUT,
         sharding: Sharding | None = None,
+        polls_responses: bool = False,
     ) -> None:
         self.sharding = sharding or Sharding()
         self._peers: httpx.AsyncClient | None = None
@@ -195,11 +199,14 @@ class PushReceiver:
         self.clock = clock
         self.on_request = on_request
         self.commit_timeout = commit_timeout
+        self.polls_responses = polls_responses  # --source responses with a way to reach the API
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/api/v1/runs", self._counted(self.post_runs), methods=["POST"]),
             Route("/api/v1/threads/{thread_id:path}", self._counted(self.thread), methods=["PUT", "DELETE"]),
+            Route("/api/v1/responses/{response_id:path}", self._counted(self.response),
+                  methods=["PUT", "DELETE"]),
         ]
 
     def _counted(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -230,7 +237,10 @@ class PushReceiver:
             failure = await self._forward_runs(request, parsed.remote, outcome)
             if failure is not None:
                 return failure
-        done = await self._submit(RunItems(parsed.runs, parsed.invalid, self.name))
+        # Pushed Responses (no scope) that have not ended are polled by id when the responses source runs.
+        response_ids = {obj.get("id") for obj in items if isinstance(obj, dict) and obj.get("object") == "response"}
+        follow = [r.id for r in parsed.runs if r.id in response_ids and not r.terminal]
+        done = await self._submit(RunItems(parsed.runs, parsed.invalid, self.name, follow=follow))
         if isinstance(done, Response):
             return done
         assert isinstance(done, RunItems)
@@ -279,23 +289,31 @@ class PushReceiver:
             await self._peers.aclose()
 
     async def thread(self, request: Request) -> Response:
-        thread_id = str(request.path_params["thread_id"])
-        problem = thread_id_problem(thread_id)
+        return await self._register(request, str(request.path_params["thread_id"]), SOURCE_THREADS, "thread")
+
+    async def response(self, request: Request) -> Response:
+        if not self.polls_responses:
+            return _error(409, "responses are not polled here: run with --source responses and an API key")
+        return await self._register(request, str(request.path_params["response_id"]), SOURCE_RESPONSES,
+                                    "response")
+
+    async def _register(self, request: Request, scope: str, source: str, kind: str) -> Response:
+        """PUT registers a scope to poll, DELETE drops it; on the shard that owns it (forwarded otherwise)."""
+        problem = thread_id_problem(scope)
         if problem is not None:
-            return _error(400, f"invalid thread id: {problem}")
-        owner = self.sharding.owner(thread_id)
+            return _error(400, f"invalid {kind} id: {problem}")
+        owner = self.sharding.owner(scope)
         if owner != self.sharding.shard and FORWARDED_HEADER not in request.headers:
-            answer = await self._to_peer(request, owner, request.method, f"/api/v1/threads/{thread_id}")
+            answer = await self._to_peer(request, owner, request.method, request.url.path)
             if isinstance(answer, Response):
                 return answer
             return Response(answer.content, answer.status_code, media_type="application/json")
-        add = request.method == "PUT"
-        done = await self._submit(Registration(thread_id, SOURCE_THREADS, add))
+        done = await self._submit(Registration(scope, source, request.method == "PUT"))
         if isinstance(done, Response):
             return done
         assert isinstance(done, Registration)
         code = {"full": 429, "missing": 404}.get(done.result, 200)
-        return JSONResponse({"thread_id": thread_id, "result": done.result}, status_code=code)
+        return JSONResponse({f"{kind}_id": scope, "result": done.result}, status_code=code)
 
     async def _submit(self, item: Item) -> Item | Response:
         try:
