@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
 from exporter.inbox import Inbox, Pending, Registration, RunItems, resolve
-from exporter.logs import RateLimiter
+from exporter.logs import CountingRateLimiter, RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.scheduler import Schedule, Scheduler
 from exporter.sources import Discovery, DiscoveryResult, ListingSource, PollResult, StopRule
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 INVALID_LOG_INTERVAL = 60.0
+POLL_FAILURE_LOG_INTERVAL = 60.0  # per kind of failure, across threads
+_ATTEMPTS = re.compile(r" after \d+ attempts?$")
 PUBLISH_INTERVAL = 1.0
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
@@ -97,6 +100,7 @@ class Daemon:
         self._next_file_check = 0.0
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._store_log = RateLimiter(INVALID_LOG_INTERVAL)
+        self.poll_failure_log = CountingRateLimiter(POLL_FAILURE_LOG_INTERVAL)
         self._published_at = float("-inf")
         self._uncommitted: _Uncommitted | None = None
         self._store_retry_at = 0.0
@@ -285,7 +289,7 @@ class Daemon:
             self.state.last_poll_success = now
             self.health.reached_api = True
         if result.error:
-            log.warning("poll of %s failed: %s", result.scope, result.error)
+            self._log_poll_failure(result.scope, result.error)
         self.health.polls_applied += 1
         self.scheduler.finished(result, tracker.is_active(result.scope))
 
@@ -320,6 +324,19 @@ class Daemon:
         outcome.invalid.extend(item.invalid)
         if item.invalid:
             agg.inc(m.PUSH_ITEMS.name, ("invalid",), len(item.invalid))
+
+    def _log_poll_failure(self, scope: str, error: str) -> None:
+        """One line a minute per kind of failure (the error without its attempt count), saying how many
+        failures of that kind were not logged since the last line: 1,000 threads behind a bad key are one
+        line a minute, not 1,000."""
+        held = self.poll_failure_log.allow(_ATTEMPTS.sub("", error), self.mono())
+        if held is None:
+            return
+        if held:
+            log.warning("poll of %s failed: %s (%d more like this since the last such line, not logged)",
+                        scope, error, held)
+        else:
+            log.warning("poll of %s failed: %s", scope, error)
 
     def _log_invalid(self, reason: str, scope: str, now: float) -> None:
         if self._invalid_log.allow(reason, now):

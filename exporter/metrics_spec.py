@@ -23,7 +23,7 @@ RATIO_WINDOWS: dict[str, float] = {"5m": 300.0, "1h": 3600.0}
 KNOWN_ERROR_CODES: tuple[str, ...] = ("server_error", "rate_limit_exceeded", "invalid_prompt")
 KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens")
 TOKEN_TYPES: tuple[str, ...] = ("prompt", "completion")
-THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone")
+THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone", "failing")
 PUSH_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "stale", "invalid")
 
 
@@ -88,7 +88,8 @@ POLL_DURATION = MetricSpec("assistants_exporter_poll_duration_seconds", "histogr
 LAST_POLL_SUCCESS = MetricSpec("assistants_exporter_last_poll_success_timestamp_seconds", "gauge", (),
                                "Unix time of the last poll that reached the API.")
 THREADS = MetricSpec("assistants_exporter_threads", "gauge", ("state",),
-                     "Threads watched, by state (active, idle, gone).", zeros=THREAD_STATES)
+                     "Threads watched, by state (active, idle, gone, failing).",
+                     zeros=THREAD_STATES)
 INVALID_OBJECTS = MetricSpec("assistants_exporter_invalid_objects_total", "counter", ("reason",),
                              "Items from the API skipped or downgraded as malformed, by reason.",
                              zeros=INVALID_REASONS)

@@ -264,7 +264,8 @@ def exporter_health(cfg: MixinConfig) -> Json:
              Target(remaining, "{{instance}}"), steps=(Step("red"), Step("orange", 1), Step("green", 10))),
         stat("Threads watched", text("""
             Threads the exporter polls, by state: active (has unfinished runs), idle, gone (404 from the
-            API). Many gone threads mean the watch list is stale: prune it."""),
+            API), failing (the last poll failed). Many gone threads mean the watch list is stale: prune it;
+            failing ones mean a bad key or an unreachable API (see the exporter's log)."""),
              Target(threads, "{{state}}"), text_mode="value_and_name"),
         stat("Version", text("""
             Exporter versions running in the selection. More than one outside a rollout means instances
@@ -306,7 +307,7 @@ def exporter_health(cfg: MixinConfig) -> Json:
                    Target(f"sum by (instance) (rate({polls}[{RATE}]))", "{{instance}}"), unit="ops"),
         timeseries("Threads by state", text("""
             Watched threads by state, stacked. active threads are polled every --poll-interval, idle ones
-            every --idle-poll-interval, gone ones rarely."""),
+            every --idle-poll-interval, gone ones rarely, failing ones (last poll failed) with backoff."""),
                    Target(threads, "{{state}}"), stack=True),
         timeseries("Invalid objects by reason", text("""
             Items from the API skipped or downgraded as malformed, per second, by reason. Non-zero means the
