@@ -533,3 +533,32 @@ def test_poll_failures_are_logged_once_a_minute_per_kind_with_a_count(tmp_path: 
     # Every failure is either logged, or counted in the next line, or waiting for it.
     assert sum(suppressed) + len(malformed) + daemon.poll_failure_log.pending("malformed page") == polls
     assert all("not logged" in line for line in malformed[1:])
+
+
+def test_after_an_outage_one_probe_finds_the_api_back_and_every_thread_follows_within_a_poll_interval(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    back_at = clock.mono + 30.0  # connections are refused for 30 s
+    succeeded: dict[str, float] = {}
+    during_outage: list[float] = []
+
+    async def behaviour(scope: str) -> PollResult:
+        if clock.mono < back_at:
+            during_outage.append(clock.mono)
+            return PollResult(scope, "error", error="connection error (ConnectError) after 3 attempts",
+                              started=clock.mono)
+        succeeded.setdefault(scope, clock.mono)
+        return PollResult(scope, "ok", complete=True, api_reached=True, started=clock.mono)
+
+    threads = [f"t{i}" for i in range(10)]
+    daemon, _ = _daemon(tmp_path, behaviour, clock, threads, poll=1.0, idle=5.0)
+    asyncio.run(_drive(daemon, clock, 60.0))
+    first = min(succeeded.values())
+    # The probes back off while the API stays away, so the first success comes within the last probe gap.
+    assert first - back_at <= 30.0
+    assert sorted(succeeded) == threads
+    assert max(succeeded.values()) - first <= 1.0  # every thread within one poll interval of the probe
+    assert daemon.state.api_up["threads"] == 1.0
+    # While the circuit is open, one probe at a time: far fewer requests than ten threads backing off alone.
+    late = [t for t in during_outage if t >= clock.mono - 60.0 + 5.0]
+    assert len(late) <= 6
