@@ -20,7 +20,7 @@ from exporter.inbox import Inbox, Pending, Registration, RunItems, resolve
 from exporter.logs import CountingRateLimiter, RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.scheduler import Schedule, Scheduler
-from exporter.sources import Discovery, DiscoveryResult, ListingSource, PollResult, StopRule
+from exporter.sources import Discovery, DiscoveryResult, ListingSource, PollResult, StallAware, StopRule
 from exporter.store import Store
 from exporter.tracker import Changes, Tracker
 from exporter.watchlist import WatchList
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 INVALID_LOG_INTERVAL = 60.0
 POLL_FAILURE_LOG_INTERVAL = 60.0  # per kind of failure, across threads
-_ATTEMPTS = re.compile(r" after \d+ attempts?$")
+_ATTEMPTS = re.compile(r" after \d+ attempts?")
 PUBLISH_INTERVAL = 1.0
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
@@ -101,6 +101,7 @@ class Daemon:
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._store_log = RateLimiter(INVALID_LOG_INTERVAL)
         self.poll_failure_log = CountingRateLimiter(POLL_FAILURE_LOG_INTERVAL)
+        self._stall_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._published_at = float("-inf")
         self._uncommitted: _Uncommitted | None = None
         self._store_retry_at = 0.0
@@ -247,6 +248,7 @@ class Daemon:
             self._apply(result, now)
         if results:
             self._note_api(results)
+        self._note_stalls()
         for pending in received:
             self._apply_item(pending.item, now)
         self.tracker.expire(now)
@@ -302,6 +304,14 @@ class Daemon:
             by_source[source] = by_source.get(source, False) or result.api_reached
         for source, reached in by_source.items():
             self.state.api_up[source] = 1.0 if reached else 0.0
+
+    def _note_stalls(self) -> None:
+        """api_up{source} 0 as soon as the source sees its API hang, without waiting for a poll to end."""
+        for name, source in self.sources.items():
+            if isinstance(source, StallAware) and source.stalled():
+                if self.state.api_up.get(name) != 0.0 and self._stall_log.allow(name, self.mono()):
+                    log.warning("%s: requests to the API go unanswered; api_up is 0 until one answers", name)
+                self.state.api_up[name] = 0.0
 
     def _apply_item(self, item: RunItems | Registration, now: float) -> None:
         if isinstance(item, Registration):

@@ -562,3 +562,44 @@ def test_after_an_outage_one_probe_finds_the_api_back_and_every_thread_follows_w
     # While the circuit is open, one probe at a time: far fewer requests than ten threads backing off alone.
     late = [t for t in during_outage if t >= clock.mono - 60.0 + 5.0]
     assert len(late) <= 6
+
+
+class HangingSource(FakeSource):
+    """Answers until `hang_at`, then never; says it is stalled once a request has waited STALL s."""
+
+    STALL = 5.0
+
+    def __init__(self, clock: Clock, hang_at: float) -> None:
+        super().__init__(self._behaviour, clock)
+        self.hang_at = hang_at
+        self.waiting_since: float | None = None
+
+    async def _behaviour(self, scope: str) -> PollResult:
+        if self.clock.mono >= self.hang_at:
+            if self.waiting_since is None:
+                self.waiting_since = self.clock.mono
+            await asyncio.Event().wait()
+        return PollResult(scope, "ok", complete=True, api_reached=True, started=self.clock.mono)
+
+    def stalled(self) -> bool:
+        return self.waiting_since is not None and self.clock.mono - self.waiting_since >= self.STALL
+
+
+def test_api_up_drops_while_polls_hang_without_waiting_for_them_to_end(tmp_path: Path) -> None:
+    clock = Clock()
+    hang_at = clock.mono + 5.0
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock, ["a", "b"], poll=1.0, idle=1.0)
+    source = HangingSource(clock, hang_at)
+    daemon.sources = {"threads": source}
+    seen: list[tuple[float, float]] = []
+
+    async def scenario() -> None:
+        for _ in range(150):
+            await _drive(daemon, clock, 0.1)
+            seen.append((clock.mono, daemon.state.api_up.get("threads", -1.0)))
+
+    asyncio.run(scenario())
+    assert all(up == 1.0 for t, up in seen if 1.0 <= t < hang_at)
+    down = min(t for t, up in seen if t >= hang_at and up == 0.0)
+    assert down - hang_at <= 10.0  # max(poll interval, 10 s)
+    assert all(up == 0.0 for t, up in seen if t >= down)
