@@ -24,8 +24,8 @@ def _scheduler(n: int = 5) -> tuple[Scheduler, Clock]:
 
 
 def _finish(sched: Scheduler, clock: Clock, scope: str, reached: bool) -> None:
-    outcome = "ok" if reached else "error"
-    sched.finished(PollResult(scope, outcome, api_reached=reached, started=clock.now), active=False)
+    sched.finished(PollResult(scope, "ok" if reached else "error", api_reached=reached, started=clock.now),
+                   active=False)
 
 
 def _refused(sched: Scheduler, clock: Clock, scopes: list[str]) -> None:
@@ -63,7 +63,7 @@ def test_one_probe_at_a_time_with_a_doubling_delay_and_a_cap() -> None:
         gaps.append(clock.now - opened)
         opened = clock.now
         _refused(sched, clock, probe)
-        assert breaker.state == "open"
+        assert sched.breaker("threads").state == "open"
     assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, PROBE_MAX, PROBE_MAX, PROBE_MAX]
 
 
