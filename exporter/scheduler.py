@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
 BREAKER_THRESHOLD = 3  # polls in a row that reached nothing (each already retried its requests)
-PROBE_MAX = 30.0  # seconds between probes at most (or the poll interval, if longer)
+PROBE_MAX = 10.0  # seconds between probes at most (or the poll interval, if longer): recovery is seen that fast
 
 BreakerState = Literal["closed", "open", "half_open"]
 

@@ -64,7 +64,7 @@ def test_one_probe_at_a_time_with_a_doubling_delay_and_a_cap() -> None:
         opened = clock.now
         _refused(sched, clock, probe)
         assert sched.breaker("threads").state == "open"
-    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, PROBE_MAX, PROBE_MAX, PROBE_MAX]
+    assert gaps == [1.0, 2.0, 4.0, 8.0, PROBE_MAX, PROBE_MAX, PROBE_MAX, PROBE_MAX]
 
 
 def test_a_probe_that_reaches_the_api_closes_the_breaker_and_releases_every_backed_off_scope() -> None:
