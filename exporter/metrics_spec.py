@@ -78,7 +78,7 @@ TOKENS = _run("assistants_run_tokens_total", "counter", "type",
               "Tokens used by finished runs, by type (prompt, completion).", TOKEN_TYPES)
 
 API_UP = MetricSpec("assistants_exporter_api_up", "gauge", (SOURCE_LABEL,),
-                    "1 if the source's last poll cycle reached its API.")
+                    "1 if the source's last poll cycle reached its API; 0 also while its requests go unanswered.")
 API_REQUESTS = MetricSpec("assistants_exporter_api_requests_total", "counter", (SOURCE_LABEL, "endpoint", "code"),
                           "API requests made, by source, endpoint and HTTP status (or timeout, connection_error).")
 RATE_LIMIT_REMAINING = MetricSpec("assistants_exporter_rate_limit_remaining_requests", "gauge", (),

@@ -249,8 +249,8 @@ def exporter_health(cfg: MixinConfig) -> Json:
              Target(f"up{{{EXPORTER_FILTER}}}", "{{instance}}"), steps=up_steps),
         stat("API reachable", text("""
             1 when the exporter's last poll reached the runs API. 0 means run metrics are frozen
-            (AssistantsExporterApiUnreachable): check the exporter log for the error, the API key and
-            network egress."""),
+            (AssistantsExporterApiUnreachable), or that requests have gone unanswered for 5 s (a hanging
+            API): check the exporter log for the error, the API key and network egress."""),
              Target(api_up, "{{instance}}"), steps=up_steps),
         stat("Last successful poll", text(f"""
             Seconds since a poll last reached the API. Red from {t.poll_stale_age:g}s, the
