@@ -173,6 +173,8 @@ def _build_api_settings(config: Config) -> ApiSettings:
         project=config.project,
         max_concurrency=config.max_concurrency,
         max_requests_per_second=config.max_requests_per_second,
+        # A hanging API ends a page's attempts after this long, so api_up can follow within a poll interval.
+        deadline=max(config.poll_interval, 10.0),
     )
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,11 +17,20 @@ from dataclasses import dataclass, field, replace
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
 from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, resolve
-from exporter.logs import RateLimiter
+from exporter.logs import CountingRateLimiter, RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, RunSnapshot
 from exporter.scheduler import Schedule, Scheduler
-from exporter.sources import ByIdSource, Discovery, DiscoveryResult, FetchResult, ListingSource, PollResult, StopRule
+from exporter.sources import (
+    ByIdSource,
+    Discovery,
+    DiscoveryResult,
+    FetchResult,
+    ListingSource,
+    PollResult,
+    StallAware,
+    StopRule,
+)
 from exporter.sources.webhooks import DeliveryLog
 from exporter.store import Store
 from exporter.tracker import Changes, Tracker
@@ -30,6 +40,8 @@ log = logging.getLogger(__name__)
 
 THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 INVALID_LOG_INTERVAL = 60.0
+POLL_FAILURE_LOG_INTERVAL = 60.0  # per kind of failure, across threads
+_ATTEMPTS = re.compile(r" after \d+ attempts?")
 PUBLISH_INTERVAL = 1.0
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
@@ -109,6 +121,8 @@ class Daemon:
         self._next_file_check = 0.0
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._store_log = RateLimiter(INVALID_LOG_INTERVAL)
+        self.poll_failure_log = CountingRateLimiter(POLL_FAILURE_LOG_INTERVAL)
+        self._stall_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._published_at = float("-inf")
         self._uncommitted: _Uncommitted | None = None
         self._store_retry_at = 0.0
@@ -281,6 +295,7 @@ class Daemon:
             self._note_api(results)
         if fetches:
             self._apply_fetches(fetches, now)
+        self._note_stalls()
         for pending in received:
             self._apply_item(pending.item, now)
         self.tracker.expire(now)
@@ -341,7 +356,7 @@ class Daemon:
             self.state.last_poll_success = now
             self.health.reached_api = True
         if result.error:
-            log.warning("poll of %s failed: %s", result.scope, result.error)
+            self._log_poll_failure(result.scope, result.error)
         self.health.polls_applied += 1
         self.scheduler.finished(result, tracker.is_active(result.scope))
 
@@ -438,6 +453,14 @@ class Daemon:
         for source, reached in by_source.items():
             self.state.api_up[source] = 1.0 if reached else 0.0
 
+    def _note_stalls(self) -> None:
+        """api_up{source} 0 as soon as the source sees its API hang, without waiting for a poll to end."""
+        for name, source in self.sources.items():
+            if isinstance(source, StallAware) and source.stalled():
+                if self.state.api_up.get(name) != 0.0 and self._stall_log.allow(name, self.mono()):
+                    log.warning("%s: requests to the API go unanswered; api_up is 0 until one answers", name)
+                self.state.api_up[name] = 0.0
+
     def _apply_item(self, item: RunItems | Registration | Delivery, now: float) -> None:
         if isinstance(item, Delivery):
             self._apply_delivery(item, now)
@@ -463,6 +486,19 @@ class Daemon:
         outcome.invalid.extend(item.invalid)
         if item.invalid:
             agg.inc(m.PUSH_ITEMS.name, ("invalid",), len(item.invalid))
+
+    def _log_poll_failure(self, scope: str, error: str) -> None:
+        """One line a minute per kind of failure (the error without its attempt count), saying how many
+        failures of that kind were not logged since the last line: 1,000 threads behind a bad key are one
+        line a minute, not 1,000."""
+        held = self.poll_failure_log.allow(_ATTEMPTS.sub("", error), self.mono())
+        if held is None:
+            return
+        if held:
+            log.warning("poll of %s failed: %s (%d more like this since the last such line, not logged)",
+                        scope, error, held)
+        else:
+            log.warning("poll of %s failed: %s", scope, error)
 
     def _log_invalid(self, reason: str, scope: str, now: float) -> None:
         if self._invalid_log.allow(reason, now):

@@ -184,6 +184,29 @@ class RateLimiter:
             return True
 
 
+class CountingRateLimiter:
+    """Like RateLimiter, and counts what it holds back, so the next line allowed can say how many were not
+    logged (time passed in)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None: do not log now. Otherwise log, saying how many lines of this key were held back before."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+    def pending(self, key: str) -> int:
+        """Lines of this key held back since the last one allowed."""
+        return self._held.get(key, 0)
+
+
 _once_per: dict[float, RateLimiter] = {}
 _once_per_lock = threading.Lock()
 

@@ -34,7 +34,7 @@ OTHER_ERROR_CODE = "other"
 KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens", "max_output_tokens",
                                              "content_filter")
 TOKEN_TYPES: tuple[str, ...] = ("prompt", "completion")
-THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone")
+THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone", "failing")
 PUSH_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "stale", "invalid")
 WEBHOOK_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed")
 
@@ -90,7 +90,7 @@ TOKENS = _run("assistants_run_tokens_total", "counter", "type",
               "Tokens used by finished runs, by type (prompt, completion).", TOKEN_TYPES)
 
 API_UP = MetricSpec("assistants_exporter_api_up", "gauge", (SOURCE_LABEL,),
-                    "1 if the source's last poll cycle reached its API.")
+                    "1 if the source's last poll cycle reached its API; 0 also while its requests go unanswered.")
 API_REQUESTS = MetricSpec("assistants_exporter_api_requests_total", "counter", (SOURCE_LABEL, "endpoint", "code"),
                           "API requests made, by source, endpoint and HTTP status (or timeout, connection_error).")
 RATE_LIMIT_REMAINING = MetricSpec("assistants_exporter_rate_limit_remaining_requests", "gauge", (),
@@ -100,7 +100,8 @@ POLL_DURATION = MetricSpec("assistants_exporter_poll_duration_seconds", "histogr
 LAST_POLL_SUCCESS = MetricSpec("assistants_exporter_last_poll_success_timestamp_seconds", "gauge", (),
                                "Unix time of the last poll that reached the API.")
 THREADS = MetricSpec("assistants_exporter_threads", "gauge", ("state",),
-                     "Threads watched, by state (active, idle, gone).", zeros=THREAD_STATES)
+                     "Threads watched, by state (active, idle, gone, failing).",
+                     zeros=THREAD_STATES)
 INVALID_OBJECTS = MetricSpec("assistants_exporter_invalid_objects_total", "counter", ("reason",),
                              "Items from the API skipped or downgraded as malformed, by reason.",
                              zeros=INVALID_REASONS)

@@ -1,6 +1,13 @@
 """When each watched scope is polled next: active scopes every poll interval, idle ones every idle interval,
 failing ones with backoff. Pure bookkeeping on a monotonic clock; the daemon starts and reaps the tasks.
 
+Circuit breaker, one per source: *closed* (normal) until BREAKER_THRESHOLD polls of the source in a row fail
+without reaching its API; then *open*: none of its scopes is polled, except one *probe* every probe delay
+(the poll interval, doubling while the API stays away, up to PROBE_MAX). While the probe is in flight the
+breaker is *half-open*. A probe that reaches the API closes it, and every scope of the source that was backed
+off is due at once, so the whole source recovers within one poll interval of the probe instead of each
+scope waiting out its own backoff. A probe that fails opens it again.
+
 Freshness: due active scopes go before due idle ones, and no more polls are started than can run at once,
 so a burst of idle polls cannot queue ahead of an active scope. Each scope's first idle interval is drawn at
 random, which spreads the phases of scopes added together (at start-up) instead of keeping them in step.
@@ -9,13 +16,21 @@ random, which spreads the phases of scopes added together (at start-up) instead 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from exporter.sources import FetchResult, Outcome, PollResult
 
+log = logging.getLogger(__name__)
+
 MAX_BACKOFF = 300.0
+BREAKER_THRESHOLD = 3  # polls in a row that reached nothing (each already retried its requests)
+PROBE_MAX = 10.0  # seconds between probes at most (or the poll interval, if longer): recovery is seen that fast
+
+BreakerState = Literal["closed", "open", "half_open"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +54,25 @@ class Slot:
     task: asyncio.Task[PollResult] | asyncio.Task[FetchResult] | None = None
 
 
+@dataclass(slots=True)
+class Breaker:
+    state: BreakerState = "closed"
+    failures: int = 0  # polls in a row that did not reach the API, while closed
+    probe_delay: float = 0.0
+    probe_at: float = 0.0  # monotonic; when open: when the next probe may start
+    probe: str | None = None  # half-open: the scope being polled as the probe
+
+
 class Scheduler:
     def __init__(self, schedule: Schedule, mono: Callable[[], float], rng: random.Random | None = None) -> None:
         self.schedule = schedule
         self.mono = mono
         self.slots: dict[str, Slot] = {}
+        self.breakers: dict[str, Breaker] = {}  # by source
         self._rng = rng if rng is not None else random.Random()
+
+    def breaker(self, source: str) -> Breaker:
+        return self.breakers.setdefault(source, Breaker())
 
     def sync(self, wanted: dict[str, str]) -> tuple[list[str], list[Slot]]:
         """Make the slots match `wanted` (scope -> source): (added scopes, removed slots)."""
@@ -52,7 +80,11 @@ class Scheduler:
         added = [scope for scope in wanted if scope not in self.slots]
         for scope in added:
             self.slots[scope] = Slot(wanted[scope], due=now)
-        removed = [self.slots.pop(scope) for scope in [s for s in self.slots if s not in wanted]]
+        removed_scopes = [s for s in self.slots if s not in wanted]
+        removed = [self.slots.pop(scope) for scope in removed_scopes]
+        for breaker in self.breakers.values():
+            if breaker.probe in removed_scopes:  # the probe will never report: probe again with another scope
+                breaker.state, breaker.probe, breaker.probe_at = "open", None, now
         return added, removed
 
     def in_flight(self) -> int:
@@ -65,13 +97,34 @@ class Scheduler:
         if room <= 0:
             return []
         ready = [(not is_active(scope), slot.due, scope) for scope, slot in self.slots.items()
-                 if slot.task is None and slot.due <= now]
+                 if slot.task is None and slot.due <= now and self.breaker(slot.source).state == "closed"]
         ready.sort()
-        return [scope for _, _, scope in ready[:room]]
+        picked = [scope for _, _, scope in ready[:room]]
+        return picked + self._probes(now, room - len(picked))
+
+    def _probes(self, now: float, room: int) -> list[str]:
+        """For each open breaker whose probe time has come, the scope to probe with: the one due first,
+        whatever its own backoff says."""
+        probes: list[str] = []
+        for source, breaker in self.breakers.items():
+            if room <= len(probes):
+                break
+            if breaker.state != "open" or now < breaker.probe_at:
+                continue
+            waiting = [(slot.due, scope) for scope, slot in self.slots.items()
+                       if slot.source == source and slot.task is None]
+            if waiting:
+                breaker.state, breaker.probe = "half_open", min(waiting)[1]
+                probes.append(breaker.probe)
+        return probes
 
     def next_wake(self) -> float:
         """Seconds until something may be due (bounded by the tick)."""
-        waiting = [s.due for s in self.slots.values() if s.task is None]
+        waiting = []
+        for slot in self.slots.values():
+            breaker = self.breaker(slot.source)
+            if slot.task is None and breaker.state != "half_open":
+                waiting.append(slot.due if breaker.state == "closed" else breaker.probe_at)
         timeout = self.schedule.tick
         if waiting and self.in_flight() < self.schedule.max_in_flight:
             timeout = min(timeout, min(waiting) - self.mono())
@@ -83,6 +136,10 @@ class Scheduler:
             return
         slot.polls += 1
         slot.due = result.started + self._delay(slot, result.outcome, active)
+        if result.api_reached:
+            self._reached(slot.source)
+        elif result.outcome == "error":
+            self._unreached(slot.source, result.scope)
 
     def fetched(self, result: FetchResult) -> None:
         """A by-id fetch ended: the run is unfinished (finished ones leave), so it is due a poll interval on."""
@@ -97,6 +154,36 @@ class Scheduler:
         slot = self.slots.get(scope)
         if slot is not None:
             slot.due = self.mono() + self.schedule.poll_interval
+            self._unreached(slot.source, scope)
+
+    def _reached(self, source: str) -> None:
+        breaker = self.breaker(source)
+        breaker.failures = 0
+        if breaker.state == "closed":
+            return
+        now = self.mono()
+        released = 0
+        for slot in self.slots.values():
+            if slot.source == source and slot.failures and slot.task is None:
+                slot.failures, slot.due = 0, min(slot.due, now)
+                released += 1
+        breaker.state, breaker.probe, breaker.probe_delay = "closed", None, 0.0
+        log.info("%s: the API answers again; polling resumes (%d backed-off scopes due now)", source, released)
+
+    def _unreached(self, source: str, scope: str) -> None:
+        breaker = self.breaker(source)
+        if breaker.state == "closed":
+            breaker.failures += 1
+            if breaker.failures < BREAKER_THRESHOLD:
+                return
+            breaker.probe_delay = self.schedule.poll_interval
+            log.warning("%s: %d polls in a row did not reach the API; polling paused, probing with one scope "
+                        "at a time", source, breaker.failures)
+        elif breaker.state == "half_open" and scope == breaker.probe:
+            breaker.probe_delay = min(max(PROBE_MAX, self.schedule.poll_interval), breaker.probe_delay * 2)
+        else:
+            return  # open: a poll started before it opened; it changes nothing
+        breaker.state, breaker.probe, breaker.probe_at = "open", None, self.mono() + breaker.probe_delay
 
     def _delay(self, slot: Slot, outcome: Outcome, active: bool) -> float:
         sched = self.schedule

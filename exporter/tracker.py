@@ -80,6 +80,7 @@ class ScopeState:
     # Newest created_at that a successful poll read down from: every run created before it has been seen.
     # A failed poll may have read only the newest pages, so it does not move this.
     covered: int = -1
+    failing: bool = False  # its last poll failed (not persisted: the next poll after a restart says again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,7 @@ class Tracker:
         """Apply one listing of one scope. `ok`: the poll succeeded; `complete`: it listed every run."""
         self.watch(scope_id)
         scope = self.scopes[scope_id]
+        scope.failing = not ok
         if scope.gone:
             scope.gone = False
             self.changes.scopes[scope_id] = scope
@@ -289,6 +291,7 @@ class Tracker:
         self.watch(scope_id)
         scope = self.scopes[scope_id]
         scope.gone = True
+        scope.failing = False
         self.changes.scopes[scope_id] = scope
         for run_id in list(self._open.get(scope_id, ())):
             self._drop(run_id)
@@ -494,9 +497,13 @@ class Tracker:
         totals[2] += sign * (finish.status == "expired")
 
     def scope_states(self) -> dict[str, int]:
+        """Watched scopes by state. A failing one may have unfinished runs: it is failing, not active, because
+        what it shows may be stale."""
         out = dict.fromkeys(m.THREAD_STATES, 0)
         for scope in self.scopes.values():
-            out["gone" if scope.gone else "active" if self.is_active(scope.id) else "idle"] += 1
+            state = ("gone" if scope.gone else "failing" if scope.failing
+                     else "active" if self.is_active(scope.id) else "idle")
+            out[state] += 1
         return out
 
     # -- bookkeeping -------------------------------------------------------------------------

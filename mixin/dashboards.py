@@ -254,8 +254,8 @@ def exporter_health(cfg: MixinConfig) -> Json:
              Target(f"up{{{EXPORTER_FILTER}}}", "{{instance}}"), steps=up_steps),
         stat("API reachable", text("""
             1 when the exporter's last poll reached the runs API. 0 means run metrics are frozen
-            (AssistantsExporterApiUnreachable): check the exporter log for the error, the API key and
-            network egress."""),
+            (AssistantsExporterApiUnreachable), or that requests have gone unanswered for 5 s (a hanging
+            API): check the exporter log for the error, the API key and network egress."""),
              Target(api_up, "{{instance}}"), steps=up_steps),
         stat("Last successful poll", text(f"""
             Seconds since a poll last reached the API. Red from {t.poll_stale_age:g}s, the
@@ -269,7 +269,8 @@ def exporter_health(cfg: MixinConfig) -> Json:
              Target(remaining, "{{instance}}"), steps=(Step("red"), Step("orange", 1), Step("green", 10))),
         stat("Threads watched", text("""
             Threads the exporter polls, by state: active (has unfinished runs), idle, gone (404 from the
-            API). Many gone threads mean the watch list is stale: prune it."""),
+            API), failing (the last poll failed). Many gone threads mean the watch list is stale: prune it;
+            failing ones mean a bad key or an unreachable API (see the exporter's log)."""),
              Target(threads, "{{state}}"), text_mode=TextMode.VALUE_AND_NAME),
         stat("Version", text("""
             Exporter versions running in the selection. More than one outside a rollout means instances
@@ -311,7 +312,7 @@ def exporter_health(cfg: MixinConfig) -> Json:
                    Target(f"sum by (instance) (rate({polls}[{RATE}]))", "{{instance}}"), unit="ops"),
         timeseries("Threads by state", text("""
             Watched threads by state, stacked. active threads are polled every --poll-interval, idle ones
-            every --idle-poll-interval, gone ones rarely."""),
+            every --idle-poll-interval, gone ones rarely, failing ones (last poll failed) with backoff."""),
                    Target(threads, "{{state}}"), stack=True),
         timeseries("Invalid objects by reason", text("""
             Items from the API skipped or downgraded as malformed, per second, by reason. Non-zero means the

@@ -37,7 +37,7 @@ def test_responses_without_a_key_receives_webhooks_only(env: dict[str, str], tmp
 @pytest.mark.parametrize(("args", "expected"), [
     (["--discover-responses"], "--discover-responses needs --source responses"),
     (["--source", "responses", "--agent", "x"], "--agent needs --discover-responses"),
-    (["--source", "nope"], "each source must be one of threads, push, responses"),
+    (["--source", "nope"], "each source must be one of threads, push, sessions, responses"),
 ])
 def test_mistakes_are_one_line_errors(env: dict[str, str], args: list[str], expected: str) -> None:
     assert expected in error_of(["--thread", "t", *args], env)

@@ -152,7 +152,7 @@ def test_failing_threads_back_off_and_gone_threads_are_polled_rarely(tmp_path: P
     # Backoff doubles from 2 s (halved at most by jitter): 1 + 2 + 4 + ... reaches 120 s within 5 to 8 polls.
     assert 5 <= source.polls["failing"] <= 8
     assert daemon.scheduler.slots["failing"].failures == source.polls["failing"]
-    assert daemon.tracker.scope_states() == {"active": 0, "idle": 2, "gone": 1}
+    assert daemon.tracker.scope_states() == {"active": 0, "idle": 1, "gone": 1, "failing": 1}
 
 
 def test_threads_file_changes_are_picked_up_without_a_restart(tmp_path: Path) -> None:
@@ -483,3 +483,123 @@ def test_idle_discovered_threads_older_than_the_lookback_leave(tmp_path: Path) -
     asyncio.run(_drive(daemon, clock, 6.0))
     assert set(daemon.scheduler.slots) == {"t_fresh"}
     assert set(daemon.watchlist.discovered) == {"t_fresh"}
+
+
+def test_a_thread_whose_last_poll_failed_is_failing_not_idle(tmp_path: Path) -> None:
+    clock = Clock()
+    ok = _ok(clock)
+    broken = {"bad-key"}
+
+    async def behaviour(scope: str) -> PollResult:
+        if scope in broken:
+            return PollResult(scope, "error", error="authentication failed (401)", started=clock.mono)
+        return await ok(scope)
+
+    daemon, _ = _daemon(tmp_path, behaviour, clock, ["bad-key", "fine"], poll=1.0, idle=1.0)
+    asyncio.run(_drive(daemon, clock, 5.0))
+    assert daemon.tracker.scope_states() == {"active": 0, "idle": 1, "gone": 0, "failing": 1}
+    page = daemon.collector.collect()
+    threads = {s.labels["state"]: s.value for f in page if f.name == "assistants_exporter_threads"
+               for s in f.samples}
+    assert threads == {"active": 0, "idle": 1, "gone": 0, "failing": 1}
+    broken.clear()  # the key is fixed: the next poll succeeds and the thread is idle again
+    asyncio.run(_drive(daemon, clock, 300.0))
+    assert daemon.tracker.scope_states() == {"active": 0, "idle": 2, "gone": 0, "failing": 0}
+
+
+def test_poll_failures_are_logged_once_a_minute_per_kind_with_a_count(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+
+    async def behaviour(scope: str) -> PollResult:
+        if scope.startswith("m"):  # the API answers, with a page that is not a runs page
+            return PollResult(scope, "error", error="malformed page", api_reached=True, started=clock.mono)
+        return PollResult(scope, "error", error=f"timeout (ReadTimeout) after {len(scope)} attempts",
+                          started=clock.mono)
+
+    threads = [f"m{i}" for i in range(6)] + ["t1", "t22"]
+    daemon, source = _daemon(tmp_path, behaviour, clock, threads, poll=0.1, idle=0.1)
+    with caplog.at_level(logging.WARNING, logger="exporter.daemon"):
+        asyncio.run(_drive(daemon, clock, 130.0))
+    lines = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+    malformed = [line for line in lines if "malformed page" in line]
+    timeouts = [line for line in lines if "timeout" in line]
+    # At most one line a minute per kind (at 0 s, then the first failure past 60 s and past 120 s: the
+    # threads back off, so there may be no failure between 120 s and 130 s); the attempt count is no kind.
+    assert 2 <= len(malformed) <= 3
+    assert 2 <= len(timeouts) <= 3
+    polls = sum(n for scope, n in source.polls.items() if scope.startswith("m"))
+    suppressed = [int(line.split("(")[-1].split()[0]) for line in malformed[1:]]
+    # Every failure is either logged, or counted in the next line, or waiting for it.
+    assert sum(suppressed) + len(malformed) + daemon.poll_failure_log.pending("malformed page") == polls
+    assert all("not logged" in line for line in malformed[1:])
+
+
+def test_after_an_outage_one_probe_finds_the_api_back_and_every_thread_follows_within_a_poll_interval(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    back_at = clock.mono + 30.0  # connections are refused for 30 s
+    succeeded: dict[str, float] = {}
+    during_outage: list[float] = []
+
+    async def behaviour(scope: str) -> PollResult:
+        if clock.mono < back_at:
+            during_outage.append(clock.mono)
+            return PollResult(scope, "error", error="connection error (ConnectError) after 3 attempts",
+                              started=clock.mono)
+        succeeded.setdefault(scope, clock.mono)
+        return PollResult(scope, "ok", complete=True, api_reached=True, started=clock.mono)
+
+    threads = [f"t{i}" for i in range(10)]
+    daemon, _ = _daemon(tmp_path, behaviour, clock, threads, poll=1.0, idle=5.0)
+    asyncio.run(_drive(daemon, clock, 60.0))
+    first = min(succeeded.values())
+    # The probes back off while the API stays away, so the first success comes within the last probe gap.
+    assert first - back_at <= 30.0
+    assert sorted(succeeded) == threads
+    assert max(succeeded.values()) - first <= 1.0  # every thread within one poll interval of the probe
+    assert daemon.state.api_up["threads"] == 1.0
+    # While the circuit is open, one probe at a time: far fewer requests than ten threads backing off alone.
+    late = [t for t in during_outage if t >= clock.mono - 60.0 + 5.0]
+    assert len(late) <= 6
+
+
+class HangingSource(FakeSource):
+    """Answers until `hang_at`, then never; says it is stalled once a request has waited STALL s."""
+
+    STALL = 5.0
+
+    def __init__(self, clock: Clock, hang_at: float) -> None:
+        super().__init__(self._behaviour, clock)
+        self.hang_at = hang_at
+        self.waiting_since: float | None = None
+
+    async def _behaviour(self, scope: str) -> PollResult:
+        if self.clock.mono >= self.hang_at:
+            if self.waiting_since is None:
+                self.waiting_since = self.clock.mono
+            await asyncio.Event().wait()
+        return PollResult(scope, "ok", complete=True, api_reached=True, started=self.clock.mono)
+
+    def stalled(self) -> bool:
+        return self.waiting_since is not None and self.clock.mono - self.waiting_since >= self.STALL
+
+
+def test_api_up_drops_while_polls_hang_without_waiting_for_them_to_end(tmp_path: Path) -> None:
+    clock = Clock()
+    hang_at = clock.mono + 5.0
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock, ["a", "b"], poll=1.0, idle=1.0)
+    source = HangingSource(clock, hang_at)
+    daemon.sources = {"threads": source}
+    seen: list[tuple[float, float]] = []
+
+    async def scenario() -> None:
+        for _ in range(150):
+            await _drive(daemon, clock, 0.1)
+            seen.append((clock.mono, daemon.state.api_up.get("threads", -1.0)))
+
+    asyncio.run(scenario())
+    assert all(up == 1.0 for t, up in seen if 1.0 <= t < hang_at)
+    down = min(t for t, up in seen if t >= hang_at and up == 0.0)
+    assert down - hang_at <= 10.0  # max(poll interval, 10 s)
+    assert all(up == 0.0 for t, up in seen if t >= down)

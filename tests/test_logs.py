@@ -134,3 +134,14 @@ def test_log_once_per() -> None:
     assert logs.log_once_per("test_logs:reason", 60.0, 5000.0)
     assert not logs.log_once_per("test_logs:reason", 60.0, 5030.0)
     assert logs.log_once_per("test_logs:reason", 60.0, 5060.0)
+
+
+def test_counting_rate_limiter_says_how_many_lines_it_held_back_per_key() -> None:
+    limiter = logs.CountingRateLimiter(60.0)
+    assert limiter.allow("a", 0.0) == 0
+    assert [limiter.allow("a", t) for t in (1.0, 2.0, 59.9)] == [None, None, None]
+    assert limiter.allow("b", 30.0) == 0  # keys are independent
+    assert limiter.pending("a") == 3 and limiter.pending("b") == 0
+    assert limiter.allow("a", 60.0) == 3
+    assert limiter.pending("a") == 0
+    assert limiter.allow("a", 61.0) is None and limiter.allow("a", 121.0) == 1

@@ -23,6 +23,7 @@ from exporter.model import RunSnapshot
 from exporter.sources import PollResult
 from exporter.sources import http as http_client
 from exporter.sources.assistants import ApiSettings, AssistantsSource, backoff_delay, parse_retry_after
+from exporter.sources.http import STALL_AFTER
 from tests.helpers import FakeTime
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -809,3 +810,73 @@ def test_random_pages_never_make_poll_thread_raise(script: list[Reply], stop_aft
     assert (result.error is None) == (result.outcome != "error")
     assert len(h.codes) == len(h.requests) <= len(script) + 1
     assert KEY not in (result.error or "")
+
+
+# --- a hanging API ---------------------------------------------------------------------------
+
+
+def _hangs_until_timeout(h: Harness) -> Handler:
+    """What a server that accepted the connection and never answers does: the attempt times out."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        h.time.now += request.extensions["timeout"]["read"]
+        raise httpx.ReadTimeout("timed out")
+    return handler
+
+
+def test_a_hanging_api_ends_the_page_at_the_deadline_not_after_every_attempt() -> None:
+    h = Harness(lambda r: httpx.Response(500), settings=ApiSettings(base_url=BASE, api_key=KEY, timeout=10.0,
+                                                                       deadline=10.0, max_attempts=3))
+    h.handler = _hangs_until_timeout(h)
+    result = h.poll()
+    assert h.status_codes == ["timeout"]  # one attempt: it used the whole deadline
+    assert result.outcome == "error" and not result.api_reached
+    assert result.error == "timeout (ReadTimeout) after 1 attempt, deadline of 10s reached"
+    assert result.duration == 10.0
+
+
+def test_later_attempts_get_what_is_left_of_the_deadline() -> None:
+    h = Harness(lambda r: httpx.Response(500), rng=MaxRng(),
+                settings=ApiSettings(base_url=BASE, api_key=KEY, timeout=10.0, deadline=15.0, max_attempts=3))
+    h.handler = _hangs_until_timeout(h)
+    h.poll()
+    # 10 s, a 0.5 s backoff, then the 4.5 s left.
+    assert [r.extensions["timeout"]["read"] for r in h.requests] == [10.0, 4.5]
+    assert h.time.sleeps == [0.5]
+
+
+def test_a_request_unanswered_while_nothing_else_answers_marks_the_source_stalled() -> None:
+    gate = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.split("/")[-2] != "thread_fast":
+            await gate.wait()
+        return page([run_obj(1)])
+
+    h = Harness(handler)
+
+    async def settle() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        source = h._build()
+        slow = asyncio.create_task(source.poll("thread_slow", never))
+        await settle()
+        assert not source.stalled()
+        h.time.now += STALL_AFTER - 0.1
+        assert not source.stalled()
+        await source.poll("thread_fast", never)  # an answer after the slow request was sent: the API is up
+        h.time.now += STALL_AFTER
+        assert not source.stalled()
+        slower = asyncio.create_task(source.poll("thread_slower", never))  # now nothing answers
+        await settle()
+        h.time.now += STALL_AFTER - 0.1
+        assert not source.stalled()
+        h.time.now += 0.2
+        assert source.stalled()
+        gate.set()
+        await asyncio.gather(slow, slower)
+        assert not source.stalled()
+        await source.aclose()
+
+    asyncio.run(scenario())

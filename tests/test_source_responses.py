@@ -8,7 +8,8 @@ import asyncio
 from exporter.model import REASON_MALFORMED_PAGE
 from exporter.simulator import FakeClock, Simulator
 from exporter.sources import DiscoveryResult
-from exporter.sources.assistants import ApiSettings, AssistantsSource, Got
+from exporter.sources.assistants import ApiSettings, AssistantsSource
+from exporter.sources.http import Got
 from exporter.sources.responses import ResponseDiscovery, ResponsesSource
 
 

@@ -139,7 +139,7 @@ def test_vanished_and_gone_runs_leave_the_gauge_without_counting(tr: Tracker) ->
     tr.observe_listing(TH, [snap("r2", "queued", created=T0 + 9)], T0 + 10, complete=True, ok=True)
     tr.mark_gone(TH)
     assert tr.status_counts() == {}
-    assert tr.scope_states() == {"active": 0, "idle": 0, "gone": 1}
+    assert tr.scope_states() == {"active": 0, "idle": 0, "gone": 1, "failing": 0}
     assert sum(v for (n, _), v in tr.aggregates.counters.items() if n == RUNS_FINISHED.name) == 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from starlette.routing import BaseRoute
 
@@ -61,6 +61,13 @@ class ListingSource(Protocol):
     async def poll(self, scope: str, stop: StopRule) -> PollResult: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StallAware(Protocol):
+    """A source that can tell, before any poll ends, that its API has stopped answering (optional)."""
+
+    def stalled(self) -> bool: ...
 
 
 class ByIdSource(Protocol):

@@ -36,6 +36,7 @@ BACKOFF_CAP = 8.0
 RETRY_AFTER_DEFAULT = 1.0  # when a 429 carries no usable hint
 RETRY_AFTER_CAP = 60.0  # a hostile or buggy hint must not stall the exporter for hours
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 100 runs are ~0.5 MB; anything far larger is not a runs page
+STALL_AFTER = 5.0  # seconds a request may go unanswered (and nothing else answered) before the API counts as down
 
 _DIGITS = re.compile(r"[0-9]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
@@ -54,6 +55,9 @@ class ApiSettings:
     max_concurrency: int = 8
     max_requests_per_second: float = 10.0
     timeout: float = 10.0  # per attempt: connect + send + whole body
+    # Per page: time spent on attempts and the backoffs between them (not on waits for the client's own rate
+    # limit), so a hanging API ends a poll after this long, not after max_attempts timeouts.
+    deadline: float = 10.0
     page_limit: int = 100
     max_attempts: int = 3  # per request, for 5xx/timeout/connection errors and 429
     max_pages: int = 1000  # per poll; a listing that never ends must not loop forever
@@ -74,6 +78,8 @@ class ApiSettings:
             raise ValueError("max_requests_per_second must be > 0")
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ValueError("timeout must be > 0")
+        if not (math.isfinite(self.deadline) and self.deadline > 0):
+            raise ValueError("deadline must be > 0")
         if not 1 <= self.page_limit <= 100:
             raise ValueError("page_limit must be between 1 and 100")
         if self.max_attempts < 1:
@@ -266,6 +272,9 @@ class ApiClient:
             sleep,
         )
         self._client: httpx.AsyncClient | None = None
+        self._sent: dict[int, float] = {}  # requests waiting for an answer: id -> when sent (clock)
+        self._next_request = 0
+        self._last_answer = float("-inf")  # when an HTTP answer last came back (clock)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings!r})"
@@ -327,22 +336,36 @@ class ApiClient:
         error = fetch.error or ("body too large" if fetch.reply is not None and fetch.reply.too_large else None)
         return Got(body, fetch.gone, fetch.api_reached, error)
 
+    def stalled(self) -> bool:
+        """True when a request has gone unanswered for STALL_AFTER (or its timeout, if shorter) and no other
+        answer came back since it was sent: the API hangs. Waits for the client's own rate limit or a 429
+        pause do not count (those requests are not sent yet)."""
+        horizon = self._clock() - min(STALL_AFTER, self._settings.timeout)
+        return any(self._last_answer < sent <= horizon for sent in self._sent.values())
+
     async def _fetch(self, url: str, params: dict[str, str], what: str, endpoint: str) -> _Fetch:
-        """One page, retrying 429, 5xx and transport failures up to max_attempts."""
+        """One page, retrying 429, 5xx and transport failures up to max_attempts, within the deadline."""
         attempts = self._settings.max_attempts
         reached = False
         error = "no attempt made"
+        spent = 0.0  # on attempts and backoffs: the deadline's budget
         for attempt in range(1, attempts + 1):
+            budget = self._settings.deadline - spent
+            if budget <= 0:
+                error += f", deadline of {self._settings.deadline:g}s reached"
+                break
             async with self._semaphore:
                 await self._bucket.acquire()  # waits out any 429 pause, for every caller
-                outcome = await self._attempt(url, params)
+                began = self._clock()
+                outcome = await self._attempt(url, params, min(self._settings.timeout, budget))
+                spent += self._clock() - began
             if isinstance(outcome, _Failure) and outcome.code == "token_unavailable":
                 return _Fetch(None, f"no token: {outcome.kind}", api_reached=False)  # no request was sent
             if isinstance(outcome, _Failure):
                 self._report(endpoint, outcome.code)
                 error = f"{outcome.code.replace('_', ' ')} ({outcome.kind}) after {_attempts(attempt)}"
                 if attempt < attempts:
-                    await self._backoff(attempt, what, outcome.code)
+                    spent += await self._backoff(attempt, what, outcome.code, self._settings.deadline - spent)
                 continue
             status = outcome.status
             self._report(endpoint, str(status))
@@ -358,7 +381,7 @@ class ApiClient:
                 self._pause(parse_retry_after(outcome.headers), what)
                 continue  # no backoff of our own: the next acquire() waits out the pause
             if status >= 500 and attempt < attempts:
-                await self._backoff(attempt, what, str(status))
+                spent += await self._backoff(attempt, what, str(status), self._settings.deadline - spent)
                 continue
             break  # other 4xx (and 3xx, 1xx): retrying will not help
         return _Fetch(None, error, api_reached=reached)
@@ -371,13 +394,17 @@ class ApiClient:
             params["api-version"] = self._settings.api_version
         return params
 
-    async def _attempt(self, url: str, params: dict[str, str]) -> _Reply | _Failure:
+    async def _attempt(self, url: str, params: dict[str, str], timeout: float) -> _Reply | _Failure:
         """One HTTP exchange, body included, within `timeout`."""
         client = self._get_client()
+        self._next_request += 1
+        request_id = self._next_request
+        self._sent[request_id] = self._clock()
         try:
-            async with asyncio.timeout(self._settings.timeout):
-                request = client.build_request("GET", url, params=params)
+            async with asyncio.timeout(timeout):
+                request = client.build_request("GET", url, params=params, timeout=timeout)
                 response = await client.send(request, stream=True)
+                self._last_answer = self._clock()
                 try:
                     body, too_large = await _read_capped(response)
                 finally:
@@ -388,6 +415,8 @@ class ApiClient:
             return _Failure("connection_error", type(exc).__name__)
         except TokenUnavailable as exc:  # the credential could not give a token: an outage, not a crash
             return _Failure("token_unavailable", str(exc))
+        finally:
+            del self._sent[request_id]
         return _Reply(response.status_code, response.headers, body, too_large)
 
     def _get_client(self) -> httpx.AsyncClient:
@@ -409,10 +438,15 @@ class ApiClient:
         self._bucket.pause_until(self._clock() + delay)
         self._bucket.slow_down()
 
-    async def _backoff(self, attempt: int, what: str, code: str) -> None:
-        delay = backoff_delay(attempt, self._rng)
+    async def _backoff(self, attempt: int, what: str, code: str, budget: float) -> float:
+        """Sleep before the next attempt (no longer than what is left of the deadline); the time slept."""
+        if budget <= 0:
+            return 0.0  # no next attempt
+        delay = min(backoff_delay(attempt, self._rng), max(0.0, budget))
         logger.debug("%s: %s on attempt %d, retrying in %.3fs", what, code, attempt, delay)
+        began = self._clock()
         await self._sleep(delay)
+        return max(delay, self._clock() - began)
 
     def _report(self, endpoint: str, code: str) -> None:
         if self._on_request is None:
