@@ -27,6 +27,7 @@ import yaml
 from exporter import __version__
 from exporter.metrics_spec import RUN_LABELS_CHOICES
 from exporter.model import thread_id_problem
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--demo-speed", "float", 5.0, "Speed-up of simulated time for --demo (> 0).", "X"),
     Flag("--log-level", "str", "info", "One of debug, info, warning, error.", "LEVEL"),
     Flag("--log-format", "str", "text", "Log lines as 'text' or one JSON object per line.", "{text,json}"),
+    Flag("--web-config-file", "str", None,
+         "exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints; re-read on SIGHUP.", "PATH"),
 )
 
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
@@ -163,6 +166,8 @@ class Config:
     config_file: Path | None = None
     # Non-fatal findings (unknown ASSISTANTS_EXPORTER_* env vars) for the caller to log once logging is up.
     warnings: tuple[str, ...] = ()
+    web_config_file: Path | None = None
+    web_config: WebConfig | None = field(default=None, repr=False)
 
     @property
     def listen(self) -> str:
@@ -701,7 +706,19 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         log_format=get("log_format", lambda f, r: _choice(f, r, LOG_FORMATS)),
         config_file=Path(config_raw.value).expanduser() if config_raw else None,
         warnings=_env_warnings(env),
+        **_web_config(get("web_config_file", opt_str)),
     )
+
+
+def _web_config(path_text: str | None) -> dict[str, Any]:
+    """The web config fields of Config: the file is read and checked (TLS files included) at start."""
+    if not path_text:
+        return {}
+    path = Path(path_text).expanduser()
+    try:
+        return {"web_config_file": path, "web_config": load_web_config(path)}
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _thread_list(flag: Flag, raw: _Raw) -> list[str]:

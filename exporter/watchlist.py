@@ -41,6 +41,11 @@ class ThreadsFileWatcher:
         self.threads = threads
         return True
 
+    def reload(self) -> bool:
+        """Re-read now even if the file looks unchanged (SIGHUP); True when the list changed."""
+        self._stamp = None
+        return self.changed()
+
 
 class WatchList:
     """Ordered, de-duplicated scopes of the listing sources, each with the source that lists it."""
