@@ -97,6 +97,7 @@ def test_prometheus_scrapes_over_tls_with_basic_auth_and_is_refused_otherwise(
         return targets if done and good else None
 
     targets = wait_until(all_scraped, timeout=60, interval=0.5, what="three scrape jobs to report")
+    assert targets is not None
     assert targets["good"]["health"] == "up", targets["good"]
     assert targets["wrong-password"]["health"] == "down"
     assert "401" in targets["wrong-password"]["lastError"], targets["wrong-password"]
@@ -121,7 +122,7 @@ def test_the_exporter_answers_401_and_refuses_plain_http(tls_stack: tuple[int, s
         return response if response.status_code == 200 else None
 
     ok = wait_until(scraped, timeout=60, interval=0.5, what="a scrape over TLS")
-    assert "assistants_runs" in ok.text
+    assert ok is not None and "assistants_runs" in ok.text
     denied = httpx.get(url, verify=ctx, auth=("prometheus", "wrong"), timeout=10)
     assert denied.status_code == 401 and PASSWORD not in denied.text
     assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx, timeout=10).status_code == 401
