@@ -122,14 +122,28 @@ def _scrape_seconds(tracker: Tracker, now: float) -> float:
     return best
 
 
-def part_scrape(runs: int) -> None:
+def _top(profiler: cProfile.Profile, title: str) -> None:
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(8)
+    print(title)
+    print("\n".join(line for line in out.getvalue().splitlines()[4:] if line.strip()))
+
+
+def part_scrape(runs: int, profile: bool) -> None:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     t0 = int(time.time()) - 900
     small = _scrape_seconds(build(1_000, t0), t0 + 800)
-    big = _scrape_seconds(build(runs, t0), t0 + 800)
+    tracker = build(runs, t0)
+    big = _scrape_seconds(tracker, t0 + 800)
     ratio = big / small
     print(f"scrape (build families + render) at {runs:,} runs ÷ at 1,000: {ratio:.2f} (goal <= {GOALS['scrape']:g}) "
           f"[{'met' if ratio <= GOALS['scrape'] else 'MISSED'}]; {small * 1e3:.1f} ms vs {big * 1e3:.1f} ms")
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        build_families(tracker, ExporterState(), t0 + 800)
+        profiler.disable()
+        _top(profiler, f"scrape profile at {runs:,} runs (build_families, top by own time):")
 
 
 def part_throughput(runs: int) -> None:
@@ -241,10 +255,7 @@ def part_restart(runs: int, profile: bool) -> None:
             profiler.enable()
             Store(state, LABELS).load().tracker(LABELS, 3600)
             profiler.disable()
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(8)
-            print("restart profile (Store.load + Loaded.tracker, top by own time):")
-            print("\n".join(line for line in out.getvalue().splitlines()[4:] if line.strip()))
+            _top(profiler, "restart profile (Store.load + Loaded.tracker, top by own time):")
 
 
 def part_memory_profile(runs: int) -> None:
@@ -279,7 +290,7 @@ def main() -> None:
     if args.part == "memory":
         part_memory(args.runs)
     elif args.part == "scrape":
-        part_scrape(args.runs)
+        part_scrape(args.runs, args.profile)
     elif args.part == "throughput":
         part_throughput(args.runs)
     elif args.part == "commit":
