@@ -12,8 +12,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import disable_created_metrics
@@ -38,6 +39,7 @@ from exporter.sources.webhooks import DeliveryLog, WebhookReceiver, WebhookSecre
 from exporter.store import Loaded, Store, StoreError
 from exporter.tracker import DEDUPE_WINDOW
 from exporter.watchlist import ThreadsFileWatcher, WatchList
+from exporter.webconfig import WebConfigError, build_ssl_context, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -76,12 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _config_error(exc.strerror or str(exc))
     inbox = Inbox()
-    server = HttpServer(registry, probes.healthy, probes.ready, routes=_receiver_routes(config, inbox, probes))
+    tokens = PushTokens(config.push_tokens, config.push_token_file) if config.push_tokens else None
+    web = config.web_config
+    server = HttpServer(registry, probes.healthy, probes.ready, routes=_receiver_routes(config, inbox, probes, tokens),
+                        ssl_context=build_ssl_context(web) if web else None,
+                        basic_auth_users=web.users if web else None)
     collector.add_listener(server.metrics_changed)
     try:
-        log.info("serving /metrics on %s", config.listen)
         with _demo(config) as effective:
-            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox))
+            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox, tokens))
     except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
@@ -247,12 +252,12 @@ def _sharding(config: Config) -> Sharding:
     return Sharding(config.shard, config.total_shards, config.shard_peer_url)
 
 
-def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseRoute]:
+def _receiver_routes(config: Config, inbox: Inbox, probes: Probes, tokens: PushTokens | None) -> list[BaseRoute]:
     """The write endpoints: only when a push token is configured, the webhook endpoint only with a webhook
     secret (else they answer 404)."""
     routes: list[BaseRoute] = []
-    if config.push_tokens:
-        receiver = PushReceiver(inbox, PushTokens(config.push_tokens, config.push_token_file),
+    if tokens is not None:
+        receiver = PushReceiver(inbox, tokens,
                                 max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request,
                                 sharding=_sharding(config), polls_responses=config.polls_responses)
         routes += receiver.routes()
@@ -263,27 +268,96 @@ def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseR
     return routes
 
 
+@dataclass
+class Reloadable:
+    """What SIGHUP re-reads: the threads file, the push token file and the web config."""
+
+    config: Config
+    server: HttpServer
+    tokens: PushTokens | None
+    daemon: Daemon | None = None
+
+    def reload(self) -> None:
+        """Each part on its own: one that fails keeps what is in force and says so; the others still apply."""
+        daemon = self.daemon
+        threads_file = daemon.watchlist.threads_file if daemon is not None else None
+        if daemon is not None and threads_file is not None:
+            changed = threads_file.reload()
+            log.info("SIGHUP: threads file %s: %d threads%s", threads_file.path, len(threads_file.threads),
+                     "" if changed else " (unchanged)")
+            if changed:
+                daemon.sync_scopes()
+        if self.tokens is not None and self.tokens.path is not None:
+            self.tokens.reload()
+            log.info("SIGHUP: push token file %s: %d tokens", self.tokens.path, len(self.tokens.tokens))
+        if self.config.web_config_file is not None:
+            try:
+                web = load_web_config(self.config.web_config_file)
+                self.server.reload_web_config(web)
+            except WebConfigError as exc:
+                log.error("SIGHUP: %s", exc)
+            else:
+                log.info("SIGHUP: web config %s: %s", self.config.web_config_file, web.describe())
+
+
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
-                 sock: socket.socket, inbox: Inbox) -> int:
+                 sock: socket.socket, inbox: Inbox, tokens: PushTokens | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloadable = Reloadable(config, server, tokens)
+
+    def on_stop() -> None:
+        # Stop taking work at once: the listener closes, requests in flight still get their answers.
+        stop.set()
+        server.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop)
+    with suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, reloadable.reload)
     # The HTTP server runs beside the poll loop on this event loop; either one ending stops the other.
     http = asyncio.create_task(server.serve(sock), name="http")
     http.add_done_callback(lambda _: stop.set())
     try:
-        return await _run_daemon(config, collector, probes, stop, inbox)
+        return await _run_daemon(config, collector, probes, stop, inbox, reloadable)
     finally:
         server.stop()
         await http
 
 
+def startup_line(config: Config, watchlist: WatchList, runs: int) -> str:
+    """What the exporter watches and where it serves, in one line; counts, never tokens or keys."""
+    file_part = ""
+    if watchlist.threads_file is not None:
+        file_part = f" + {len(watchlist.threads_file.threads)} from {watchlist.threads_file.path}"
+    threads = f"{len(watchlist.static)} threads from flags{file_part}, {len(watchlist.registered)} registered"
+    parts = [f"sources {','.join(config.sources)}"]
+    if "threads" in config.sources:
+        parts.append(f"api {_redacted_url(config.api_base)}")
+    push = f"on ({len(config.push_tokens)} tokens)" if config.push_tokens else "off"
+    parts += [threads,
+              f"push endpoints {push}",
+              f"listening on {config.listen}",
+              config.web_config.describe() if config.web_config else "tls off, basic auth off",
+              f"state {config.state_file} ({runs} runs)"]
+    return "starting: " + "; ".join(parts)
+
+
+def _redacted_url(url: str) -> str:
+    """The URL without user:password@ or query (a key put there by mistake must not reach the log)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
 async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Probes, stop: asyncio.Event,
-                      inbox: Inbox) -> int:
+                      inbox: Inbox, reloadable: Reloadable) -> int:
     store, loaded = _open_store(config)
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
+    if threads_file is not None:
+        threads_file.changed()  # read now, for the start-up line (the daemon re-checks on its own)
     sources = _listing_sources(config, lambda: daemon)
     responses = _responses_client(config, lambda: daemon)
     daemon = Daemon(
@@ -307,6 +381,8 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     daemon.state.shard = (config.shard, config.total_shards)
     probes.daemon = daemon
+    reloadable.daemon = daemon
+    log.info("%s", startup_line(config, daemon.watchlist, len(loaded.runs)))
     try:
         await daemon.run(stop)
     finally:

@@ -27,6 +27,7 @@ import yaml
 from exporter import __version__
 from exporter.metrics_spec import RUN_LABELS_CHOICES
 from exporter.model import thread_id_problem
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ FLAGS: tuple[Flag, ...] = (
          "repeatable (env: comma-separated; YAML: a list).", "NAME", yaml_key_override="agents"),
     Flag("--webhook-secret-file", "str", None,
          "File of webhook signing secrets (whsec_...), one a line; enables POST /webhooks/openai.", "PATH"),
+    Flag("--web-config-file", "str", None,
+         "exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints; re-read on SIGHUP.", "PATH"),
 )
 
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
@@ -208,6 +211,8 @@ class Config:
     agent_ids: tuple[str, ...] = ()
     # Non-fatal findings (unknown ASSISTANTS_EXPORTER_* env vars) for the caller to log once logging is up.
     warnings: tuple[str, ...] = ()
+    web_config_file: Path | None = None
+    web_config: WebConfig | None = field(default=None, repr=False)
 
     @property
     def listen(self) -> str:
@@ -800,6 +805,7 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         config_file=Path(config_raw.value).expanduser() if config_raw else None,
         warnings=_env_warnings(env),
         agent_ids=tuple(agent_ids),
+        **_web_config(get("web_config_file", opt_str)),
     )
 
 
@@ -821,6 +827,17 @@ def _shard(raw: _Raw, total: int, env: Mapping[str, str]) -> int:
     if number >= total:
         raise ConfigError(f"--shard: {number} is not below --total-shards {total} (from {raw.origin})")
     return number
+
+
+def _web_config(path_text: str | None) -> dict[str, Any]:
+    """The web config fields of Config: the file is read and checked (TLS files included) at start."""
+    if not path_text:
+        return {}
+    path = Path(path_text).expanduser()
+    try:
+        return {"web_config_file": path, "web_config": load_web_config(path)}
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _thread_list(flag: Flag, raw: _Raw) -> list[str]:

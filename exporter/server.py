@@ -14,8 +14,9 @@ import gzip
 import hmac
 import logging
 import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from exporter.logs import RateLimiter
+from exporter.webconfig import CLIENT_AUTH, TLS_VERSIONS, BasicAuth, WebConfig, WebConfigError, load_tls_files
 
 logger = logging.getLogger(__name__)
 
@@ -440,14 +442,19 @@ class HttpServer:
     """Serves the app on an already bound socket, as a task on the caller's event loop.
 
     `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
-    Call metrics_changed() (from any thread) whenever the registry's content changes.
+    Call metrics_changed() (from any thread) whenever the registry's content changes. `ssl_context` serves
+    HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints.
     """
 
     def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
-                 routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools") -> None:
+                 routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools",
+                 ssl_context: ssl.SSLContext | None = None,
+                 basic_auth_users: Mapping[str, bytes] | None = None) -> None:
         limits = limits or Limits()
         self.pages = MetricsPages(registry)
-        self.app = make_app(self.pages, registry, health, ready, routes)
+        self.auth = BasicAuth(make_app(self.pages, registry, health, ready, routes), basic_auth_users)
+        self.app: ASGIApp = self.auth
+        self._ssl = ssl_context
         # Only the httptools protocol gets the header deadline; "h11" is accepted for comparison benchmarks.
         protocol: type[asyncio.Protocol] | str = _protocol_class(limits.header_timeout) if http == "httptools" \
             else http
@@ -457,7 +464,26 @@ class HttpServer:
             limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive,
             backlog=limits.backlog, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
+        config.load()
+        config.ssl = ssl_context  # uvicorn takes TLS from here; our own context, so a reload can reach it
         self._server = _Server(config)
+
+    @property
+    def tls(self) -> bool:
+        return self._ssl is not None
+
+    def reload_web_config(self, web: WebConfig) -> None:
+        """Apply a re-read web config: new users at once; new certificate files for new connections.
+
+        Turning TLS on or off needs a restart (the listener is already up); raises WebConfigError then.
+        """
+        if (web.tls is not None) != self.tls:
+            raise WebConfigError("turning TLS on or off needs a restart; keeping the web config in force")
+        if web.tls is not None and self._ssl is not None:
+            load_tls_files(self._ssl, web.tls, "--web-config-file")  # checked by load_web_config already
+            self._ssl.minimum_version = TLS_VERSIONS[web.tls.min_version]
+            self._ssl.verify_mode = CLIENT_AUTH[web.tls.client_auth_type]
+        self.auth.set_users(web.users)
 
     def metrics_changed(self) -> None:
         self.pages.changed()

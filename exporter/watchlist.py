@@ -55,6 +55,11 @@ class ThreadsFileWatcher:
         rejected, self.rejected = self.rejected, 0
         return rejected
 
+    def reload(self) -> bool:
+        """Re-read now even if the file looks unchanged (SIGHUP); True when the list changed."""
+        self._stamp = None
+        return self.changed()
+
 
 class WatchList:
     """Ordered, de-duplicated scopes of the listing sources, each with the source that lists it."""
