@@ -78,15 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _config_error(exc.strerror or str(exc))
     inbox = Inbox()
+    # Built here so that SIGHUP can re-read them (Reloadable).
     tokens = PushTokens(config.push_tokens, config.push_token_file) if config.push_tokens else None
+    hooks = WebhookSecrets(config.webhook_secrets, config.webhook_secret_file) if config.webhook_secrets else None
     web = config.web_config
-    server = HttpServer(registry, probes.healthy, probes.ready, routes=_receiver_routes(config, inbox, probes, tokens),
+    server = HttpServer(registry, probes.healthy, probes.ready,
+                        routes=_receiver_routes(config, inbox, probes, tokens, hooks),
                         ssl_context=build_ssl_context(web) if web else None,
                         basic_auth_users=web.users if web else None)
     collector.add_listener(server.metrics_changed)
     try:
         with _demo(config) as effective:
-            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox, tokens))
+            reloadable = Reloadable(effective, server, tokens, hooks)
+            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox, reloadable))
     except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
@@ -252,7 +256,8 @@ def _sharding(config: Config) -> Sharding:
     return Sharding(config.shard, config.total_shards, config.shard_peer_url)
 
 
-def _receiver_routes(config: Config, inbox: Inbox, probes: Probes, tokens: PushTokens | None) -> list[BaseRoute]:
+def _receiver_routes(config: Config, inbox: Inbox, probes: Probes, tokens: PushTokens | None,
+                     hooks: WebhookSecrets | None) -> list[BaseRoute]:
     """The write endpoints: only when a push token is configured, the webhook endpoint only with a webhook
     secret (else they answer 404)."""
     routes: list[BaseRoute] = []
@@ -261,20 +266,19 @@ def _receiver_routes(config: Config, inbox: Inbox, probes: Probes, tokens: PushT
                                 max_body=config.push_max_body, clock=time.time, on_request=probes.on_push_request,
                                 sharding=_sharding(config), polls_responses=config.polls_responses)
         routes += receiver.routes()
-    if config.webhook_secrets:
-        hooks = WebhookReceiver(inbox, WebhookSecrets(config.webhook_secrets, config.webhook_secret_file),
-                                clock=time.time, on_result=probes.on_webhook)
-        routes += hooks.routes()
+    if hooks is not None:
+        routes += WebhookReceiver(inbox, hooks, clock=time.time, on_result=probes.on_webhook).routes()
     return routes
 
 
 @dataclass
 class Reloadable:
-    """What SIGHUP re-reads: the threads file, the push token file and the web config."""
+    """What SIGHUP re-reads: the threads file, the push token file, the webhook secrets and the web config."""
 
     config: Config
     server: HttpServer
     tokens: PushTokens | None
+    webhook_secrets: WebhookSecrets | None = None
     daemon: Daemon | None = None
 
     def reload(self) -> None:
@@ -290,6 +294,10 @@ class Reloadable:
         if self.tokens is not None and self.tokens.path is not None:
             self.tokens.reload()
             log.info("SIGHUP: push token file %s: %d tokens", self.tokens.path, len(self.tokens.tokens))
+        if self.webhook_secrets is not None and self.webhook_secrets.path is not None:
+            self.webhook_secrets.reload()
+            log.info("SIGHUP: webhook secret file %s: %d secrets", self.webhook_secrets.path,
+                     len(self.webhook_secrets.keys))
         if self.config.web_config_file is not None:
             try:
                 web = load_web_config(self.config.web_config_file)
@@ -301,10 +309,9 @@ class Reloadable:
 
 
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
-                 sock: socket.socket, inbox: Inbox, tokens: PushTokens | None) -> int:
+                 sock: socket.socket, inbox: Inbox, reloadable: Reloadable) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    reloadable = Reloadable(config, server, tokens)
 
     def on_stop() -> None:
         # Stop taking work at once: the listener closes, requests in flight still get their answers.

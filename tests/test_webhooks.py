@@ -10,6 +10,7 @@ import json
 import logging
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -143,3 +144,20 @@ def test_the_delivery_log_expires_after_the_window_and_is_bounded() -> None:
     assert len(log) == 3 and "new" not in log and "m0" not in log and "m3" in log
     changes = log.take_changes()
     assert changes["old"] is None and changes["new"] is None and changes["m3"] == 123.0
+
+
+def test_webhook_secrets_are_reread_and_a_bad_file_keeps_them(tmp_path: Path) -> None:
+    """SIGHUP re-reads --webhook-secret-file: a rotation adds the new secret; a broken file changes nothing."""
+    path = tmp_path / "secrets"
+    first, second = "whsec_" + base64.b64encode(b"first-secret-0123").decode(), "raw-second-secret"
+    path.write_text(first + "\n")
+    secrets = WebhookSecrets([first], path)
+    path.write_text(f"{first}\n{second}\n")
+    secrets.reload()
+    assert secrets.keys == [b"first-secret-0123", b"raw-second-secret"]
+    path.write_text("whsec_!!!not-base64\n")
+    secrets.reload()
+    assert len(secrets.keys) == 2
+    path.unlink()
+    secrets.reload()
+    assert len(secrets.keys) == 2

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from exporter.inbox import Delivery, Inbox, StoreUnavailable
 from exporter.model import SOURCE_WEBHOOKS, RunSnapshot, thread_id_problem
 from exporter.server import read_body
+from exporter.sources.push import read_token_file
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,19 @@ class WebhookSecrets:
     def __init__(self, secrets: Sequence[str], path: Path | None = None) -> None:
         self.keys = [parse_secret(s) for s in secrets]
         self.path = path
+
+    def reload(self) -> None:
+        """Re-read the file (SIGHUP); on any problem keep the secrets in force and say so, never a secret."""
+        if self.path is None:
+            return
+        try:
+            keys = [parse_secret(line) for line in read_token_file(self.path)]
+        except (OSError, UnicodeDecodeError, SecretError) as exc:
+            log.warning("cannot re-read webhook secret file %s (%s); keeping the secrets in force", self.path,
+                        type(exc).__name__)
+            return
+        if keys:
+            self.keys = keys
 
 
 class WebhookReceiver:
