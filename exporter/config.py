@@ -879,21 +879,27 @@ def _read_api_key(path: Path, raw: _Raw | None) -> str:
     return key
 
 
+def _secret_lines(flag: str, what: str, path: Path, raw: _Raw | None) -> list[str]:
+    """The non-blank, non-comment lines of a file of secrets; a ConfigError naming the file, never a line."""
+    from exporter.sources.push import read_token_file
+
+    origin = f" (from {raw.origin})" if raw else ""
+    try:
+        lines = read_token_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{flag}: cannot read {str(path)!r}: {_os_reason(exc)}{origin}") from None
+    if not lines:
+        raise ConfigError(f"{flag}: {str(path)!r} holds no {what}{origin}")
+    return lines
+
+
 def _push_tokens(path: Path | None, raw: _Raw | None, env: Mapping[str, str]) -> list[str]:
     """Tokens from --push-token-file (one a line), else from the env var; the file wins."""
     if path is None:
         token = env.get(PUSH_TOKEN_ENV, "").strip()
         tokens, where = ([token] if token else []), f"env {PUSH_TOKEN_ENV}"
     else:
-        from exporter.sources.push import read_token_file
-
-        origin = f" (from {raw.origin})" if raw else ""
-        try:
-            tokens = read_token_file(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--push-token-file: cannot read {str(path)!r}: {_os_reason(exc)}{origin}") from None
-        if not tokens:
-            raise ConfigError(f"--push-token-file: {str(path)!r} holds no token{origin}")
+        tokens = _secret_lines("--push-token-file", "token", path, raw)
         where = f"--push-token-file {str(path)!r}"
     if any(len(t) < MIN_PUSH_TOKEN or any(c.isspace() for c in t) for t in tokens):
         raise ConfigError(f"{where}: each push token must be at least {MIN_PUSH_TOKEN} characters, with no spaces")
@@ -902,16 +908,10 @@ def _push_tokens(path: Path | None, raw: _Raw | None, env: Mapping[str, str]) ->
 
 def _webhook_secrets(path: Path, raw: _Raw | None) -> list[str]:
     """Signing secrets, one a line (two during a rotation). Errors name the file, never a secret."""
-    from exporter.sources.push import read_token_file
     from exporter.sources.webhooks import SecretError, parse_secret
 
     origin = f" (from {raw.origin})" if raw else ""
-    try:
-        lines = read_token_file(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--webhook-secret-file: cannot read {str(path)!r}: {_os_reason(exc)}{origin}") from None
-    if not lines:
-        raise ConfigError(f"--webhook-secret-file: {str(path)!r} holds no secret{origin}")
+    lines = _secret_lines("--webhook-secret-file", "secret", path, raw)
     for number, line in enumerate(lines, 1):
         try:
             parse_secret(line)

@@ -6,11 +6,8 @@ exporter/sources/http.py; this module says where the runs of a thread are and ho
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from exporter.model import SOURCE_THREADS as SOURCE_THREADS
-from exporter.model import ParseResult, parse_run, thread_id_problem
-from exporter.sources import PollResult, StopRule
+from exporter.model import ParseResult, parse_run
 from exporter.sources.http import (
     ApiClient,
     ApiSettings,
@@ -35,8 +32,8 @@ __all__ = [
 ENDPOINT = "list_runs"
 
 
-def _parse_run(item: object, thread_id: str) -> ParseResult:
-    return parse_run(item, thread_id)
+def _parse_run(item: object, scope: str) -> ParseResult:
+    return parse_run(item, scope)
 
 
 def parse_page(body: bytes, thread_id: str) -> Page | None:
@@ -49,15 +46,7 @@ class AssistantsSource(ApiClient):
 
     name = SOURCE_THREADS
     beta = "assistants=v2"
-
-    async def poll(self, thread_id: str, stop: StopRule) -> PollResult:
-        started = self._clock()
-        result = PollResult(scope=thread_id, outcome="ok", started=started)
-        problem = thread_id_problem(thread_id)
-        if problem is not None:
-            result.outcome, result.error = "error", problem
-        else:
-            path = f"/threads/{quote(thread_id, safe='')}/runs"
-            await self.list_scope(path, thread_id, stop, result, _parse_run, ENDPOINT, "thread")
-        result.duration = max(0.0, self._clock() - started)
-        return result
+    list_path = "/threads/{}/runs"
+    list_endpoint = ENDPOINT
+    scope_kind = "thread"
+    parse_item = staticmethod(_parse_run)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
 from exporter import __version__
-from exporter.model import REASON_MALFORMED_PAGE, ParseResult, RunSnapshot
+from exporter.model import REASON_MALFORMED_PAGE, ParseResult, RunSnapshot, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
 from exporter.sources.ratelimit import TokenBucket
@@ -287,6 +288,29 @@ class ApiClient:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+    # A listing source names where a scope's items are listed ("/threads/{}/runs"), how one is read, the
+    # endpoint label of those requests and what a scope is called in logs; poll() does the rest.
+    list_path = ""
+    list_endpoint = ""
+    scope_kind = "scope"
+
+    @staticmethod
+    def parse_item(item: object, scope: str) -> ParseResult:
+        raise NotImplementedError
+
+    async def poll(self, scope: str, stop: StopRule) -> PollResult:
+        """One listing of one scope: every page until `stop` says the rest is known. Never raises."""
+        started = self._clock()
+        result = PollResult(scope=scope, outcome="ok", started=started)
+        problem = thread_id_problem(scope)
+        if problem is not None:
+            result.outcome, result.error = "error", problem
+        else:
+            path = self.list_path.format(quote(scope, safe=""))
+            await self.list_scope(path, scope, stop, result, self.parse_item, self.list_endpoint, self.scope_kind)
+        result.duration = max(0.0, self._clock() - started)
+        return result
 
     async def list_scope(self, path: str, scope: str, stop: StopRule, result: PollResult, parse_item: ParseItem,
                          endpoint: str, what: str) -> None:

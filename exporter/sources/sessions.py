@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from urllib.parse import quote
 
-from exporter.model import SOURCE_SESSIONS, ParseResult, parse_turn, thread_id_problem
-from exporter.sources import DiscoveryResult, PollResult, StopRule
+from exporter.model import SOURCE_SESSIONS, ParseResult, parse_turn
+from exporter.sources import DiscoveryResult
 from exporter.sources.foundry import discover_threads
 from exporter.sources.http import ApiClient
 
@@ -22,8 +21,8 @@ LIST_TURNS = "list_turns"  # api_requests_total{endpoint}
 LIST_SESSIONS = "list_sessions"
 
 
-def _parse_turn(item: object, session_id: str) -> ParseResult:
-    return parse_turn(item, session_id)
+def _parse_turn(item: object, scope: str) -> ParseResult:
+    return parse_turn(item, scope)
 
 
 class SessionsSource(ApiClient):
@@ -31,18 +30,10 @@ class SessionsSource(ApiClient):
 
     name = SOURCE_SESSIONS
     beta = "agents=v1"
-
-    async def poll(self, session_id: str, stop: StopRule) -> PollResult:
-        started = self._clock()
-        result = PollResult(scope=session_id, outcome="ok", started=started)
-        problem = thread_id_problem(session_id)
-        if problem is not None:
-            result.outcome, result.error = "error", problem
-        else:
-            path = f"/agents/sessions/{quote(session_id, safe='')}/turns"
-            await self.list_scope(path, session_id, stop, result, _parse_turn, LIST_TURNS, "session")
-        result.duration = max(0.0, self._clock() - started)
-        return result
+    list_path = "/agents/sessions/{}/turns"
+    list_endpoint = LIST_TURNS
+    scope_kind = "session"
+    parse_item = staticmethod(_parse_turn)
 
 
 class SessionDiscovery:
