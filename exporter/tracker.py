@@ -308,7 +308,7 @@ class Tracker:
             self.changes.upsert(run)
             return
         if snap.status in _BEFORE_START or not (live or swept_after):
-            self._first_sight_unwatched(scope, snap, now)
+            self._first_sight_unwatched(scope, snap, now, sweeping=not (live or swept_after))
             return
         # Created while we watched (or reported live): it was queued from created_at on, whatever we see now.
         run = RunState(snap.id, snap.scope, statuses.QUEUED, snap.created_at, float(snap.created_at),
@@ -318,7 +318,8 @@ class Tracker:
             self._update(run, snap, now)
         self.changes.upsert(run)
 
-    def _first_sight_unwatched(self, scope: ScopeState | None, snap: RunSnapshot, now: float) -> None:
+    def _first_sight_unwatched(self, scope: ScopeState | None, snap: RunSnapshot, now: float,
+                               sweeping: bool = False) -> None:
         if snap.terminal:
             ended = float(snap.ended_at() or snap.created_at)
             if ended + self.retention <= now:
@@ -328,9 +329,10 @@ class Tracker:
             run = RunState(snap.id, snap.scope, snap.status, snap.created_at, ended, snap.assistant_id,
                            snap.model, snap.started_at, ended, history=True, source=snap.source)
         else:
+            # A status the sweep cannot read may hide a run that had already ended: history until shown live.
             run = RunState(snap.id, snap.scope, snap.status, snap.created_at,
                            _entry_time(snap, now), snap.assistant_id, snap.model, snap.started_at,
-                           source=snap.source)
+                           history=sweeping and snap.status == statuses.UNKNOWN, source=snap.source)
         self._put(run)
         self.changes.upsert(run)
 
@@ -352,6 +354,8 @@ class Tracker:
             self.changes.upsert(run)
         if snap.status == run.status:
             return
+        if run.history and self._ended_unseen(run, snap):
+            return
         labels = self.labels_of(run)
         for stint in _ended_stints(run, snap, now):
             self.aggregates.observe(m.STATUS_DURATION.name, (stint.status, *labels),
@@ -363,6 +367,19 @@ class Tracker:
         else:
             run.stint_start = float(snap.started_at) if first_in_progress and snap.started_at else now
         self.changes.upsert(run)
+
+    def _ended_unseen(self, run: RunState, snap: RunSnapshot) -> bool:
+        """For a run first swept with an unreadable status: True (and it becomes history) if it had ended
+        before it was first seen; else it is shown to be live, and counts as usual from now on."""
+        run.history = False
+        ended = snap.ended_at()
+        if not snap.terminal or (ended is not None and ended > run.stint_start):
+            self.changes.upsert(run)
+            return False
+        run.status, run.history = snap.status, True
+        run.ended_at = run.stint_start = float(ended) if ended is not None else run.stint_start
+        self.changes.upsert(run)
+        return True
 
     def _finish(self, run: RunState, snap: RunSnapshot, now: float, durations: bool = True) -> None:
         ended = float(snap.ended_at() or now)

@@ -221,3 +221,18 @@ def test_error_codes_are_bounded_past_which_new_codes_count_as_other() -> None:
     assert counted[spec.OTHER_ERROR_CODE] == known
     tr.observe_run(RunSnapshot("k", "", "failed", 100, failed_at=110, error_code="server_error"), 120.0)
     assert tr.aggregates.counters[(spec.ERRORS.name, ("server_error", "threads"))] == 1  # known codes always pass
+
+
+def test_a_run_swept_with_an_unreadable_status_that_had_already_ended_is_history() -> None:
+    """Regression: a run whose status could not be read at the sweep was counted when a later poll showed it
+    finished, although it had ended before the exporter first saw it."""
+    tracker = Tracker(["assistant_id"], retention=3600)
+    ended_before = snap("r_old", "unknown", created=T0 - 100)
+    running = snap("r_live", "unknown", created=T0 - 50)
+    tracker.observe_listing(TH, [ended_before, running], T0, complete=True, ok=True)
+    tracker.observe_listing(TH, [replace(ended_before, status="completed", completed_at=T0 - 90),
+                                 replace(running, status="completed", completed_at=T0 + 5)], T0 + 10,
+                            complete=True, ok=True)
+    assert finished(tracker, "completed") == 1  # only the one that ended after the sweep
+    assert tracker.runs["r_old"].history and tracker.runs["r_old"].status == "completed"
+    assert tracker.status_counts() == tracker.recount()
