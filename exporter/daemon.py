@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 INVALID_LOG_INTERVAL = 60.0
 PUBLISH_INTERVAL = 1.0
+# Building the families costs milliseconds; under a stream of pushes a tick comes every few milliseconds, so
+# changes are published at most this often (a poll's result still reaches /metrics well within a second).
+MIN_PUBLISH_GAP = 0.2
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
 
@@ -86,6 +89,7 @@ class Daemon:
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._store_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._published_at = float("-inf")
+        self._unpublished = False  # something changed since the last publish
         self._uncommitted: _Uncommitted | None = None
         self._store_retry_at = 0.0
         self._store_delay = STORE_RETRY_MIN
@@ -161,6 +165,8 @@ class Daemon:
         timeout = self.scheduler.next_wake()
         if self._uncommitted is not None:
             timeout = min(timeout, max(0.0, self._store_retry_at - self.mono()))
+        if self._unpublished:
+            timeout = min(timeout, max(0.0, self._published_at + MIN_PUBLISH_GAP - self.mono()))
         if not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
@@ -184,8 +190,10 @@ class Daemon:
             if self.commit():
                 answered, self._answer = self._answer, []
                 resolve(answered)
+        self._unpublished = self._unpublished or bool(results or received)
         # Ages and windowed ratios move with time alone: refresh at least once a second.
-        if results or received or self.mono() - self._published_at >= PUBLISH_INTERVAL:
+        since = self.mono() - self._published_at
+        if (self._unpublished and since >= MIN_PUBLISH_GAP) or since >= PUBLISH_INTERVAL:
             self.publish()
 
     def _reap(self) -> list[PollResult]:
@@ -294,6 +302,7 @@ class Daemon:
         self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources,
                                              tuple(self.sources)))
         self._published_at = self.mono()
+        self._unpublished = False
 
     async def _shutdown(self) -> None:
         tasks = list(self.scheduler.tasks())
