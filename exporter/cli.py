@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute
 from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, threads_file_ids
 from exporter.daemon import Daemon
+from exporter.gctune import tune_after_load
 from exporter.inbox import Inbox
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
@@ -221,6 +222,8 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     probes.daemon = daemon
+    del loaded
+    tune_after_load()  # the loaded state out of the collector's walks: no 100 ms full collections on the loop
     try:
         await daemon.run(stop)
     finally:
