@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 from prometheus_client import disable_created_metrics
 from prometheus_client.registry import CollectorRegistry
 from starlette.routing import BaseRoute
@@ -27,8 +28,9 @@ from exporter.inbox import Inbox
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
 from exporter.server import HttpServer, PortInUseError, bind_socket
-from exporter.sources import ListingSource
+from exporter.sources import Discovery
 from exporter.sources.assistants import ApiSettings, AssistantsSource
+from exporter.sources.foundry import ThreadDiscovery
 from exporter.sources.push import PushReceiver, PushTokens
 from exporter.store import Loaded, Store, StoreError
 from exporter.tracker import DEDUPE_WINDOW
@@ -167,16 +169,35 @@ def _build_api_settings(config: Config) -> ApiSettings:
     )
 
 
-def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, ListingSource]:
-    sources: dict[str, ListingSource] = {}
+def _auth(config: Config) -> httpx.Auth | None:
+    """Entra ID tokens for --credential azure; None: the API key goes in a header."""
+    if config.credential != "azure":
+        return None
+    from exporter.sources.credentials import AzureTokenAuth, CredentialConfigError, default_credential
+
+    try:
+        return AzureTokenAuth(default_credential(), config.token_scope)
+    except CredentialConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, AssistantsSource]:
+    sources: dict[str, AssistantsSource] = {}
     if "threads" in config.sources:
         # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
         sources["threads"] = AssistantsSource(
             _api_settings(config),
             on_request=lambda endpoint, code: daemon().on_request("threads", endpoint, code),
             on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
+            auth=_auth(config),
         )
     return sources
+
+
+def _discoveries(config: Config, sources: dict[str, AssistantsSource]) -> list[Discovery]:
+    if config.discover_threads and "threads" in sources:
+        return [ThreadDiscovery(sources["threads"], config.discover_lookback)]
+    return []
 
 
 def _receiver_routes(config: Config, inbox: Inbox, probes: Probes) -> list[BaseRoute]:
@@ -209,14 +230,20 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
                       inbox: Inbox) -> int:
     store, loaded = _open_store(config)
     threads_file = ThreadsFileWatcher(config.threads_file, threads_file_ids) if config.threads_file else None
+    sources = _listing_sources(config, lambda: daemon)
     daemon = Daemon(
-        sources=_listing_sources(config, lambda: daemon),
+        sources=sources,
+        discoveries=_discoveries(config, sources),
+        discover_interval=config.discover_interval,
+        discovered_since={key.split(":", 1)[1]: float(value) for key, value in loaded.meta.items()
+                          if key.startswith("discovered_since:")},
         tracker=loaded.tracker(config.labels, config.terminal_retention,
                                DEDUPE_WINDOW if config.push_tokens else 0.0),
         store=store,
         collector=collector,
         schedule=Schedule(config.poll_interval, config.idle_poll_interval, max_in_flight=config.max_concurrency),
-        watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched),
+        watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched,
+                            loaded.discovered),
         run_sources=config.sources,
         inbox=inbox,
     )

@@ -39,6 +39,7 @@ SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, PUSH_TOKEN_ENV)
 # --source values: the sources this version can run. `threads` is the default.
 SOURCES: tuple[str, ...] = ("threads", "push")
 AUTH_HEADERS: tuple[str, ...] = ("bearer", "api-key")
+CREDENTIALS: tuple[str, ...] = ("key", "azure")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
@@ -89,6 +90,11 @@ FLAGS: tuple[Flag, ...] = (
          "How the key is sent: 'bearer' (Authorization: Bearer) or 'api-key' (api-key header, Azure).",
          "{bearer,api-key}"),
     Flag("--api-version", "str", None, "api-version query parameter (Azure).", "V"),
+    Flag("--credential", "str", "key",
+         "How requests authenticate: 'key' (the API key) or 'azure' (Entra ID tokens from azure-identity's "
+         "DefaultAzureCredential; needs the azure extra).", "{key,azure}"),
+    Flag("--token-scope", "str", "https://ai.azure.com/.default", "OAuth2 scope of the Entra ID tokens.",
+         "SCOPE"),
     Flag("--organization", "str", None, "OpenAI-Organization header.", "ORG", env_aliases=("OPENAI_ORG_ID",)),
     Flag("--project", "str", None, "OpenAI-Project header.", "PROJ", env_aliases=("OPENAI_PROJECT_ID",)),
     Flag("--source", "list", ("threads",),
@@ -98,6 +104,11 @@ FLAGS: tuple[Flag, ...] = (
          "ID", yaml_key_override="threads"),
     Flag("--threads-file", "str", None,
          "File of thread ids, one a line, '#' comments allowed; must be readable at startup.", "PATH"),
+    Flag("--discover-threads", "bool", False,
+         "List the API's threads (GET {api-base}/threads) and watch the new ones (Azure AI Foundry)."),
+    Flag("--discover-interval", "float", 60.0, "Seconds between discovery passes (>= 1).", "S"),
+    Flag("--discover-lookback", "float", 86400.0,
+         "Discovery watches threads created within this many seconds; idle older ones leave the list.", "S"),
     Flag("--poll-interval", "float", 5.0, "Seconds between polls of a thread with unfinished runs (>= 0.1).",
          "S"),
     Flag("--idle-poll-interval", "float", 60.0,
@@ -137,6 +148,11 @@ class Config:
     api_key_file: Path | None = None
     auth_header: str = "bearer"
     api_version: str | None = None
+    credential: str = "key"
+    token_scope: str = "https://ai.azure.com/.default"
+    discover_threads: bool = False
+    discover_interval: float = 60.0
+    discover_lookback: float = 86400.0
     organization: str | None = None
     project: str | None = None
     sources: tuple[str, ...] = ("threads",)
@@ -175,7 +191,7 @@ class Config:
 
     @property
     def calls_api(self) -> bool:
-        """Whether a source that calls the API runs (and so needs a key)."""
+        """Whether a source that calls the API runs."""
         return "threads" in self.sources
 
 
@@ -615,7 +631,8 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     api_key = _read_api_key(api_key_file, raw.get("api_key_file")) if api_key_file else _env_api_key(env)
     if api_key:
         secrets.append(api_key)  # so load_config can scrub it from any later error
-    if api_key is None and not demo and "threads" in sources:
+    credential: str = get("credential", lambda f, r: _choice(f, r, CREDENTIALS))
+    if api_key is None and not demo and "threads" in sources and credential == "key":
         raise ConfigError("an API key is required (set OPENAI_API_KEY or use --api-key-file), "
                           "or run with --demo")
 
@@ -631,9 +648,15 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     threads_file = Path(threads_file_text).expanduser() if threads_file_text else None
     if threads_file is not None:
         _check_threads_file(threads_file, raw["threads_file"])
-    if not demo and "threads" in sources and not threads and threads_file is None and not push_tokens:
-        raise ConfigError("--thread or --threads-file is required (or a push token, to register threads "
-                          "over the API; or run with --demo)")
+    discover: bool = get("discover_threads", _as_bool)
+    if (not demo and "threads" in sources and not threads and threads_file is None and not push_tokens
+            and not discover):
+        raise ConfigError("--thread, --threads-file or --discover-threads is required (or a push token, to "
+                          "register threads over the API; or run with --demo)")
+    token_scope: str = get("token_scope", _as_str)
+    if not re.fullmatch(r"[\x21-\x7e]{1,512}", token_scope):
+        _fail(FLAGS_BY_DEST["token_scope"], source("token_scope"), "expected a scope such as "
+              "https://ai.azure.com/.default")
 
     push_max_body: int = get("push_max_body", _as_int)
     if not 1024 <= push_max_body <= 64 * 1024 * 1024:
@@ -679,6 +702,11 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         organization=organization,
         project=project,
         sources=tuple(sources),
+        credential=credential,
+        token_scope=token_scope,
+        discover_threads=discover,
+        discover_interval=number("discover_interval", 1.0),
+        discover_lookback=number("discover_lookback", 0.0, inclusive=False),
         threads=threads,
         threads_file=threads_file,
         push_tokens=tuple(push_tokens),

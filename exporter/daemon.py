@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from exporter.inbox import Inbox, Pending, Registration, RunItems, resolve
 from exporter.logs import RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.scheduler import Schedule, Scheduler
-from exporter.sources import ListingSource, PollResult, StopRule
+from exporter.sources import Discovery, DiscoveryResult, ListingSource, PollResult, StopRule
 from exporter.store import Store
 from exporter.tracker import Changes, Tracker
 from exporter.watchlist import WatchList
@@ -52,6 +53,14 @@ class _Uncommitted:
     counters: dict[Key, float]
     histograms: dict[Key, Histogram]
     registrations: dict[str, str | None]
+    discovered: dict[str, tuple[str, int] | None]
+
+    def merge(self, newer: _Uncommitted) -> None:
+        self.changes.merge(newer.changes)
+        self.counters.update(newer.counters)
+        self.histograms.update(newer.histograms)
+        self.registrations.update(newer.registrations)
+        self.discovered.update(newer.discovered)
 
 
 class Daemon:
@@ -66,6 +75,9 @@ class Daemon:
         watchlist: WatchList | None = None,
         run_sources: Sequence[str] = (),
         inbox: Inbox | None = None,
+        discoveries: Sequence[Discovery] = (),
+        discover_interval: float = 60.0,
+        discovered_since: Mapping[str, float] | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -94,6 +106,12 @@ class Daemon:
         self._store_retry_at = 0.0
         self._store_delay = STORE_RETRY_MIN
         self._answer: list[Pending] = []  # received items whose commit has not succeeded yet
+        self.discoveries = tuple(discoveries)
+        self.discover_interval = discover_interval
+        self._next_discovery = float("-inf")
+        self._discovering: list[tuple[Discovery, float, asyncio.Task[DiscoveryResult]]] = []
+        # Per discovery: when its last finished pass started. A scope created after that is new (born watched).
+        self.discovered_since: dict[str, float] = dict(discovered_since or {})
 
     # -- hooks from the sources -----------------------------------------------------------
 
@@ -152,11 +170,58 @@ class Daemon:
             await self._shutdown()
 
     def launch_due(self) -> None:
+        now = self.mono()
+        if self.discoveries and not self._discovering and now >= self._next_discovery:
+            self._next_discovery = now + self.discover_interval
+            for discovery in self.discoveries:
+                task = asyncio.create_task(discovery.discover(self._is_watched), name=f"discover:{discovery.name}")
+                task.add_done_callback(lambda _: self._wake.set())
+                self._discovering.append((discovery, self.wall(), task))
         for scope in self.scheduler.due(self.tracker.is_active):
             slot = self.scheduler.slots[scope]
             source = self.sources[slot.source]
             slot.task = asyncio.create_task(source.poll(scope, self._stop_rule(scope)), name=f"poll:{scope}")
             slot.task.add_done_callback(lambda _: self._wake.set())
+
+    def _is_watched(self, scope: str) -> bool:
+        return scope in self.watchlist.wanted()
+
+    def _reap_discoveries(self, now: float) -> None:
+        running = []
+        for discovery, started, task in self._discovering:
+            if not task.done():
+                running.append((discovery, started, task))
+            elif not task.cancelled():
+                exc = task.exception()
+                if exc is not None:  # a source bug must not kill the loop
+                    log.error("discovery %s failed: %r", discovery.name, exc)
+                else:
+                    self._apply_discovery(discovery, started, task.result(), now)
+        self._discovering = running
+
+    def _apply_discovery(self, discovery: Discovery, started: float, result: DiscoveryResult, now: float) -> None:
+        agg = self.tracker.aggregates
+        since = self.discovered_since.get(discovery.name)
+        # created_at is whole seconds: a scope created in the second a pass started may be missing from it.
+        born_after = None if since is None else math.floor(since) - 1
+        for scope, created_at in result.scopes:
+            if self.watchlist.discover(scope, discovery.name, created_at):
+                agg.inc(m.DISCOVERED_THREADS.name, ())
+                if born_after is not None and created_at >= born_after:
+                    self.tracker.watch(scope, born=created_at)
+        if result.error is None:
+            self.discovered_since[discovery.name] = started
+        for reason, count in result.invalid.items():
+            agg.inc(m.INVALID_OBJECTS.name, (reason,), count)
+        self.state.api_up[discovery.name] = 1.0 if result.api_reached else 0.0
+        if result.error:
+            log.warning("%s discovery: %s", discovery.name, result.error)
+        # A discovered scope that is idle and older than the lookback leaves the watch list.
+        horizon = now - discovery.lookback
+        for scope, (source, created_at) in list(self.watchlist.discovered.items()):
+            if source == discovery.name and created_at < horizon and not self.tracker.is_active(scope):
+                self.watchlist.undiscover(scope)
+        self.sync_scopes()
 
     def _stop_rule(self, scope: str) -> StopRule:
         return lambda seen: self.tracker.should_stop(scope, seen)
@@ -178,6 +243,8 @@ class Daemon:
         results = self._reap()
         received = self.inbox.drain()
         now = self.wall()
+        if self._discovering:
+            self._reap_discoveries(now)
         for result in results:
             self._apply(result, now)
         if results:
@@ -269,19 +336,17 @@ class Daemon:
     def commit(self) -> bool:
         """Write everything not yet written. On a store error keep it all for a retry with backoff."""
         batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
-                             self.watchlist.take_changes())
+                             self.watchlist.take_changes(), self.watchlist.take_discovered_changes())
         if self._uncommitted is not None:
-            older = self._uncommitted
-            older.changes.merge(batch.changes)
-            older.counters.update(batch.counters)
-            older.histograms.update(batch.histograms)
-            older.registrations.update(batch.registrations)
-            batch = older
+            self._uncommitted.merge(batch)
+            batch = self._uncommitted
             if self.mono() < self._store_retry_at:
                 return False
-        meta = {"last_poll_success": repr(self.state.last_poll_success)}
+        meta = {"last_poll_success": repr(self.state.last_poll_success),
+                **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
         try:
-            self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations)
+            self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
+                              batch.discovered)
         except (sqlite3.Error, OSError) as exc:
             self._uncommitted = batch
             self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
@@ -305,7 +370,7 @@ class Daemon:
         self._unpublished = False
 
     async def _shutdown(self) -> None:
-        tasks = list(self.scheduler.tasks())
+        tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, _, t in self._discovering)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

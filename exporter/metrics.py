@@ -194,9 +194,8 @@ def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Seque
     fams.append(_counter_family(agg, m.INVALID_OBJECTS, (), none))
     fams.append(_counter_family(agg, m.PUSH_REQUESTS, (), ()))
     fams.append(_counter_family(agg, m.PUSH_ITEMS, (), none))
-    store_errors = _counter(m.STORE_ERRORS)
-    store_errors.add_metric([], agg.counter(m.STORE_ERRORS.name, ()))
-    fams.append(store_errors)
+    for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
+        fams.append(_counter_family(agg, spec, (), none))
     info = _gauge(m.BUILD_INFO)
     info.add_metric([__version__], 1)
     fams.append(info)

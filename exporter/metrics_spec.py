@@ -96,6 +96,8 @@ PUSH_REQUESTS = MetricSpec("assistants_exporter_push_requests_total", "counter",
                            "Requests to the write endpoints (push, registration), by HTTP status.")
 PUSH_ITEMS = MetricSpec("assistants_exporter_push_items_total", "counter", ("outcome",),
                         "Pushed run items, by outcome (accepted, duplicate, stale, invalid).", zeros=PUSH_OUTCOMES)
+DISCOVERED_THREADS = MetricSpec("assistants_exporter_discovered_threads_total", "counter", (),
+                                "Threads that discovery (--discover-threads) added to the watch list.")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
 BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
@@ -104,7 +106,7 @@ BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
 METRICS: tuple[MetricSpec, ...] = (
     RUNS, RUNS_FINISHED, STATUS_DURATION, RUN_DURATION, OLDEST_AGE, FAILURE_RATIO, EXPIRY_RATIO, ERRORS,
     INCOMPLETE, TOKENS, API_UP, API_REQUESTS, RATE_LIMIT_REMAINING, POLL_DURATION, LAST_POLL_SUCCESS, THREADS,
-    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, STORE_ERRORS, BUILD_INFO,
+    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, STORE_ERRORS, BUILD_INFO,
 )
 
 METRIC_NAMES: frozenset[str] = frozenset(m.name for m in METRICS)

@@ -68,8 +68,13 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
                    ((_add_source_label(labels), rowid) for rowid, labels in rows))
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Scopes found by discovery, with their creation time (they leave the watch list after the lookback)."""
+    db.execute("CREATE TABLE discovered (scope TEXT PRIMARY KEY, source TEXT NOT NULL, created_at INTEGER NOT NULL)")
+
+
 # MIGRATIONS[n] takes a schema-n file to schema n + 1, inside one transaction.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 # The columns each table must have at SCHEMA_VERSION: anything else is not our file.
@@ -82,6 +87,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "histograms": ("name", "labels", "bounds", "counts", "sum", "count"),
     "finishes": ("at", "labels", "status"),
     "registrations": ("scope", "source"),
+    "discovered": ("scope", "source", "created_at"),
 }
 
 
@@ -96,6 +102,7 @@ class Loaded:
     finishes: list[Finish] = field(default_factory=list)
     aggregates: Aggregates = field(default_factory=Aggregates)
     registrations: dict[str, str] = field(default_factory=dict)  # scope -> source
+    discovered: dict[str, tuple[str, int]] = field(default_factory=dict)  # scope -> (source, created_at)
     meta: dict[str, str] = field(default_factory=dict)
 
     def tracker(self, extra_labels: Sequence[str], retention: float, dedupe_window: float = 0.0) -> Tracker:
@@ -255,6 +262,8 @@ class Store:
             for at, labels, status in db.execute("SELECT at, labels, status FROM finishes ORDER BY at")
         ]
         out.registrations = dict(db.execute("SELECT scope, source FROM registrations"))
+        out.discovered = {scope: (source, created) for scope, source, created
+                          in db.execute("SELECT scope, source, created_at FROM discovered")}
         return out
 
     # -- writing -----------------------------------------------------------------------------
@@ -266,8 +275,10 @@ class Store:
         histograms: dict[Key, Histogram],
         meta: dict[str, str] | None = None,
         registrations: dict[str, str | None] | None = None,
+        discovered: dict[str, tuple[str, int] | None] | None = None,
     ) -> None:
-        """Write one tick's effects atomically. `registrations`: scope -> source, or None to remove.
+        """Write one tick's effects atomically. `registrations`: scope -> source, or None to remove;
+        `discovered`: scope -> (source, created_at), or None to remove.
         Raises sqlite3.Error or OSError (a full disk, a locked file); nothing is written then."""
         def work() -> None:
             self._write_runs(changes)
@@ -276,6 +287,8 @@ class Store:
             self._write_finishes(changes)
             if registrations:
                 self._write_registrations(registrations.items())
+            if discovered:
+                self._write_discovered(discovered.items())
             if meta:
                 self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
         self._transaction(work)
@@ -304,6 +317,13 @@ class Store:
                 self._db.execute("DELETE FROM registrations WHERE scope = ?", (scope,))
             else:
                 self._db.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?)", (scope, source))
+
+    def _write_discovered(self, items: Iterable[tuple[str, tuple[str, int] | None]]) -> None:
+        for scope, found in items:
+            if found is None:
+                self._db.execute("DELETE FROM discovered WHERE scope = ?", (scope,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO discovered VALUES (?, ?, ?)", (scope, *found))
 
     def _write_aggregates(self, counters: dict[Key, float], histograms: dict[Key, Histogram]) -> None:
         names = self.extra_labels

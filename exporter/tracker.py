@@ -6,8 +6,9 @@ Glossary (the README's "What the numbers mean" states the semantics for users):
 - *listing*: one poll of one scope (`observe_listing`), full (`complete`: read to the end) or partial.
 - *single-run update*: one report about one run (`observe_run`): a push, a poll by id, a webhook.
 - *sweep*: the first successful listing of a scope. A run already terminal then is *history*: never
-  counted, never observed. A run first seen through a single-run update is *live*: counted once, even if
-  it is already terminal.
+  counted, never observed. A scope that discovery finds created after an earlier discovery pass finished is
+  *born watched*: swept from its creation, so all its runs count. A run first seen through a single-run
+  update is *live*: counted once, even if it is already terminal.
 - *horizon*: the newest `created_at` of runs a scope has forgotten or never tracked; an unseen terminal run
   at or below it was accounted for before (or predates the watch), so it is history too.
 - *covered*: the newest `created_at` a successful listing read down from; nothing older went unread.
@@ -172,10 +173,13 @@ class Tracker:
         for finish in sorted(finishes, key=lambda f: f.at):
             self._record_finish(finish)
 
-    def watch(self, scope_id: str) -> None:
+    def watch(self, scope_id: str, born: int | None = None) -> None:
+        """Watch a scope. `born`: it was created at that time, while the exporter was already watching for
+        new scopes (discovery), so none of its runs is history: it counts as swept from its creation on."""
         if scope_id not in self.scopes:
-            self.scopes[scope_id] = ScopeState(scope_id)
-            self.changes.scopes[scope_id] = self.scopes[scope_id]
+            scope = ScopeState(scope_id) if born is None else ScopeState(scope_id, swept=True, covered=born)
+            self.scopes[scope_id] = scope
+            self.changes.scopes[scope_id] = scope
 
     def unwatch(self, scope_id: str) -> None:
         """Stop watching: its runs leave every gauge; counters keep what they counted."""

@@ -51,23 +51,53 @@ class WatchList:
         threads_file: ThreadsFileWatcher | None = None,
         registrations: Mapping[str, str] | None = None,
         max_watched: int = 100_000,
+        discovered: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         self.static = tuple(static)
         self.threads_file = threads_file
         self.registered: dict[str, str] = dict(registrations or {})
-        self.discovered: dict[str, str] = {}
+        self.discovered: dict[str, tuple[str, int]] = dict(discovered or {})  # scope -> (source, created_at)
         self.max_watched = max_watched
         self._changes: dict[str, str | None] = {}
+        self._discovered_changes: dict[str, tuple[str, int] | None] = {}
+        # wanted() is asked often: cached until a list changes (a new threads file list is a new tuple)
+        self._cache: tuple[tuple[str, ...], dict[str, str]] | None = None
 
     def wanted(self) -> dict[str, str]:
-        """scope -> source, in the order flags, file, registrations, discoveries."""
-        out: dict[str, str] = {}
+        """scope -> source, in the order flags, file, registrations, discoveries. Do not modify."""
         file_threads = self.threads_file.threads if self.threads_file else ()
+        if self._cache is None or self._cache[0] is not file_threads:
+            self._cache = (file_threads, self._build(file_threads))
+        return self._cache[1]
+
+    def _build(self, file_threads: tuple[str, ...]) -> dict[str, str]:
+        out: dict[str, str] = {}
         for scope in (*self.static, *file_threads):
             out.setdefault(scope, SOURCE_THREADS)
-        for scope, source in (*self.registered.items(), *self.discovered.items()):
+        for scope, source in self.registered.items():
+            out.setdefault(scope, source)
+        for scope, (source, _) in self.discovered.items():
             out.setdefault(scope, source)
         return out
+
+    def discover(self, scope: str, source: str, created_at: int) -> bool:
+        """Add a scope a discovery found; False when it is known already or the list is full."""
+        wanted = self.wanted()
+        if scope in wanted or len(wanted) >= self.max_watched:
+            return False
+        self.discovered[scope] = (source, created_at)
+        self._discovered_changes[scope] = (source, created_at)
+        wanted[scope] = source  # the cache stays valid: a new scope only adds an entry
+        return True
+
+    def undiscover(self, scope: str) -> None:
+        if self.discovered.pop(scope, None) is not None:
+            self._discovered_changes[scope] = None
+            self._cache = None
+
+    def take_discovered_changes(self) -> dict[str, tuple[str, int] | None]:
+        changes, self._discovered_changes = self._discovered_changes, {}
+        return changes
 
     def __len__(self) -> int:
         return len(self.wanted())
@@ -78,11 +108,13 @@ class WatchList:
             if scope not in self.registered:
                 self.registered[scope] = source  # now also kept when the flag or file drops it
                 self._changes[scope] = source
+                self._cache = None
             return "exists"
         if len(self.wanted()) >= self.max_watched:
             return "full"
         self.registered[scope] = source
         self._changes[scope] = source
+        self.wanted()[scope] = source  # the cache stays valid: a new scope only adds an entry
         return "added"
 
     def unregister(self, scope: str) -> str:
@@ -90,12 +122,10 @@ class WatchList:
         if self.registered.pop(scope, None) is None:
             return "missing"
         self._changes[scope] = None
+        self._cache = None
         return "removed"
 
     def take_changes(self) -> dict[str, str | None]:
         changes, self._changes = self._changes, {}
         return changes
 
-    def restore_changes(self, changes: dict[str, str | None]) -> None:
-        """A commit failed: keep its registration changes for the retry (newer ones win)."""
-        self._changes = {**changes, **self._changes}

@@ -1,4 +1,4 @@
-"""The two Grafana dashboards; `python -m mixin.dashboards` writes dashboards/*.json."""
+"""The Grafana dashboards; `python -m mixin.dashboards` writes dashboards/*.json."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from mixin.config import DASHBOARD_TAG, DEFAULT, MixinConfig
+from mixin import slo
+from mixin.config import DASHBOARD_TAG, DEFAULT, BurnRateWindow, MixinConfig
 from mixin.grafana import (
     Json,
     Step,
@@ -24,10 +25,15 @@ from mixin.grafana import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_UID = "assistants-runs-overview"
 HEALTH_UID = "assistants-exporter-health"
+SLOS_UID = "assistants-slos"
 
-# Label filters from the template variables; `=~` because the variables are multi-value.
-RUN_FILTER = 'job=~"$job", instance=~"$instance", assistant_id=~"$assistant_id"'
+# Label filters from the template variables; `=~` because the variables are multi-value. `source` is
+# matched with `=~` too: its All value `.*` also matches series from exporters that do not export it.
+RUN_FILTER = 'job=~"$job", instance=~"$instance", source=~"$source", assistant_id=~"$assistant_id"'
 EXPORTER_FILTER = 'job=~"$job", instance=~"$instance"'
+SOURCE_FILTER = 'job=~"$job", instance=~"$instance", source=~"$source"'
+SLO_FILTER = 'source=~"$source", assistant_id=~"$assistant_id"'
+BY_LEVEL = "{{assistant_id}} {{source}}"
 RATE = "$__rate_interval"
 QUANTILES: tuple[tuple[str, str], ...] = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
@@ -120,6 +126,13 @@ def runs_overview(cfg: MixinConfig) -> Json:
             A rise in failed, expired or incomplete relative to completed is what the failure and expiry
             alerts measure."""),
                    Target(f"sum by (status) (rate({finished}[{RATE}]))", "{{status}}"), unit=" runs/s"),
+        timeseries("Finished runs by source", text("""
+            Where runs come from: runs finished per minute by the exporter's source (threads: polled
+            Assistants threads; push: runs pushed to the exporter; later responses and sessions). A source
+            that drops to zero while the others continue points at that source's configuration or API.
+            Exporters older than the source label show one unnamed line."""),
+                   Target(f"sum by (source) (rate({finished}[{RATE}])) * 60", "{{source}}"), unit=" runs/min",
+                   stack=True, width=24, height=6),
         row("Outcomes"),
         timeseries("Failure ratio", text(f"""
             failed / finished runs per assistant over 5 minutes (what AssistantsRunFailureSpike evaluates;
@@ -191,8 +204,10 @@ def runs_overview(cfg: MixinConfig) -> Json:
     ]
     variables = [
         *exporter_variables(),
+        source_variable(exp_sel("assistants_runs")),
         query_variable("assistant_id", "Assistant",
-                       'label_values(assistants_runs{job=~"$job", instance=~"$instance"}, assistant_id)'),
+                       'label_values(assistants_runs{job=~"$job", instance=~"$instance", source=~"$source"}, '
+                       "assistant_id)"),
     ]
     return dashboard(RUNS_UID, "Assistants / Runs overview",
                      "Assistants v2 runs as seen by assistants-exporter: load, outcomes, latency and tokens.",
@@ -208,14 +223,19 @@ def exporter_variables() -> list[Json]:
     ]
 
 
+def source_variable(selector: str) -> Json:
+    """Where runs come from (threads, push, ...); with All (`.*`) also series without the label."""
+    return query_variable("source", "Source", f"label_values({selector}, source)")
+
+
 def exporter_health(cfg: MixinConfig) -> Json:
     t = cfg.thresholds
-    requests = exp_sel("assistants_exporter_api_requests_total")
-    throttled = exp_sel("assistants_exporter_api_requests_total", 'code="429"')
+    requests = sel("assistants_exporter_api_requests_total", SOURCE_FILTER)
+    throttled = sel("assistants_exporter_api_requests_total", SOURCE_FILTER, 'code="429"')
     last_poll = exp_sel("assistants_exporter_last_poll_success_timestamp_seconds")
     poll_age = f"time() - max by (instance) ({last_poll})"
     remaining = f"min by (instance) ({exp_sel('assistants_exporter_rate_limit_remaining_requests')})"
-    api_up = f"min by (instance) ({exp_sel('assistants_exporter_api_up')})"
+    api_up = f"min by (instance) ({sel('assistants_exporter_api_up', SOURCE_FILTER)})"
     threads = f"sum by (state) ({exp_sel('assistants_exporter_threads')})"
     polls = exp_sel("assistants_exporter_poll_duration_seconds_count")
     invalid = exp_sel("assistants_exporter_invalid_objects_total")
@@ -297,12 +317,66 @@ def exporter_health(cfg: MixinConfig) -> Json:
     ]
     return dashboard(HEALTH_UID, "Assistants / Exporter health",
                      "Is assistants-exporter scraping, polling and staying within the API's rate limits?",
-                     [DASHBOARD_TAG], exporter_variables(), panels)
+                     [DASHBOARD_TAG], [*exporter_variables(), source_variable(exp_sel("assistants_exporter_api_up"))],
+                     panels)
+
+
+def burn_panel(sli: slo.SLI, w: BurnRateWindow) -> Json:
+    budget = f"{sli.budget():g}"
+    action = "pages" if w.severity == "critical" else "opens a ticket"
+    return timeseries(
+        f"{sli.title} burn rate, {w.long} and {w.short}", text(f"""
+            How many times faster than sustainable the {sli.title.lower()} error budget is spent, over
+            {w.long} and over {w.short}, per assistant and source (1 = the budget lasts exactly
+            {sli.window}). {sli.alert} {action} when both lines are above the dashed line at {w.factor:g}x
+            (with at least the volume guard's runs in {w.long}). The {w.short} line falling back first means
+            the problem has stopped."""),
+        *(Target(f"{sli.ratio_record(window)}{{{SLO_FILTER}}} / {budget}", f"{BY_LEVEL} {window}")
+          for window in (w.long, w.short)),
+        unit="x", steps=alert_steps(w.factor), width=12)
+
+
+def slo_panels(cfg: MixinConfig, sli: slo.SLI) -> list[Json]:
+    budget = f"{sli.budget():g}"
+    ratio = slo.ratio_expr(cfg, sli, sli.window, (SLO_FILTER,)).rstrip()
+    return [
+        row(f"{sli.title}: objective {sli.target:.4g} over {sli.window}"),
+        stat(f"{sli.title}: error budget remaining", text(f"""
+            Share of the {sli.window} error budget ({budget} of events may be bad: {sli.errors_meaning})
+            not yet spent, per assistant and source, from the counters over the last {sli.window}. Below 0
+            the objective is missed for this period; freeze risky changes until it recovers."""),
+             Target(f"1 - (\n{ratio}\n) / {budget}", BY_LEVEL), unit="percentunit",
+             steps=(Step("red"), Step("orange", 0), Step("green", 0.25)), decimals=1, width=12, height=6),
+        stat(f"{sli.title}: error ratio over {sli.window}", text(f"""
+            Bad events / all events over the last {sli.window} ({sli.errors_meaning}), per assistant and
+            source. Red from {budget}, where the objective of {sli.target:.4g} is missed."""),
+             Target(ratio, BY_LEVEL), unit="percentunit",
+             steps=alert_steps(sli.budget()), decimals=2, width=12, height=6),
+        *(burn_panel(sli, w) for w in cfg.slos.windows),
+    ]
+
+
+def slos(cfg: MixinConfig) -> Json:
+    panels = [p for sli in slo.slis(cfg) for p in slo_panels(cfg, sli)]
+    # No job or instance: the recording rules sum over every exporter, as the alerts do.
+    variables = [
+        datasource_variable(),
+        source_variable("assistants_runs"),
+        query_variable("assistant_id", "Assistant",
+                       f"label_values({slo.slis(cfg)[0].ratio_record('5m')}{{source=~\"$source\"}}, assistant_id)"),
+    ]
+    return dashboard(SLOS_UID, "Assistants / SLOs",
+                     "Error budgets and burn rates of the run success and queue latency objectives "
+                     "(rules/assistants-exporter-slos.rules.yml).",
+                     [DASHBOARD_TAG], variables, panels)
 
 
 def build(cfg: MixinConfig = DEFAULT) -> dict[str, Json]:
     """File name under dashboards/ -> dashboard JSON."""
-    return {f"{RUNS_UID}.json": runs_overview(cfg), f"{HEALTH_UID}.json": exporter_health(cfg)}
+    boards = {f"{RUNS_UID}.json": runs_overview(cfg), f"{HEALTH_UID}.json": exporter_health(cfg)}
+    if cfg.slos.enabled:
+        boards[f"{SLOS_UID}.json"] = slos(cfg)
+    return boards
 
 
 def render(board: Json) -> str:

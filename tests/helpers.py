@@ -59,13 +59,16 @@ def free_port() -> int:
         return port
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               what: str | Callable[[], str] = "") -> T:
+    """Poll `predicate` until it returns something truthy, or fail at the deadline. `what` may be a callable,
+    to describe the state at the deadline."""
     deadline = time.monotonic() + timeout
     last: T = predicate()
     while not last:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described or predicate}")
         time.sleep(interval)  # polling interval under a deadline, not synchronisation
         last = predicate()
     return last

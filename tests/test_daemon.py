@@ -21,7 +21,7 @@ from exporter.inbox import Registration, RunItems, StoreUnavailable
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
 from exporter.scheduler import Schedule
-from exporter.sources import PollResult, StopRule
+from exporter.sources import DiscoveryResult, PollResult, StopRule
 from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.store import Store
 from exporter.tracker import Tracker
@@ -449,3 +449,69 @@ def test_registrations_are_persisted_and_capped(tmp_path: Path) -> None:
     assert source.polls["t_new"] == 1
     assert Store(tmp_path / "state.db", ["assistant_id"]).load().registrations == {"t_new": "threads",
                                                                                    "static": "threads"}
+
+
+# -- discovery -------------------------------------------------------------------------------------
+
+
+class FakeDiscovery:
+    name = "threads"
+    lookback = 3600.0
+
+    def __init__(self) -> None:
+        self.passes: list[list[tuple[str, int]]] = []  # what each pass returns
+        self.calls = 0
+
+    async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
+        self.calls += 1
+        found = self.passes.pop(0) if self.passes else []
+        return DiscoveryResult([s for s in found if not is_known(s[0])], api_reached=True)
+
+
+def test_discovered_threads_join_the_watch_list_and_new_ones_are_born_watched(tmp_path: Path) -> None:
+    clock = Clock()
+    now = int(clock.wall())
+    discovery = FakeDiscovery()
+    discovery.passes = [[("t_old", now - 100)], [("t_new", now + 5), ("t_old", now - 100)]]
+    daemon, source = _daemon(tmp_path, _ok(clock), clock, idle=1.0)
+    daemon.discoveries = (discovery,)
+    daemon.discover_interval = 10.0
+    asyncio.run(_drive(daemon, clock, 15.0))
+    assert discovery.calls == 2  # at 0 s and 10 s
+    assert set(daemon.scheduler.slots) == {"t_old", "t_new"} and source.polls["t_new"] >= 1
+    assert daemon.tracker.scopes["t_new"].covered == now + 5  # created after the first pass: born watched
+    assert daemon.tracker.aggregates.counter("assistants_exporter_discovered_threads_total", ()) == 2
+    loaded = Store(tmp_path / "state.db", ["assistant_id"]).load()
+    assert set(loaded.discovered) == {"t_old", "t_new"}
+    assert float(loaded.meta["discovered_since:threads"]) == WALL0 + 1000.0 + 10.1  # the second pass's start
+
+
+def test_a_born_watched_threads_finished_runs_all_count(tmp_path: Path) -> None:
+    clock = Clock()
+    now = int(clock.wall())
+
+    async def behaviour(scope: str) -> PollResult:
+        runs = [RunSnapshot("r1", scope, "completed", now + 3, completed_at=now + 4)] if scope == "t_new" else []
+        return PollResult(scope, "ok", runs, complete=True, api_reached=True, started=clock.mono)
+
+    discovery = FakeDiscovery()
+    discovery.passes = [[], [("t_new", now + 2)]]
+    daemon, _ = _daemon(tmp_path, behaviour, clock, idle=1.0)
+    daemon.discoveries = (discovery,)
+    daemon.discover_interval = 10.0
+    asyncio.run(_drive(daemon, clock, 12.0))
+    # Finished before its first poll, yet counted: the thread was created while discovery watched.
+    assert daemon.tracker.aggregates.counter("assistants_runs_finished_total", ("completed", "threads", "")) == 1
+
+
+def test_idle_discovered_threads_older_than_the_lookback_leave(tmp_path: Path) -> None:
+    clock = Clock()
+    now = int(clock.wall())
+    discovery = FakeDiscovery()
+    discovery.passes = [[("t_stale", now - 7200), ("t_fresh", now - 60)]]
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock, idle=1.0)
+    daemon.discoveries = (discovery,)
+    daemon.discover_interval = 5.0
+    asyncio.run(_drive(daemon, clock, 6.0))
+    assert set(daemon.scheduler.slots) == {"t_fresh"}
+    assert set(daemon.watchlist.discovered) == {"t_fresh"}

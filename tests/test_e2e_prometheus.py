@@ -2,9 +2,12 @@
 
 Starts `python -m exporter --demo --demo-scenario failure-spike --demo-speed 20` and Debian's `prometheus`
 on loopback (scrape and evaluation every second), then checks that every panel query of every dashboard
-returns data, that the recording rules produce values and that AssistantsRunFailureSpike fires.
+(the SLO dashboard's too) returns data, that the recording rules of both rules files produce values, that
+AssistantsRunFailureSpike fires, and draws the README's pictures with `mixin.preview` from that Prometheus
+(into a temporary directory; with ASSISTANTS_EXPORTER_WRITE_IMAGES=1 also into docs/images/, after
+WRITE_MINUTES of demo so that the pictures show the spike and the windows parting).
 
-The rules are the shipped rules/assistants-exporter.rules.yml with every alert's `for:` rewritten to
+The rules are the shipped rules/*.rules.yml with every alert's `for:` rewritten to
 E2E_FOR: at --demo-speed 20 the demo's failure spike lasts about 30 seconds, shorter than the production
 `for:` values, which are meant for real time. Expressions, thresholds and the minimum-volume guard are
 unchanged.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -29,14 +33,16 @@ from typing import Any
 import pytest
 import yaml
 
+from mixin import preview
 from tests.helpers import REPO_ROOT, free_port, require_binary, wait_until
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
-RULES = REPO_ROOT / "rules" / "assistants-exporter.rules.yml"
+RULE_FILES = sorted((REPO_ROOT / "rules").glob("*.rules.yml"))
 DASHBOARDS = sorted((REPO_ROOT / "dashboards").glob("*.json"))
 JOB = "assistants-exporter"
 E2E_FOR = "10s"
+WRITE_MINUTES = 8.0
 TOTAL_BUDGET = 180.0  # seconds for the whole module once both processes are up
 # What Grafana would put in for its built-in variables at a 1s scrape interval.
 GRAFANA_BUILTINS: dict[str, str] = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s"}
@@ -65,6 +71,7 @@ class Stack:
     exporter_port: int
     prometheus_url: str
     deadline: float  # monotonic; shared by all tests in this module
+    started: float  # wall clock, when both processes were up
 
     def remaining(self) -> float:
         return max(1.0, self.deadline - time.monotonic())
@@ -100,9 +107,9 @@ def http_get(url: str, timeout: float = 5.0) -> bytes | None:
         return None
 
 
-def shortened_rules(dest: Path) -> Path:
+def shortened_rules(source: Path, dest: Path) -> Path:
     """The shipped rules with every alert's `for:` set to E2E_FOR (see the module docstring)."""
-    doc = yaml.safe_load(RULES.read_text())
+    doc = yaml.safe_load(source.read_text())
     for group in doc["groups"]:
         for rule in group["rules"]:
             if "alert" in rule:
@@ -111,10 +118,10 @@ def shortened_rules(dest: Path) -> Path:
     return dest
 
 
-def prometheus_config(rules: Path, exporter_port: int) -> dict[str, Any]:
+def prometheus_config(rules: list[Path], exporter_port: int) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
+        "rule_files": [str(path) for path in rules],
         "scrape_configs": [
             {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
         ],
@@ -131,7 +138,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         exporter = start("exporter", exporter_command(exporter_port, tmp / "state.db"), tmp / "exporter.log")
         procs.append(exporter)
         config = tmp / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(shortened_rules(tmp / "rules.yml"), exporter_port)))
+        rules = [shortened_rules(path, tmp / path.name) for path in RULE_FILES]
+        config.write_text(yaml.safe_dump(prometheus_config(rules, exporter_port)))
         prometheus = start("prometheus", [
             prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
@@ -146,7 +154,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return bool(metrics and b"assistants_runs" in metrics and http_get(f"{url}/-/ready"))
 
         wait_until(ready, timeout=60, interval=0.5, what="exporter /metrics and prometheus /-/ready")
-        yield Stack(exporter, prometheus, exporter_port, url, time.monotonic() + TOTAL_BUDGET)
+        yield Stack(exporter, prometheus, exporter_port, url, time.monotonic() + TOTAL_BUDGET, time.time())
     finally:
         for proc in procs:
             stop(proc)
@@ -201,9 +209,12 @@ def resolve_variables(stack: Stack, board: dict[str, Any]) -> dict[str, str]:
         assert m, var["query"]
         selector = substitute(m["selector"], resolved)
         values = api(stack, f"label/{m['label']}/values", **{"match[]": selector}) or []
-        if not values:
+        if values:
+            resolved[var["name"]] = prom_regex(values)
+        elif var["name"] == "source":
+            resolved[var["name"]] = var["allValue"]  # Grafana's All when no series has the label yet
+        else:
             return {}
-        resolved[var["name"]] = prom_regex(values)
     return resolved
 
 
@@ -232,7 +243,7 @@ def test_failure_spike_alert_fires(stack: Stack) -> None:
 
 def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
     boards = [json.loads(path.read_text()) for path in DASHBOARDS]
-    assert len(boards) >= 2
+    assert len(boards) >= 3
     empty: list[str] = []
 
     def all_return_data() -> bool:
@@ -254,9 +265,9 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack) -> None:
 
 
 def test_recording_rules_produce_values(stack: Stack) -> None:
-    doc = yaml.safe_load(RULES.read_text())
-    records = [r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r]
-    assert records
+    docs = [yaml.safe_load(path.read_text()) for path in RULE_FILES]
+    records = [r["record"] for doc in docs for g in doc["groups"] for r in g["rules"] if "record" in r]
+    assert len(RULE_FILES) == 2 and any(":assistants_run_queue_latency_slo_errors:" in r for r in records)
     missing: list[str] = []
 
     def all_recorded() -> bool:
@@ -267,3 +278,34 @@ def test_recording_rules_produce_values(stack: Stack) -> None:
         wait_until(all_recorded, timeout=stack.remaining(), interval=1, what="recording rules")
     except AssertionError as exc:
         raise AssertionError(f"recording rules without values: {missing}") from exc
+
+
+def test_preview_pictures_are_drawn_from_prometheus(stack: Stack, tmp_path: Path) -> None:
+    """Every README picture can be drawn from what Prometheus holds now; each carries its spec's hash."""
+    out = tmp_path / "images"
+    errors: list[str] = []
+
+    def drawn() -> bool:
+        minutes = max(1.0, (time.time() - stack.started) / 60)
+        try:
+            preview.render_all(stack.prometheus_url, out, minutes)
+        except RuntimeError as exc:
+            errors[:] = [str(exc)]
+            return False
+        return True
+
+    try:
+        wait_until(drawn, timeout=stack.remaining(), interval=2, what="preview pictures")
+    except AssertionError as exc:
+        raise AssertionError(f"pictures not drawn: {errors}") from exc
+    from PIL import Image
+
+    for picture in preview.pictures():
+        with Image.open(out / picture.file) as image:
+            assert image.format == "PNG" and image.size[0] >= 600
+            assert image.text[preview.SPEC_KEY] == picture.spec_hash()
+    if os.environ.get("ASSISTANTS_EXPORTER_WRITE_IMAGES") == "1":
+        # Not synchronisation: the README's pictures should show minutes of demo, not the first seconds.
+        wait_until(lambda: time.time() - stack.started >= WRITE_MINUTES * 60, timeout=WRITE_MINUTES * 60 + 30,
+                   interval=5, what=f"{WRITE_MINUTES} minutes of demo")
+        preview.render_all(stack.prometheus_url, preview.IMAGES, WRITE_MINUTES)

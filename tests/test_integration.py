@@ -74,8 +74,9 @@ def _run_workload(sim: Simulator, finishes: int) -> int:
 def _assert_totals_match(exporter: ExporterProcess, sim: Simulator, since: int) -> Samples:
     truth = sim.engine.truth(since)
     want = {s: float(truth.finished.get(s, 0)) for s in statuses.TERMINAL_STATUSES}
-    wait_until(lambda: by_label(exporter.scrape(), FINISHED, "status") == want, 30, 0.2,
-               f"finished totals to equal {want}")
+    seen: list[dict[str, float]] = []
+    wait_until(lambda: seen.append(by_label(exporter.scrape(), FINISHED, "status")) or seen[-1] == want, 30, 0.2,
+               lambda: f"finished totals to equal {want}, last seen {seen[-1] if seen else None}")
     samples = exporter.scrape()
     errors = {k: v for k, v in by_label(samples, "assistants_run_errors_total", "code").items() if v}
     assert errors == {k: float(v) for k, v in truth.error_codes.items()}

@@ -19,7 +19,8 @@ from tests.helpers import REPO_ROOT
 
 DASHBOARD_DIR = REPO_ROOT / "dashboards"
 RULES = REPO_ROOT / "rules" / "assistants-exporter.rules.yml"
-EXPECTED_UIDS = {"assistants-runs-overview", "assistants-exporter-health"}
+SLO_RULES = REPO_ROOT / "rules" / "assistants-exporter-slos.rules.yml"
+EXPECTED_UIDS = {"assistants-runs-overview", "assistants-exporter-health", "assistants-slos"}
 HISTOGRAMS = {m.name for m in METRICS if m.type == "histogram"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
                 "offset", "inf", "nan"}
@@ -44,9 +45,12 @@ def exprs(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield p["title"], t["expr"]
 
 
+def rules_of(path: Path) -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+
+
 def recording_rule_names() -> set[str]:
-    doc = yaml.safe_load(RULES.read_text())
-    return {r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r}
+    return {r["record"] for path in (RULES, SLO_RULES) for r in rules_of(path) if "record" in r}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -140,10 +144,14 @@ def test_every_panel_has_a_description(name: str) -> None:
 def test_template_variables(name: str) -> None:
     board = BOARDS[name]
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    expected = {"datasource", "job", "instance"}
-    if board["uid"] == dashboards.RUNS_UID:
-        expected.add("assistant_id")
+    expected = {
+        dashboards.RUNS_UID: {"datasource", "job", "instance", "source", "assistant_id"},
+        dashboards.HEALTH_UID: {"datasource", "job", "instance", "source"},
+        # The SLO recording rules sum over every exporter, as the alerts do: no job or instance.
+        dashboards.SLOS_UID: {"datasource", "source", "assistant_id"},
+    }[board["uid"]]
     assert set(variables) == expected
+    assert variables["source"]["allValue"] == ".*", "All must match series without a source label too"
     ds = variables.pop("datasource")
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
     for var in variables.values():
@@ -181,12 +189,54 @@ def test_metric_names_exist_in_the_contract(name: str) -> None:
 
 
 def test_rate_windows_follow_the_dashboard_or_the_alerts() -> None:
-    """Panels use $__rate_interval or $__range, except the ratio panels that mirror the alerts' 5m/1h windows."""
+    """Panels use $__rate_interval or $__range, except the ratio panels that mirror the alerts' 5m/1h windows
+    and the SLO dashboard's figures over the objective's window."""
+    slo_windows = {DEFAULT.slos.run_success.window, DEFAULT.slos.queue_latency.window}
     for board in BOARDS.values():
         for title, expr in exprs(board):
             for window in re.findall(r"\[([^\]]+)\]", expr):
                 assert window in {"$__rate_interval", "$__range"} or (
-                    "ratio" in title.lower() and window in {"5m", "1h"}), f"{title}: window {window}"
+                    "ratio" in title.lower() and window in {"5m", "1h"}) or (
+                    board["uid"] == dashboards.SLOS_UID and window in slo_windows), f"{title}: window {window}"
+
+
+def test_source_is_filtered_wherever_the_metric_has_it() -> None:
+    """Every run metric, api_up and api_requests_total carry `source` (or will): each selector filters on it."""
+    with_source = {m.name for m in METRICS if m.name.startswith(("assistants_run_", "assistants_runs"))}
+    with_source |= {"assistants_exporter_api_up", "assistants_exporter_api_requests_total"}
+    with_source |= recording_rule_names() - {r["record"] for r in rules_of(RULES) if "record" in r}
+    for board in BOARDS.values():
+        for title, expr in exprs(board):
+            for m in re.finditer(r"([a-zA-Z_:][\w:]*)\{([^}]*)\}", expr):
+                if base_metric(m.group(1)) in with_source:
+                    assert 'source=~"$source"' in m.group(2), f"{title}: {m.group(0)}"
+
+
+def test_runs_overview_shows_where_runs_come_from() -> None:
+    board = BOARDS[f"{dashboards.RUNS_UID}.json"]
+    assert any("sum by (source)" in expr for _, expr in exprs(board))
+
+
+@pytest.mark.parametrize("sli", dashboards.slo.slis(DEFAULT), ids=lambda s: s.key)
+def test_slo_burn_panels_draw_the_alert_thresholds(sli: Any) -> None:
+    board = BOARDS[f"{dashboards.SLOS_UID}.json"]
+    alerts = [r for r in rules_of(SLO_RULES) if r.get("alert") == sli.alert]
+    assert len(alerts) == len(DEFAULT.slos.windows)
+    for rule in alerts:
+        long, short = rule["labels"]["long_window"], rule["labels"]["short_window"]
+        panel = next(p for p in panels(board) if p["title"] == f"{sli.title} burn rate, {long} and {short}")
+        factors = {float(x) for x in re.findall(r"/ [0-9.]+ > ([0-9.]+)", rule["expr"])}
+        assert factors == {red_threshold(panel)}, f"{panel['title']}: line at {red_threshold(panel)}, alert {factors}"
+        assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed"
+        records = set(re.findall(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", rule["expr"])) - {sli.events_record(long)}
+        assert {t["expr"].split("{")[0] for t in panel["targets"]} == records
+
+
+def test_slo_budget_panels_use_the_objective() -> None:
+    board = BOARDS[f"{dashboards.SLOS_UID}.json"]
+    for sli in dashboards.slo.slis(DEFAULT):
+        panel = next(p for p in panels(board) if p["title"] == f"{sli.title}: error budget remaining")
+        assert panel["targets"][0]["expr"].rstrip().endswith(f") / {sli.budget():g}")
 
 
 def red_threshold(panel: dict[str, Any]) -> float:

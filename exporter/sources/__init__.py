@@ -78,16 +78,17 @@ class Receiver(Protocol):
 
 
 @dataclass(slots=True)
-class Discovered:
-    """New scopes a discovery found in one pass, and what that pass cost."""
+class DiscoveryResult:
+    """New scopes a discovery found in one pass, with their creation times (epoch seconds)."""
 
-    scopes: list[str] = field(default_factory=list)
-    requests: int = 0
+    scopes: list[tuple[str, int]] = field(default_factory=list)
     api_reached: bool = False
     error: str | None = None
+    invalid: dict[str, int] = field(default_factory=dict)  # invalid_objects_total reason -> count
 
 
 class Discovery(Protocol):
     name: str  # the listing source whose scopes it finds
+    lookback: float  # seconds: scopes created longer ago than this, and idle, leave the watch list
 
-    async def discover(self, is_known: Callable[[str], bool]) -> Discovered: ...
+    async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult: ...

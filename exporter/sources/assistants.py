@@ -24,6 +24,7 @@ import httpx
 from exporter import __version__
 from exporter.model import REASON_MALFORMED_PAGE, SOURCE_THREADS, RunSnapshot, parse_run, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
+from exporter.sources.credentials import TokenUnavailable
 from exporter.sources.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ class _Reply:
 
 @dataclass(frozen=True, slots=True)
 class _Failure:
-    code: Literal["timeout", "connection_error"]
-    kind: str  # exception class name: useful, and free of URLs and headers
+    code: Literal["timeout", "connection_error", "token_unavailable"]
+    kind: str  # exception class name (or the credential's one-line, token-free reason): no URLs, no headers
 
 
 @dataclass(slots=True)
@@ -227,6 +228,7 @@ class AssistantsSource:
         on_request: RequestHook | None = None,
         on_rate_limit_remaining: Callable[[int], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        auth: httpx.Auth | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -235,6 +237,8 @@ class AssistantsSource:
         self._on_request = on_request
         self._on_remaining = on_rate_limit_remaining
         self._transport = transport
+        self._auth = auth  # Entra ID tokens (--credential azure); else the key is a default header
+        self.last_reached = False  # whether the last get_page reached the API
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -277,7 +281,7 @@ class AssistantsSource:
         cursors: set[str] = set()
         after: str | None = None
         for _ in range(self._settings.max_pages):
-            fetch = await self._fetch(url, after, thread_id)
+            fetch = await self._fetch(url, self._params(after), f"thread {thread_id!r}", ENDPOINT)
             result.api_reached = result.api_reached or fetch.api_reached
             if fetch.reply is None:
                 result.outcome = "gone" if fetch.gone else "error"
@@ -301,9 +305,17 @@ class AssistantsSource:
             after = page.last_id
         logger.warning("thread %r: stopped after %d pages", thread_id, self._settings.max_pages)
 
-    async def _fetch(self, url: str, after: str | None, thread_id: str) -> _Fetch:
+    async def get_page(self, path: str, params: dict[str, str], endpoint: str) -> bytes | None:
+        """GET {base}{path} with paging `params` (api-version added), retried like a runs page; the body of a
+        2xx answer, or None. For other listings than runs: threads (discovery)."""
+        if self._settings.api_version:
+            params = {**params, "api-version": self._settings.api_version}
+        fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, params, path, endpoint)
+        self.last_reached = fetch.api_reached
+        return None if fetch.reply is None or fetch.reply.too_large else fetch.reply.body
+
+    async def _fetch(self, url: str, params: dict[str, str], what: str, endpoint: str) -> _Fetch:
         """One page, retrying 429, 5xx and transport failures up to max_attempts."""
-        params = self._params(after)
         attempts = self._settings.max_attempts
         reached = False
         error = "no attempt made"
@@ -311,14 +323,16 @@ class AssistantsSource:
             async with self._semaphore:
                 await self._bucket.acquire()  # waits out any 429 pause, for every caller
                 outcome = await self._attempt(url, params)
+            if isinstance(outcome, _Failure) and outcome.code == "token_unavailable":
+                return _Fetch(None, f"no token: {outcome.kind}", api_reached=False)  # no request was sent
             if isinstance(outcome, _Failure):
-                self._report(outcome.code)
+                self._report(endpoint, outcome.code)
                 error = f"{outcome.code.replace('_', ' ')} ({outcome.kind}) after {_attempts(attempt)}"
                 if attempt < attempts:
-                    await self._backoff(attempt, thread_id, outcome.code)
+                    await self._backoff(attempt, what, outcome.code)
                 continue
             status = outcome.status
-            self._report(str(status))
+            self._report(endpoint, str(status))
             self._report_remaining(outcome.headers)
             if 200 <= status < 300:
                 self._bucket.recover()
@@ -328,10 +342,10 @@ class AssistantsSource:
             error = _status_error(status, attempt)
             if status == 429:
                 reached = True
-                self._pause(parse_retry_after(outcome.headers), thread_id)
+                self._pause(parse_retry_after(outcome.headers), what)
                 continue  # no backoff of our own: the next acquire() waits out the pause
             if status >= 500 and attempt < attempts:
-                await self._backoff(attempt, thread_id, str(status))
+                await self._backoff(attempt, what, str(status))
                 continue
             break  # other 4xx (and 3xx, 1xx): retrying will not help
         return _Fetch(None, error, api_reached=reached)
@@ -359,6 +373,8 @@ class AssistantsSource:
             return _Failure("timeout", type(exc).__name__)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return _Failure("connection_error", type(exc).__name__)
+        except TokenUnavailable as exc:  # the credential could not give a token: an outage, not a crash
+            return _Failure("token_unavailable", str(exc))
         return _Reply(response.status_code, response.headers, body, too_large)
 
     def _get_client(self) -> httpx.AsyncClient:
@@ -370,25 +386,26 @@ class AssistantsSource:
                 timeout=httpx.Timeout(self._settings.timeout),
                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
                 transport=self._transport,
+                auth=self._auth,
                 follow_redirects=False,  # a redirect must not carry the api-key header elsewhere
             )
         return self._client
 
-    def _pause(self, delay: float, thread_id: str) -> None:
-        logger.debug("thread %r: 429, pausing all requests for %.3fs", thread_id, delay)
+    def _pause(self, delay: float, what: str) -> None:
+        logger.debug("%s: 429, pausing all requests for %.3fs", what, delay)
         self._bucket.pause_until(self._clock() + delay)
         self._bucket.slow_down()
 
-    async def _backoff(self, attempt: int, thread_id: str, code: str) -> None:
+    async def _backoff(self, attempt: int, what: str, code: str) -> None:
         delay = backoff_delay(attempt, self._rng)
-        logger.debug("thread %r: %s on attempt %d, retrying in %.3fs", thread_id, code, attempt, delay)
+        logger.debug("%s: %s on attempt %d, retrying in %.3fs", what, code, attempt, delay)
         await self._sleep(delay)
 
-    def _report(self, code: str) -> None:
+    def _report(self, endpoint: str, code: str) -> None:
         if self._on_request is None:
             return
         try:
-            self._on_request(ENDPOINT, code)
+            self._on_request(endpoint, code)
         except Exception:  # a metrics hook must not break polling
             logger.exception("on_request hook failed")
 

@@ -8,6 +8,8 @@ supplies `fetch_page`, so auth, rate limits, retries and request metrics stay in
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,8 +20,11 @@ from exporter.model import (
     REASON_MISSING_ID,
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
+    SOURCE_THREADS,
     thread_id_problem,
 )
+from exporter.sources import DiscoveryResult
+from exporter.sources.assistants import AssistantsSource
 
 PAGE_LIMIT = 100
 MAX_PAGES = 1000  # 100,000 threads in one pass; a server whose cursors never end cannot keep us busy forever
@@ -27,6 +32,7 @@ MAX_PAGES = 1000  # 100,000 threads in one pass; a server whose cursors never en
 # Given the query parameters of one listing request, the response body, or None when the request failed.
 FetchPage = Callable[[dict[str, str]], Awaitable[bytes | None]]
 IsKnown = Callable[[str], bool]
+LIST_THREADS = "list_threads"  # api_requests_total{endpoint}
 StopReason = Literal["since", "known", "end", "error", "malformed", "loop", "max_pages"]
 
 
@@ -110,6 +116,7 @@ async def discover_threads(
     since: float,
     *,
     stop_at_known: bool = True,
+    stop_known_before: float | None = None,
     max_pages: int = MAX_PAGES,
 ) -> Discovered:
     """List threads newest first and return the unknown ones created at or after `since`.
@@ -117,6 +124,8 @@ async def discover_threads(
     The pass stops at the first thread created before `since`, or (with `stop_at_known`) at the first known
     thread: everything older was seen by an earlier pass. That holds only after a pass has finished, so a
     caller whose last pass did not finish passes `stop_at_known=False` and walks down to `since` again.
+    `stop_known_before`: stop only at a known thread created before this time; newer known ones are skipped,
+    since a thread created in the same second as a known one may sort after it.
     """
     found: list[ThreadItem] = []
     seen: set[str] = set()
@@ -141,7 +150,7 @@ async def discover_threads(
             if thread.created_at < since:
                 return result(True, "since")
             if is_known(thread.id):
-                if stop_at_known:
+                if stop_at_known and (stop_known_before is None or thread.created_at < stop_known_before):
                     return result(True, "known")
                 continue
             if thread.id not in seen:
@@ -155,3 +164,33 @@ async def discover_threads(
         cursors.add(cursor)
         params["after"] = cursor
     return result(False, "max_pages")
+
+
+class ThreadDiscovery:
+    """Discovery of threads for the `threads` source: `GET {api-base}/threads`, newest first, each pass down
+    to the lookback or (once a pass has finished) to the first thread already known."""
+
+    name = SOURCE_THREADS
+
+    def __init__(self, source: AssistantsSource, lookback: float, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.lookback = lookback
+        self.clock = clock
+        # Until a pass finishes, stopping at a known thread could skip older ones. After one, a pass stops at
+        # the first known thread created before the last finished pass began (with a second's margin:
+        # created_at is whole seconds): everything older was listed then.
+        self.settled_before: float | None = None
+
+    async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
+        async def fetch_page(params: dict[str, str]) -> bytes | None:
+            return await self.source.get_page("/threads", params, LIST_THREADS)
+
+        started = self.clock()
+        found = await discover_threads(fetch_page, is_known, started - self.lookback,
+                                       stop_at_known=self.settled_before is not None,
+                                       stop_known_before=self.settled_before)
+        if found.finished:
+            self.settled_before = math.floor(started) - 1
+        error = None if found.finished else f"thread discovery stopped early ({found.stopped})"
+        return DiscoveryResult([(t.id, t.created_at) for t in found.threads], self.source.last_reached, error,
+                               found.invalid)
