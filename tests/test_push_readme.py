@@ -61,10 +61,10 @@ def test_the_readme_curl_example_runs_as_documented(exporter: ExporterProcess) -
                                                         "PATH": f"{Path(curl).parent}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == json.loads(documented.group(1))
-    samples = exporter.scrape()
-    assert total(samples, "assistants_runs_finished_total", status="completed", source="push",
-                 assistant_id="asst_1") == 1
-    assert total(samples, "assistants_run_tokens_total", type="prompt", source="push") == 120
+    # Committed before the answer; published on /metrics within a fraction of a second.
+    wait_until(lambda: total(exporter.scrape(), "assistants_runs_finished_total", status="completed",
+                             source="push", assistant_id="asst_1") == 1, 10, what="the pushed run on /metrics")
+    assert total(exporter.scrape(), "assistants_run_tokens_total", type="prompt", source="push") == 120
     # The request is counted once answered, so the page shows it after the next tick.
     wait_until(lambda: total(exporter.scrape(), "assistants_exporter_push_requests_total", code="200") == 1, 10,
                what="the request to be counted")
@@ -83,6 +83,6 @@ def test_the_readme_python_client_runs_as_documented(exporter: ExporterProcess,
     with contextlib.redirect_stdout(out):
         exec(compile(source.replace(DOCUMENTED_URL, exporter.url), "README.md", "exec"), {})
     assert ast.literal_eval(out.getvalue().strip()) == {"accepted": 1, "duplicates": 0, "stale": 0, "invalid": []}
-    samples = exporter.scrape()
-    assert total(samples, "assistants_run_errors_total", code="server_error", source="push") == 1
-    assert total(samples, "assistants_runs_finished_total", status="failed") == 1
+    wait_until(lambda: total(exporter.scrape(), "assistants_run_errors_total", code="server_error",
+                             source="push") == 1, 10, what="the pushed failure on /metrics")
+    assert total(exporter.scrape(), "assistants_runs_finished_total", status="failed") == 1
