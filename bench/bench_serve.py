@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,25 +56,66 @@ def _load_stdlib_server() -> object:
     return module
 
 
-async def _publish_every_second(collector: object, assistants: int, off_loop: bool) -> None:
+class LoopStalls:
+    """How long the loop was held by each build of the families and by each garbage collection (wall time)."""
+
+    def __init__(self) -> None:
+        self.builds: list[float] = []
+        self.collections: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.collections[info["generation"]].append(time.perf_counter() - self._started)
+
+    def reset(self) -> None:
+        self.builds.clear()
+        for values in self.collections.values():
+            values.clear()
+
+    def summary(self) -> str:
+        def ms(values: list[float]) -> str:
+            return f"{len(values)} x, p50 {_pct(values, 0.5):.1f} ms, max {_pct(values, 1.0):.1f} ms"
+        return (f"  builds: {ms(self.builds)}; gen-2 collections: {ms(self.collections[2])}; "
+                f"gen-1: {ms(self.collections[1])}")
+
+
+async def _publish_every_second(collector: object, assistants: int, off_loop: bool, stalls: LoopStalls,
+                                gc_tuned: bool) -> None:
     from bench_scrape import _tracker
 
+    from exporter import metrics_spec as m
     from exporter.metrics import ExporterState, build_families
 
     tracker = _tracker(assistants * 200, assistants)
-    state = ExporterState(api_up=1)
+    if gc_tuned:  # as the exporter does once its state is loaded
+        from exporter.gctune import tune_after_load
+
+        tune_after_load()
+    state = ExporterState(api_up={"threads": 1.0})
     tick = 0
     while True:
         tick += 1
+        # As in a busy fleet, a tenth of the assistants see runs end between two publishes.
+        for a in range(tick % 10, assistants, 10):
+            tracker.aggregates.observe(m.RUN_DURATION.name, ("completed", "threads", f"asst_{a}"), 3.0 + tick % 7)
+            tracker.aggregates.observe(m.STATUS_DURATION.name, ("in_progress", "threads", f"asst_{a}"), 2.0)
+        started = time.perf_counter()
         if off_loop:
             families = await asyncio.to_thread(build_families, tracker, state, 1_700_000_020 + tick)
-        else:  # what Daemon.publish does today: build on the loop
+        else:  # what Daemon.publish does: build on the loop
             families = build_families(tracker, state, 1_700_000_020 + tick)
+        stalls.builds.append(time.perf_counter() - started)
         collector.update(families)  # type: ignore[attr-defined]
+        if tick == 1:  # count from the first publish on: not the start's loading, freezing and cold build
+            stalls.reset()
         await asyncio.sleep(1)
 
 
-def serve(stack: str, http: str, port: int, assistants: int, off_loop: bool) -> None:
+def serve(stack: str, http: str, port: int, assistants: int, off_loop: bool, gc_tuned: bool) -> None:
     from prometheus_client import disable_created_metrics
     from prometheus_client.registry import CollectorRegistry
 
@@ -84,8 +129,12 @@ def serve(stack: str, http: str, port: int, assistants: int, off_loop: bool) -> 
     def ok() -> tuple[bool, str]:
         return True, "ok"
 
+    stalls = LoopStalls()
+    signal.signal(signal.SIGTERM, lambda *_: (print(stalls.summary(), file=sys.stderr, flush=True), os._exit(0)))
+
     async def main() -> None:
-        publisher = asyncio.create_task(_publish_every_second(collector, assistants, off_loop))
+        publisher = asyncio.create_task(_publish_every_second(collector, assistants, off_loop, stalls, gc_tuned))
+        publisher.add_done_callback(lambda t: t.cancelled() or t.exception() is None or os._exit(3))  # no silent death
         if stack == "stdlib":
             old = _load_stdlib_server().MetricsServer(registry, "127.0.0.1", port, ok, ok)  # type: ignore[attr-defined]
             old.start()
@@ -167,17 +216,22 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else float("nan")
 
 
-def run_case(stack: str, http: str, assistants: int, rate: float, seconds: float, off_loop: bool) -> Result:
+def run_case(stack: str, http: str, assistants: int, rate: float, seconds: float, off_loop: bool,
+             gc_default: bool) -> Result:
     from tests.helpers import free_port
 
     port = free_port()
     args = [sys.executable, __file__, "--child", "--stack", stack, "--http", http, "--port", str(port),
-            "--assistants", str(assistants)] + (["--build-off-loop"] if off_loop else [])
+            "--assistants", str(assistants)] + (["--build-off-loop"] if off_loop else []) + \
+        (["--gc-default"] if gc_default else [])
     child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         # Let the first publishes and renders happen before measuring.
         asyncio.run(load(port, 5, 2, 10))
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        series = sum(1 for line in page.splitlines() if line and not line.startswith("#"))
+        print(f"  (the page has {series} series)", flush=True)
         cpu = _cpu_seconds(child.pid)
         result = asyncio.run(load(port, rate, seconds, 10))
         result.server_cpu = _cpu_seconds(child.pid) - cpu
@@ -195,21 +249,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--build-off-loop", action="store_true",
                         help="build the families in a worker thread instead of on the loop (as the daemon does)")
+    parser.add_argument("--gc-default", action="store_true",
+                        help="leave the garbage collector as CPython sets it (the exporter tunes it: gctune.py)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--assistants", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        serve(args.stack, args.http, args.port, args.assistants, args.build_off_loop)
+        serve(args.stack, args.http, args.port, args.assistants, args.build_off_loop, not args.gc_default)
         return
     where = f"{args.stack}" + (f"/{args.http}" if args.stack == "new" else "") + \
-        (" build-off-loop" if args.build_off_loop else "")
+        (" build-off-loop" if args.build_off_loop else "") + (" gc-default" if args.gc_default else " gc-tuned")
     print(f"stack {where}, {os.cpu_count()} cores, open loop, {args.seconds:g}s per case, 10 s timeout")
     print(f"{'series':>8} {'req/s':>6} {'sent':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'cpu %':>6}  goal")
     for assistants, series in CASES:
         for rate in args.rate or [200.0]:
-            r = run_case(args.stack, args.http, assistants, rate, args.seconds, args.build_off_loop)
+            r = run_case(args.stack, args.http, assistants, rate, args.seconds, args.build_off_loop, args.gc_default)
             goal = f"p99 < {GOAL_P99_MS:g} ms" if series == "~10,000" and rate == 200 else ""
             print(f"{series:>8} {rate:>6g} {r.sent:>6} {sum(r.errors.values()):>6} {_pct(r.latencies, 0.5):>8.1f} "
                   f"{_pct(r.latencies, 0.99):>8.1f} {_pct(r.latencies, 1.0):>8.1f} "

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute
 from exporter import logs
 from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
 from exporter.daemon import Daemon
+from exporter.gctune import tune_after_load
 from exporter.inbox import Inbox
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
@@ -390,6 +391,8 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     probes.daemon = daemon
     reloadable.daemon = daemon
     log.info("%s", startup_line(config, daemon.watchlist, len(loaded.runs)))
+    del loaded
+    tune_after_load()  # the loaded state out of the collector's walks: no 100 ms full collections on the loop
     try:
         await daemon.run(stop)
     finally:

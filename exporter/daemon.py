@@ -43,6 +43,9 @@ INVALID_LOG_INTERVAL = 60.0
 POLL_FAILURE_LOG_INTERVAL = 60.0  # per kind of failure, across threads
 _ATTEMPTS = re.compile(r" after \d+ attempts?")
 PUBLISH_INTERVAL = 1.0
+# Building the families costs milliseconds; under a stream of pushes a tick comes every few milliseconds, so
+# changes are published at most this often (a poll's result still reaches /metrics well within a second).
+MIN_PUBLISH_GAP = 0.2
 STORE_RETRY_MIN = 0.5  # seconds; a failed commit is retried with doubling delays up to the max
 STORE_RETRY_MAX = 30.0
 # A webhook event waits for the fetch of its response this many failed attempts, then counts on its own.
@@ -124,6 +127,7 @@ class Daemon:
         self.poll_failure_log = CountingRateLimiter(POLL_FAILURE_LOG_INTERVAL)
         self._stall_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._published_at = float("-inf")
+        self._unpublished = False  # something changed since the last publish
         self._uncommitted: _Uncommitted | None = None
         self._store_retry_at = 0.0
         self._store_delay = STORE_RETRY_MIN
@@ -274,6 +278,8 @@ class Daemon:
         timeout = self.scheduler.next_wake()
         if self._uncommitted is not None:
             timeout = min(timeout, max(0.0, self._store_retry_at - self.mono()))
+        if self._unpublished:
+            timeout = min(timeout, max(0.0, self._published_at + MIN_PUBLISH_GAP - self.mono()))
         if not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
@@ -304,11 +310,15 @@ class Daemon:
             if self.commit():
                 answered, self._answer = self._answer, []
                 resolve(answered)
-        # Ages and windowed ratios move with time alone: refresh at least once a second.
-        if reaped or self.mono() - self._published_at >= PUBLISH_INTERVAL:
-            self.publish()
-        elif received:
-            self._publish_soon()
+        self._unpublished = self._unpublished or bool(reaped or received)
+        # Ages and windowed ratios move with time alone: refresh at least once a second; changes at most
+        # every MIN_PUBLISH_GAP, and after the answers of this tick have gone out.
+        since = self.mono() - self._published_at
+        if (self._unpublished and since >= MIN_PUBLISH_GAP) or since >= PUBLISH_INTERVAL:
+            if received:
+                self._publish_soon()
+            else:
+                self.publish()
 
     def _publish_soon(self) -> None:
         """Publish after the answered requests have run: building the families takes milliseconds, and a
@@ -540,6 +550,7 @@ class Daemon:
         self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources,
                                              (*self.sources, *self.by_id)))
         self._published_at = self.mono()
+        self._unpublished = False
 
     async def _shutdown(self) -> None:
         tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, _, t in self._discovering)]

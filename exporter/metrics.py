@@ -17,6 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter import metrics_spec as m
@@ -95,14 +96,43 @@ def _counter_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
     return fam
 
 
+# Histogram lines are most of a page (15 of every 18 series) and cost the most to build, while most histograms
+# do not move between two publishes: each series' samples are kept with the buckets and sum they were built
+# from, and reused while those are unchanged. Samples are immutable once published. Keyed by content, so a
+# stale entry can never be served; entries of series no longer exported are dropped at each build.
+_HistogramCacheKey = tuple[tuple[str, ...], LabelValues]  # (label names, label values)
+_histogram_cache: dict[str, dict[_HistogramCacheKey, tuple[tuple[int, ...], float, list[Sample]]]] = {}
+
+
+def _histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, hist: Histogram) -> list[Sample]:
+    """What HistogramMetricFamily.add_metric(labels, hist.cumulative(), hist.sum) appends, sample for sample."""
+    base = dict(zip(names, labels, strict=True))
+    buckets = hist.cumulative()
+    out = [Sample(name + "_bucket", {**base, "le": le}, value, None, None) for le, value in buckets]
+    out.append(Sample(name + "_count", dict(base), buckets[-1][1], None))
+    out.append(Sample(name + "_sum", dict(base), hist.sum, None))
+    return out
+
+
 def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
                       label_sets: Iterable[LabelValues]) -> Metric:
     hists: dict[LabelValues, Histogram] = {key: Histogram.empty(BUCKETS[spec.name])
                                            for key in (_keys(spec, label_sets) if spec.zeros else label_sets)}
     hists.update(agg.histogram_items(spec.name))
     fam = _histogram(spec, extra)
+    names = tuple(spec.label_names(extra))
+    previous = _histogram_cache.get(spec.name, {})
+    current: dict[_HistogramCacheKey, tuple[tuple[int, ...], float, list[Sample]]] = {}
     for labels, hist in sorted(hists.items()):
-        fam.add_metric(list(labels), hist.cumulative(), hist.sum)
+        counts = tuple(hist.counts)
+        cached = previous.get((names, labels))
+        if cached is not None and cached[0] == counts and cached[1] == hist.sum:
+            samples = cached[2]
+        else:
+            samples = _histogram_samples(fam.name, names, labels, hist)
+        current[(names, labels)] = (counts, hist.sum, samples)
+        fam.samples.extend(samples)
+    _histogram_cache[spec.name] = current
     return fam
 
 

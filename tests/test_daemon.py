@@ -4,6 +4,7 @@ bad input, store errors, and received updates answered only once committed."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import time
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from exporter.config import read_threads_file
-from exporter.daemon import STORE_RETRY_MIN, Daemon
+from exporter.daemon import MIN_PUBLISH_GAP, STORE_RETRY_MIN, Daemon
 from exporter.inbox import Registration, RunItems, StoreUnavailable
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
@@ -342,6 +343,37 @@ def test_received_items_are_answered_after_one_group_commit(tmp_path: Path) -> N
     assert all(isinstance(d, RunItems) and (d.outcome.accepted, d.outcome.duplicates) == (1, 1) for d in done)
     loaded = Store(tmp_path / "state.db", ["assistant_id"]).load()
     assert loaded.aggregates.counter("assistants_runs_finished_total", ("completed", "push", "")) == 20
+
+
+def test_a_stream_of_received_items_is_published_at_most_every_gap_and_none_is_left_out(tmp_path: Path) -> None:
+    clock = Clock()
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock)
+    publishes: list[float] = []
+    real_update = daemon.collector.update
+    daemon.collector.update = lambda fams: (publishes.append(clock.mono), real_update(fams))[1]  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        daemon.sync_scopes()
+        daemon.publish()
+        for i in range(100):  # one request every 10 ms for a second: a tick each
+            clock.mono = round(clock.mono + 0.01, 6)
+            waiting = asyncio.create_task(daemon.inbox.submit(_runs((f"r{i}", "completed")), 5))
+            await _settle()
+            daemon.step()
+            await waiting
+        last = clock.mono
+        clock.mono = round(clock.mono + MIN_PUBLISH_GAP, 6)
+        await asyncio.wait_for(daemon._wait(), 0.5)  # the loop wakes for the pending publish, not after a tick
+        daemon.step()
+        assert publishes[-1] > last  # the last request's run was published
+
+    asyncio.run(scenario())
+    gaps = [b - a for a, b in itertools.pairwise(publishes)]
+    assert min(gaps) >= MIN_PUBLISH_GAP - 1e-9  # a hundred ticks, about six builds instead of a hundred
+    assert len(publishes) <= 1 + 1.0 / MIN_PUBLISH_GAP + 1
+    families = {f.name: f for f in daemon.collector.collect()}
+    finished = sum(s.value for s in families["assistants_runs_finished"].samples if s.name.endswith("_total"))
+    assert finished == 100
 
 
 def test_a_failing_store_keeps_the_batch_retries_and_says_why(tmp_path: Path) -> None:

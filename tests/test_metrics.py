@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from prometheus_client import generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from exporter import metrics as metrics_module
 from exporter import statuses
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.metrics_spec import METRICS, spec
@@ -89,3 +91,49 @@ def test_spec_lookup_rejects_unknown_names() -> None:
     except KeyError:
         return
     raise AssertionError("unknown metric name accepted")
+
+
+def _page(families: list) -> bytes:  # type: ignore[type-arg]
+    collector = SnapshotCollector()
+    collector.update(families)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
+
+
+def _through_add_metric(families: list) -> list:  # type: ignore[type-arg]
+    """The same histogram values re-added through prometheus_client's own HistogramMetricFamily.add_metric."""
+    out = []
+    for fam in families:
+        if fam.type != "histogram":
+            out.append(fam)
+            continue
+        series: dict[tuple[tuple[str, str], ...], tuple[list[tuple[str, float]], float]] = {}
+        for s in fam.samples:
+            key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+            buckets, total = series.setdefault(key, ([], 0.0))
+            if s.name.endswith("_bucket"):
+                buckets.append((s.labels["le"], s.value))
+            elif s.name.endswith("_sum"):
+                series[key] = (buckets, s.value)
+        names = [k for k, _ in next(iter(series))] if series else []
+        ref = HistogramMetricFamily(fam.name, fam.documentation, labels=names)
+        for key, (buckets, total) in series.items():
+            ref.add_metric([v for _, v in key], buckets, total)
+        out.append(ref)
+    return out
+
+
+def test_histogram_lines_reused_between_builds_are_byte_identical_to_a_fresh_build() -> None:
+    tracker = _busy_tracker(["assistant_id", "model"])
+    pages = []
+    for step in range(4):
+        if step:  # move some histograms, not others, between builds
+            tracker.aggregates.observe(spec("assistants_run_duration_seconds").name,
+                                       ("failed", "threads", "a", "m"), 7.5 * step)
+        warm = build_families(tracker, ExporterState(), T0 + 20, ("threads",), ("threads",))
+        metrics_module._histogram_cache.clear()
+        cold = build_families(tracker, ExporterState(), T0 + 20, ("threads",), ("threads",))
+        assert _page(warm) == _page(cold) == _page(_through_add_metric(cold))
+        pages.append(_page(warm))
+    assert len(set(pages)) == 4  # each observation shows in the next page
