@@ -94,3 +94,14 @@ def list_all(http: httpx.Client, thread_id: str, order: str = "desc", limit: int
         if not page["has_more"]:
             return runs
         params["after"] = page["last_id"]
+
+
+def quiesce(sim: Simulator, timeout: float = 60) -> None:
+    """Wait until no run is unfinished, so that nothing can end between two points of a test."""
+    from exporter import statuses
+    from tests.helpers import wait_until
+
+    def idle() -> bool:
+        by_status = sim.engine.truth().by_status
+        return not any(by_status.get(s, 0) for s in statuses.NON_TERMINAL)
+    wait_until(idle, timeout, interval=0.2, what="simulator runs to finish")

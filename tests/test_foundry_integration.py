@@ -14,6 +14,7 @@ from exporter import statuses
 from exporter.simulator import Simulator
 from tests.exporter_process import ExporterProcess, by_label, total
 from tests.helpers import wait_until
+from tests.simulator_support import quiesce
 
 pytestmark = pytest.mark.slow
 
@@ -48,16 +49,11 @@ def _start(sim: Simulator, tmp_path: Path) -> ExporterProcess:
     return exporter.start()
 
 
-def _quiesce(sim: Simulator) -> None:
-    def idle() -> bool:
-        by_status = sim.engine.truth().by_status
-        return not any(by_status.get(s, 0) for s in statuses.NON_TERMINAL)
-    wait_until(idle, 60, 0.2, "simulator runs to finish")
 
 
 def test_discovered_threads_with_refreshed_tokens_match_the_truth_across_a_kill(sim: Simulator,
                                                                                  tmp_path: Path) -> None:
-    _quiesce(sim)
+    quiesce(sim)
     exporter = _start(sim, tmp_path)
     try:
         exporter.wait_ready()
@@ -76,7 +72,7 @@ def test_discovered_threads_with_refreshed_tokens_match_the_truth_across_a_kill(
         # Keep runs arriving until the credential has refreshed its token at least three times.
         wait_until(lambda: sim.tokens.issued - issued_before >= 4, 90, 0.2, "three token refreshes")
         sim.engine.set_workload(False)
-        _quiesce(sim)
+        quiesce(sim)
         truth = sim.engine.truth(since)
         want_finished = {s: float(truth.finished.get(s, 0)) for s in statuses.TERMINAL_STATUSES}
         seen: list[dict[str, float]] = []

@@ -12,6 +12,7 @@ from exporter import statuses
 from exporter.simulator import Simulator
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import require_binary, wait_until
+from tests.simulator_support import quiesce
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +28,6 @@ def sim() -> Iterator[Simulator]:
     s.stop()
 
 
-def _quiesce(sim: Simulator, timeout: float = 40) -> None:
-    """Wait until no run is unfinished, so that nothing can end between two points of a test."""
-    def idle() -> bool:
-        by_status = sim.engine.truth().by_status
-        return not any(by_status.get(s, 0) for s in statuses.NON_TERMINAL)
-    wait_until(idle, timeout, interval=0.2, what="simulator runs to finish")
 
 
 def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str]) -> ExporterProcess:
@@ -87,7 +82,7 @@ def _assert_totals_match(exporter: ExporterProcess, sim: Simulator, since: int) 
 
 
 def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> None:
-    _quiesce(sim)
+    quiesce(sim)
     exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
     try:
         exporter.wait_ready()
@@ -95,7 +90,7 @@ def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> N
         history = exporter.scrape()
         assert total(history, FINISHED) == 0  # history never counts
         since = _run_workload(sim, finishes=80)
-        _quiesce(sim)
+        quiesce(sim)
         samples = _assert_totals_match(exporter, sim, since)
 
         truth = sim.engine.truth(since)
@@ -116,7 +111,7 @@ def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> N
 
 
 def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> None:
-    _quiesce(sim)
+    quiesce(sim)
     exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
     try:
         exporter.wait_ready()
@@ -131,14 +126,14 @@ def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> Non
         exporter.wait_ready()
         wait_until(lambda: _finished(sim, since) >= down_until + 40, 60, 0.2, "workload")
         sim.engine.set_workload(False)
-        _quiesce(sim)
+        quiesce(sim)
         _assert_totals_match(exporter, sim, since)
     finally:
         exporter.stop()
 
 
 def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_path: Path) -> None:
-    _quiesce(sim)
+    quiesce(sim)
     sim.faults.error_rate = 0.05
     sim.faults.malformed_rate = 0.2
     sim.faults.truncate_rate = 0.03
@@ -160,7 +155,7 @@ def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_pat
         wait_until(lambda: total(exporter.scrape(), "assistants_runs", assistant_id="asst_added") == 1, 30, 0.2,
                    "the added thread's run")
         sim.engine.cancel_run(new_thread, run_id)
-        _quiesce(sim)
+        quiesce(sim)
         samples = _assert_totals_match(exporter, sim, since)
         assert total(samples, FINISHED, assistant_id="asst_added", status="cancelled") == 1
 
@@ -196,7 +191,7 @@ def test_history_is_read_once_never_counted_and_later_polls_are_one_request(tmp_
     sim = Simulator(scenario="history", seed=3, speed=SPEED).start()
     try:
         sim.engine.set_workload(False)
-        _quiesce(sim)
+        quiesce(sim)
         exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
         try:
             exporter.wait_ready()

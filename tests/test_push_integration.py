@@ -38,6 +38,7 @@ from exporter.simulator import Simulator
 from exporter.sources.push import ENUM_BY_VALUE
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import wait_until
+from tests.simulator_support import quiesce
 
 pytestmark = pytest.mark.slow
 
@@ -244,11 +245,6 @@ def sim() -> Iterator[Simulator]:
     s.stop()
 
 
-def _quiesce(sim: Simulator, timeout: float = 60) -> None:
-    def idle() -> bool:
-        by_status = sim.engine.truth().by_status
-        return not any(by_status.get(s, 0) for s in statuses.NON_TERMINAL)
-    wait_until(idle, timeout, interval=0.2, what="simulator runs to finish")
 
 
 def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str]) -> ExporterProcess:
@@ -314,7 +310,7 @@ def _expected(sim: Simulator, since: int, truth: PushTruth) -> dict[str, dict[st
 
 
 def test_pushed_and_polled_runs_equal_the_truth_across_kill_9(sim: Simulator, tmp_path: Path) -> None:
-    _quiesce(sim)
+    quiesce(sim)
     threads = sim.thread_ids()
     exporter = _start_exporter(sim, tmp_path, threads)
     stop = threading.Event()
@@ -366,7 +362,7 @@ def test_pushed_and_polled_runs_equal_the_truth_across_kill_9(sim: Simulator, tm
         for t in workers:
             t.join(60)
             assert not t.is_alive() and t.error is None, t.error
-        _quiesce(sim)
+        quiesce(sim)
         pusher.flush()  # the final state of every simulator run, pushed too
 
         expected = _expected(sim, since, truth)

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exporter import statuses
 from exporter.shards import Sharding, ordinal, run_key
 from exporter.simulator import Simulator
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import wait_until
+from tests.simulator_support import quiesce
 
 TOKEN = "shard-test-token-0123456789"
 
@@ -62,11 +62,6 @@ def sim() -> Iterator[Simulator]:
     s.stop()
 
 
-def _quiesce(sim: Simulator) -> None:
-    def idle() -> bool:
-        by_status = sim.engine.truth().by_status
-        return not any(by_status.get(s, 0) for s in statuses.NON_TERMINAL)
-    wait_until(idle, 60, 0.2, "simulator runs to finish")
 
 
 def _exporter(sim: Simulator, tmp_path: Path, name: str, extra: list[str], port: int | None = None) -> ExporterProcess:
@@ -105,7 +100,7 @@ def _view(samples: Samples) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
 
 @pytest.mark.slow
 def test_three_shards_report_together_what_one_exporter_reports(sim: Simulator, tmp_path: Path) -> None:
-    _quiesce(sim)
+    quiesce(sim)
     threads = sim.thread_ids()
     (tmp_path / "threads.txt").write_text("\n".join(threads) + "\n")
     template, ports = _ports(3)
@@ -143,7 +138,7 @@ def test_three_shards_report_together_what_one_exporter_reports(sim: Simulator, 
             assert registered.status_code == 200 and registered.json()["result"] == "exists"
         wait_until(lambda: sum(sim.engine.truth().finished.values()) >= want + 40, 90, 0.2, "workload")
         sim.engine.set_workload(False)
-        _quiesce(sim)
+        quiesce(sim)
 
         def same() -> bool:
             return _view(single.scrape()) == _view(_sum([s.scrape() for s in shards]))
