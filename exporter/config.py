@@ -401,6 +401,8 @@ def _as_str(flag: Flag, raw: _Raw) -> str:
         return raw.value.isoformat()  # YAML reads an unquoted 2024-05-01 as a date
     if isinstance(raw.value, bool) or not isinstance(raw.value, str | int | float):
         _fail(flag, raw, "expected a string")
+    if isinstance(raw.value, str) and "\x00" in raw.value:  # no setting holds one; paths with one raise
+        _fail(flag, raw, "must not contain a NUL character")
     return str(raw.value).strip()
 
 
@@ -465,6 +467,8 @@ def _as_list(flag: Flag, raw: _Raw) -> list[str]:
         if isinstance(item, bool) or not isinstance(item, str | int):
             _fail(flag, raw, "expected a list of strings")
         text = str(item).strip()
+        if "\x00" in text:
+            _fail(flag, raw, "must not contain a NUL character")
         if text and text not in out:
             out.append(text)
     return out

@@ -579,3 +579,12 @@ def test_parse_threads_properties(lines: list[str]) -> None:
 def test_listen_round_trips(host: str, port: int) -> None:
     c = Config(listen_host=host, listen_port=port, state_file=Path("/nonexistent/s.db"))
     assert parse_listen(c.listen) == (host, port)
+
+
+@pytest.mark.parametrize("key", ["push_token_file", "threads_file", "state_file", "api_key_file", "threads"])
+def test_a_nul_character_in_a_setting_is_a_one_line_error(tmp_path: Path, key: str) -> None:
+    """Regression (found by the fuzz test): a path with a NUL byte raised ValueError from open()."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f'{key}: "a\\0b"\n')
+    with pytest.raises(ConfigError, match="NUL character"):
+        load_config(["--config", str(config), "--demo"], {"HOME": str(tmp_path)})
