@@ -347,9 +347,9 @@ def _load_yaml(path_text: str) -> dict[str, _Raw]:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"--config: {str(path)!r} is not valid YAML{where}: {problem}") from None
-    except (ValueError, RecursionError):
-        # PyYAML lets some errors through as plain exceptions: an escape beyond U+10FFFF ("\U10010000"),
-        # a date that does not exist, nesting deeper than Python's stack.
+    except (ValueError, OverflowError, RecursionError):
+        # PyYAML lets some errors through as plain exceptions: an escape beyond U+10FFFF ("\U10010000"; far
+        # beyond, "\Ua0010000", an OverflowError), a date that does not exist, nesting deeper than the stack.
         raise ConfigError(f"--config: {str(path)!r} is not valid YAML: a value cannot be read") from None
     if data is None:
         return {}  # an empty file is an empty mapping

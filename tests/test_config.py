@@ -588,3 +588,11 @@ def test_a_nul_character_in_a_setting_is_a_one_line_error(tmp_path: Path, key: s
     config.write_text(f'{key}: "a\\0b"\n')
     with pytest.raises(ConfigError, match="NUL character"):
         load_config(["--config", str(config), "--demo"], {"HOME": str(tmp_path)})
+
+
+def test_a_yaml_escape_far_beyond_unicode_is_a_one_line_error(tmp_path: Path) -> None:
+    """Regression (found by the fuzz test): PyYAML raised OverflowError for "\\Ua0010000"."""
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b'"0\\x1F\\e\\Ua0010000": \'\'\n')
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(["--config", str(config), "--demo"], {"HOME": str(tmp_path)})
