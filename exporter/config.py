@@ -26,7 +26,7 @@ import yaml
 
 from exporter import __version__
 from exporter.metrics_spec import RUN_LABELS_CHOICES
-from exporter.model import thread_id_problem
+from exporter.model import is_unicode_text, thread_id_problem
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 logger = logging.getLogger(__name__)
@@ -401,9 +401,18 @@ def _as_str(flag: Flag, raw: _Raw) -> str:
         return raw.value.isoformat()  # YAML reads an unquoted 2024-05-01 as a date
     if isinstance(raw.value, bool) or not isinstance(raw.value, str | int | float):
         _fail(flag, raw, "expected a string")
-    if isinstance(raw.value, str) and "\x00" in raw.value:  # no setting holds one; paths with one raise
-        _fail(flag, raw, "must not contain a NUL character")
+    if isinstance(raw.value, str):
+        _check_text(flag, raw, raw.value)
     return str(raw.value).strip()
+
+
+def _check_text(flag: Flag, raw: _Raw, text: str) -> None:
+    """No setting holds a NUL or a lone surrogate (undecodable argv bytes, or "\\ud800" in YAML): paths with
+    either raise from open(), and ids with one could never be written to the state file."""
+    if "\x00" in text:
+        _fail(flag, raw, "must not contain a NUL character")
+    if not is_unicode_text(text):
+        _fail(flag, raw, "must be valid UTF-8 text (found an undecodable byte or a lone surrogate)")
 
 
 def _as_float(flag: Flag, raw: _Raw) -> float:
@@ -467,8 +476,7 @@ def _as_list(flag: Flag, raw: _Raw) -> list[str]:
         if isinstance(item, bool) or not isinstance(item, str | int):
             _fail(flag, raw, "expected a list of strings")
         text = str(item).strip()
-        if "\x00" in text:
-            _fail(flag, raw, "must not contain a NUL character")
+        _check_text(flag, _Raw(text, raw.origin), text)
         if text and text not in out:
             out.append(text)
     return out

@@ -32,9 +32,11 @@ from exporter import statuses
 from exporter.config import YAML_KEYS, Config, ConfigError, load_config, parse_threads, read_threads_file
 from exporter.model import (
     INVALID_REASONS,
+    REASON_BAD_STRING,
     REASON_MISSING_ID,
     REASON_MISSING_STATUS,
     REASON_NOT_OBJECT,
+    REASON_TOO_LONG,
     REASON_UNKNOWN_STATUS,
     REASON_WRONG_TYPE,
     TURN_STATUSES,
@@ -55,7 +57,7 @@ settings.register_profile(
 FUZZ = settings.get_profile("fuzz")
 
 # Reasons for which the item is dropped, and those for which it is kept (with status `unknown`).
-DROPPED = (REASON_NOT_OBJECT, REASON_MISSING_ID, REASON_WRONG_TYPE)
+DROPPED = (REASON_NOT_OBJECT, REASON_MISSING_ID, REASON_WRONG_TYPE, REASON_BAD_STRING, REASON_TOO_LONG)
 KEPT = (REASON_MISSING_STATUS, REASON_UNKNOWN_STATUS)
 THREAD = "thread_fuzz"
 
