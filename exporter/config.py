@@ -125,6 +125,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--push-max-body", "int", 1048576, "Largest request body the write endpoints accept, in bytes.", "BYTES"),
     Flag("--max-watched", "int", 100000, "Most scopes (threads) watched at once; registrations past it get 429.",
          "N"),
+    Flag("--max-assistant-ids", "int", 200, "Distinct assistant_id label values; later new ones count as other.",
+         "N"),
+    Flag("--max-models", "int", 50, "Distinct model label values; later new ones count as other.", "N"),
+    Flag("--max-error-codes", "int", 64, "Distinct error code label values (the known codes included).", "N"),
+    Flag("--max-incomplete-reasons", "int", 32, "Distinct incomplete reason label values (the known ones included).",
+         "N"),
     Flag("--shard", "str", "0",
          "This replica's shard, 0..--total-shards - 1, or 'auto': the ordinal at the end of the hostname "
          "(a StatefulSet pod name-3 is shard 3).", "N"),
@@ -186,6 +192,7 @@ class Config:
     push_token_file: Path | None = None
     push_max_body: int = 1048576
     max_watched: int = 100000
+    label_caps: tuple[tuple[str, int], ...] = (("assistant_id", 200), ("model", 50), ("code", 64), ("reason", 32))
     shard: int = 0
     total_shards: int = 1
     shard_peer_url: str | None = None
@@ -717,6 +724,13 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     max_watched: int = get("max_watched", _as_int)
     if max_watched < 1:
         _fail(FLAGS_BY_DEST["max_watched"], source("max_watched"), "must be >= 1")
+    label_caps: list[tuple[str, int]] = []
+    for label, dest in (("assistant_id", "max_assistant_ids"), ("model", "max_models"), ("code", "max_error_codes"),
+                        ("reason", "max_incomplete_reasons")):
+        cap: int = get(dest, _as_int)
+        if cap < 1:
+            _fail(FLAGS_BY_DEST[dest], source(dest), "must be >= 1")
+        label_caps.append((label, cap))
     total_shards: int = get("total_shards", _as_int)
     if not 1 <= total_shards <= 1024:
         _fail(FLAGS_BY_DEST["total_shards"], source("total_shards"), "must be 1..1024")
@@ -793,6 +807,7 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         push_token_file=push_token_file,
         push_max_body=push_max_body,
         max_watched=max_watched,
+        label_caps=tuple(label_caps),
         shard=shard,
         total_shards=total_shards,
         shard_peer_url=shard_peer_url,

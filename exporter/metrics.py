@@ -198,6 +198,7 @@ def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Seque
     fams.append(_counter_family(agg, m.WEBHOOKS, (), ()))
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
         fams.append(_counter_family(agg, spec, (), none))
+    fams.append(_counter_family(agg, m.LABEL_OVERFLOW, (), none))
     shard = _gauge(m.SHARD)
     shard.add_metric([str(state.shard[0]), str(state.shard[1])], 1)
     fams.append(shard)
