@@ -40,14 +40,19 @@ class ExporterState:
 class SnapshotCollector(Collector):
     """Serves the last set of families handed to it; thread-safe by whole-list replacement.
 
-    Listeners (the HTTP server's page cache) are told after each update, so a page is rendered once per
-    update instead of once per scrape.
+    Listeners (the HTTP server's page cache) are told after each update, so that a page is rendered once per
+    update instead of once per scrape. update_lazy() hands over a function that builds the families instead:
+    it runs at the first collect() after it, only if someone collects (a scrape), and only on the thread that
+    handed it over (the daemon's state is not thread-safe): other threads get the last families built.
     """
 
     def __init__(self) -> None:
         self._families: list[Metric] = []
+        self._build: Callable[[], list[Metric]] | None = None
+        self._owner = 0  # the thread that may run _build
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self.builds = 0  # update_lazy() builds run, for tests and benchmarks
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every update(), on the updating thread; it must be quick."""
@@ -56,11 +61,25 @@ class SnapshotCollector(Collector):
     def update(self, families: list[Metric]) -> None:
         with self._lock:
             self._families = families
+            self._build = None
+        self._notify()
+
+    def update_lazy(self, build: Callable[[], list[Metric]]) -> None:
+        with self._lock:
+            self._build = build
+            self._owner = threading.get_ident()
+        self._notify()
+
+    def _notify(self) -> None:
         for listener in self._listeners:
             listener()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
+            if self._build is not None and self._owner == threading.get_ident():
+                self._families = self._build()
+                self._build = None
+                self.builds += 1
             families = self._families
         return iter(families)
 
