@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 total=${1:-1000000}
 log=${FUZZ_LOG:-/tmp/fuzz_long.log}
-ids=$(python -m pytest -q --collect-only -p no:cacheprovider tests/test_fuzz.py 2>/dev/null | grep '::')
+ids=$(python -m pytest -q --collect-only -p no:cacheprovider tests/test_fuzz.py tests/test_fuzz_network.py 2>/dev/null | grep '::')
 tests=$(echo "$ids" | wc -l)
 per_test=$(( (total + tests - 1) / tests ))
 echo "$(date -u +%FT%TZ) fuzz_long: $tests tests x $per_test examples = $(( tests * per_test )) inputs" >>"$log"
