@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter import __version__
+from exporter.cardinality import DEFAULT_LIMITS
 from exporter.metrics_spec import RUN_LABELS_CHOICES
 from exporter.model import is_unicode_text, thread_id_problem
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
@@ -125,12 +126,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--push-max-body", "int", 1048576, "Largest request body the write endpoints accept, in bytes.", "BYTES"),
     Flag("--max-watched", "int", 100000, "Most scopes (threads) watched at once; registrations past it get 429.",
          "N"),
-    Flag("--max-assistant-ids", "int", 200, "Distinct assistant_id label values; later new ones count as other.",
-         "N"),
-    Flag("--max-models", "int", 50, "Distinct model label values; later new ones count as other.", "N"),
-    Flag("--max-error-codes", "int", 64, "Distinct error code label values (the known codes included).", "N"),
-    Flag("--max-incomplete-reasons", "int", 32, "Distinct incomplete reason label values (the known ones included).",
-         "N"),
+    Flag("--max-assistant-ids", "int", DEFAULT_LIMITS["assistant_id"],
+         "Distinct assistant_id label values; later new ones count as other.", "N"),
+    Flag("--max-models", "int", DEFAULT_LIMITS["model"],
+         "Distinct model label values; later new ones count as other.", "N"),
+    Flag("--max-error-codes", "int", DEFAULT_LIMITS["code"],
+         "Distinct error code label values (the known codes included).", "N"),
+    Flag("--max-incomplete-reasons", "int", DEFAULT_LIMITS["reason"],
+         "Distinct incomplete reason label values (the known ones included).", "N"),
     Flag("--shard", "str", "0",
          "This replica's shard, 0..--total-shards - 1, or 'auto': the ordinal at the end of the hostname "
          "(a StatefulSet pod name-3 is shard 3).", "N"),
@@ -192,7 +195,7 @@ class Config:
     push_token_file: Path | None = None
     push_max_body: int = 1048576
     max_watched: int = 100000
-    label_caps: tuple[tuple[str, int], ...] = (("assistant_id", 200), ("model", 50), ("code", 64), ("reason", 32))
+    label_caps: tuple[tuple[str, int], ...] = tuple(DEFAULT_LIMITS.items())  # label -> cap of distinct values
     shard: int = 0
     total_shards: int = 1
     shard_peer_url: str | None = None
