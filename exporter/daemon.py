@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
-from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, resolve
+from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, fail, resolve
 from exporter.logs import CountingRateLimiter, RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, RunSnapshot
@@ -83,6 +83,13 @@ class _Uncommitted:
         self.histograms.update(newer.histograms)
         self.registrations.update(newer.registrations)
         self.discovered.update(newer.discovered)
+
+
+def _describe(exc: Exception) -> str:
+    """One printable line: an error about a value the store could not encode may carry a lone surrogate,
+    which would break the log line and the /readyz body that show it."""
+    text = str(exc) if isinstance(exc, (sqlite3.Error, OSError)) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
 class Daemon:
@@ -305,13 +312,12 @@ class Daemon:
             self._apply_fetches(fetches, now)
         self._note_stalls()
         for pending in received:
-            self._apply_item(pending.item, now)
+            self._apply_received(pending, now)
         self.tracker.expire(now)
-        if received or reaped or self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted:
-            self._answer.extend(received)
-            if self.commit():
-                answered, self._answer = self._answer, []
-                resolve(answered)
+        dirty = self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted
+        if (received or reaped or dirty) and self.commit():
+            answered, self._answer = self._answer, []
+            resolve(answered)
         self._unpublished = self._unpublished or bool(reaped or received)
         # Ages and windowed ratios move with time alone: refresh at least once a second; changes at most
         # every MIN_PUBLISH_GAP, and after the answers of this tick have gone out.
@@ -473,6 +479,18 @@ class Daemon:
                     log.warning("%s: requests to the API go unanswered; api_up is 0 until one answers", name)
                 self.state.api_up[name] = 0.0
 
+    def _apply_received(self, pending: Pending, now: float) -> None:
+        """Apply a request's items; it waits for the next successful commit to be answered. A request whose
+        items raise (a bug) is answered 503 and the loop goes on; what it changed is committed anyway."""
+        try:
+            self._apply_item(pending.item, now)
+        except Exception as exc:
+            if self._store_log.allow("apply", self.wall()):
+                log.error("cannot apply a received request: %s (logged once a minute)", _describe(exc))
+            fail([pending], "not applied")
+            return
+        self._answer.append(pending)
+
     def _apply_item(self, item: RunItems | Registration | Delivery, now: float) -> None:
         if isinstance(item, Delivery):
             self._apply_delivery(item, now)
@@ -517,36 +535,41 @@ class Daemon:
             log.warning("skipped malformed data from %s: %s (logged once a minute per reason)", scope, reason)
 
     def commit(self) -> bool:
-        """Write everything not yet written. On a store error keep it all for a retry with backoff."""
-        self.deliveries.expire(self.wall())
-        batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
-                             self.watchlist.take_changes(), self.watchlist.take_discovered_changes(),
-                             self.deliveries.take_changes(), self.deliveries.take_pending_changes())
-        if self._uncommitted is not None:
-            self._uncommitted.merge(batch)
-            batch = self._uncommitted
-            if self.mono() < self._store_retry_at:
-                return False
-        meta = {"last_poll_success": repr(self.state.last_poll_success),
-                **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
+        """Write everything not yet written. On any error keep it all for a retry with backoff: the batch is
+        set aside before the store sees it, so nothing taken from the tracker is ever dropped unwritten."""
         try:
+            self.deliveries.expire(self.wall())
+            batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
+                                 self.watchlist.take_changes(), self.watchlist.take_discovered_changes(),
+                                 self.deliveries.take_changes(), self.deliveries.take_pending_changes())
+            retrying = self._uncommitted is not None
+            if self._uncommitted is not None:
+                self._uncommitted.merge(batch)
+                batch = self._uncommitted
+                if self.mono() < self._store_retry_at:
+                    return False
+            self._uncommitted = batch
+            meta = {"last_poll_success": repr(self.state.last_poll_success),
+                    **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
             self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
                               batch.discovered, batch.deliveries, batch.pending)
-        except (sqlite3.Error, OSError) as exc:
-            self._uncommitted = batch
-            self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
-            self._store_retry_at = self.mono() + self._store_delay
-            self._store_delay = min(STORE_RETRY_MAX, self._store_delay * 2)
-            self.health.store_error = f"cannot write state file {self.store.path}: {exc}"
-            if self._store_log.allow("commit", self.wall()):
-                log.error("%s; keeping the changes and retrying (logged once a minute)", self.health.store_error)
+        except Exception as exc:  # a full disk, a locked file, or a value the store cannot write: never a crash
+            self._commit_failed(exc)
             return False
-        if self._uncommitted is not None:
+        if retrying:
             log.info("state file %s writable again", self.store.path)
         self._uncommitted = None
         self._store_delay = STORE_RETRY_MIN
         self.health.store_error = None
         return True
+
+    def _commit_failed(self, exc: Exception) -> None:
+        self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
+        self._store_retry_at = self.mono() + self._store_delay
+        self._store_delay = min(STORE_RETRY_MAX, self._store_delay * 2)
+        self.health.store_error = f"cannot write state file {self.store.path}: {_describe(exc)}"
+        if self._store_log.allow("commit", self.wall()):
+            log.error("%s; keeping the changes and retrying (logged once a minute)", self.health.store_error)
 
     def publish(self) -> None:
         """Say the metrics changed: they are built from the state when a scrape asks, on this loop."""
@@ -569,16 +592,18 @@ class Daemon:
             await by_id.aclose()
 
     def step_final(self) -> None:
-        """Commit what arrived before the stop; requests still waiting are answered if it succeeds."""
+        """Commit what arrived before the stop. Requests still waiting are answered 200 only if this commit
+        wrote their items, else 503 at once (never an answer for what is not in the state file)."""
         received = self.inbox.drain()
         now = self.wall()
         for pending in received:
-            self._apply_item(pending.item, now)
-        self._answer.extend(received)
+            self._apply_received(pending, now)
         self._store_retry_at = 0.0
+        waiting, self._answer = self._answer, []
         if self.commit():
-            resolve(self._answer)
-            self._answer = []
+            resolve(waiting)
+        else:
+            fail(waiting, "not committed before the stop")
 
     # -- probes ---------------------------------------------------------------------------
 
