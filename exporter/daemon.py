@@ -549,6 +549,8 @@ class Daemon:
                 if self.mono() < self._store_retry_at:
                     return False
             self._uncommitted = batch
+            if retrying:
+                self.store.checkpoint()  # a WAL that filled the volume: empty it first, now that it may fit
             meta = {"last_poll_success": repr(self.state.last_poll_success),
                     **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
             self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
@@ -564,6 +566,7 @@ class Daemon:
         return True
 
     def _commit_failed(self, exc: Exception) -> None:
+        self.store.checkpoint()  # a full small volume: a truncated WAL gives room for the retry
         self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
         self._store_retry_at = self.mono() + self._store_delay
         self._store_delay = min(STORE_RETRY_MAX, self._store_delay * 2)
