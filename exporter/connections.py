@@ -45,7 +45,7 @@ class Limits:
     header_timeout: float = HEADER_TIMEOUT
     max_connections: int = MAX_REQUESTS  # requests in flight (the name it had when it counted every socket)
     keep_alive: int = 5  # seconds an idle kept-alive connection stays open
-    backlog: int = 512  # listen backlog (bind_socket's)
+    backlog: int = 512  # listen backlog (bind_socket's), and connections accepted per turn of the loop
     max_idle: int = MAX_IDLE
     reserve: int = RESERVE
     max_header_bytes: int = MAX_HEADER_BYTES
