@@ -19,6 +19,7 @@ from pathlib import Path
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
 from exporter.metrics_spec import SOURCE_LABEL, spec
 from exporter.model import SOURCE_THREADS
+from exporter.statefile import empty_file, write_problem, wrong_type
 from exporter.tracker import Changes, Finish, RunState, ScopeState, Tracker
 
 # The schema every state file starts from; MIGRATIONS take it to SCHEMA_VERSION.
@@ -145,24 +146,13 @@ _RESTART_HINT = "move it away to start with empty state (see the runbook: 'State
 # free) and cut back to this size whenever it is reset, so an old WAL never holds a small volume full.
 JOURNAL_SIZE_LIMIT = 1 << 20
 _PAGE_SIZE = 4096
-# What each declared column type may hold (typeof), so a number column with text in it is refused at start.
-_TYPEOF: dict[str, tuple[str, ...]] = {"INTEGER": ("integer", "real"), "REAL": ("integer", "real"), "TEXT": ("text",)}
-
-
-def _empty_file(path: Path) -> bool:
-    """An existing file of 0 bytes with no WAL beside it holds no state: not a fresh start, a lost file."""
-    try:
-        wal = path.with_name(path.name + "-wal")
-        return path.stat().st_size == 0 and (not wal.exists() or wal.stat().st_size == 0)
-    except OSError:
-        return False  # missing (a fresh start) or unreadable (connect says why)
 
 
 class Store:
     def __init__(self, path: Path, extra_labels: Sequence[str]) -> None:
         self.path = path
         self.extra_labels = tuple(extra_labels)
-        if _empty_file(path):
+        if empty_file(path):
             raise StoreError(f"state file {path} is empty (0 bytes), so the state it held is lost; "
                              "delete it to start fresh with empty state")
         try:
@@ -196,8 +186,13 @@ class Store:
         for from_version in range(version, SCHEMA_VERSION):
             self._transaction(functools.partial(self._migrate, from_version))
         self._check_columns()
-        self._check_types()
-        self._check_writable()
+        problem = wrong_type(self._db, _COLUMNS)
+        if problem is not None:
+            raise StoreError(f"state file {self.path}: {problem}; {_RESTART_HINT}")
+        problem = write_problem(self._db)
+        if problem is not None:
+            raise StoreError(f"state file {self.path} cannot be written ({problem}); check its permissions, or "
+                             f"{_RESTART_HINT}")
 
     def _version(self) -> int:
         """The file's schema version; a new, empty file is given schema 1 first."""
@@ -229,36 +224,6 @@ class Store:
             if found != columns:
                 raise StoreError(f"{self.path} is not an assistants-exporter state file of schema "
                                  f"{SCHEMA_VERSION} (table {table!r} differs); use another --state-file")
-
-    def _check_types(self) -> None:
-        """Every value of the type its column declares (one scan per table): text in runs.ended_at would
-        otherwise fail later, in the middle of the loop."""
-        for table in _COLUMNS:
-            info = self._db.execute(f"PRAGMA table_info({table})").fetchall()  # cid, name, type, notnull, ...
-            allowed = {name: (*_TYPEOF[decl.upper()], *(() if notnull else ("null",)))
-                       for _, name, decl, notnull, *_ in info}
-            where = " OR ".join(f"typeof({name}) NOT IN ({', '.join(repr(t) for t in kinds)})"
-                                for name, kinds in allowed.items())
-            row = self._db.execute(f"SELECT {', '.join(f'typeof({n})' for n in allowed)} FROM {table} "
-                                   f"WHERE {where} LIMIT 1").fetchone()
-            if row is not None:
-                name, found = next((n, t) for n, t in zip(allowed, row, strict=True) if t not in allowed[n])
-                raise StoreError(f"state file {self.path}: {table}.{name} holds {found} where "
-                                 f"{' or '.join(allowed[name])} belongs; {_RESTART_HINT}")
-
-    def _check_writable(self) -> None:
-        """A write that is rolled back: a file SQLite opens read-only (a write version it does not know, in
-        byte 18 of the header) would otherwise fail every commit for as long as the exporter runs."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
-        except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path} cannot be written ({exc}); check its permissions, or "
-                             f"{_RESTART_HINT}") from None
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
 
     def checkpoint(self) -> None:
         """After a failed commit: copy the WAL into the file and truncate it. A WAL that filled a small volume
