@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -266,6 +267,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase (default 15)")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of polling before measuring")
     parser.add_argument("--profile", type=Path, help="write py-spy raw stacks of each phase to this directory")
+    parser.add_argument("--log", type=Path, help="keep the exporter's log here")
     parser.add_argument("--simulate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.simulate:
@@ -293,6 +295,8 @@ def main() -> None:
                 measure(exporter, exporter.proc.pid, args.seconds, Profiler(args.profile, exporter.proc.pid))
             finally:
                 exporter.stop()
+                if args.log is not None:
+                    shutil.copy(Path(tmp) / "exporter.log", args.log)
     finally:
         sim.terminate()
         sim.wait(timeout=20)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -42,14 +42,13 @@ class SnapshotCollector(Collector):
 
     Listeners (the HTTP server's page cache) are told after each update, so that a page is rendered once per
     update instead of once per scrape. update_lazy() hands over a function that builds the families instead:
-    it runs at the first collect() after it, only if someone collects (a scrape), and only on the thread that
-    handed it over (the daemon's state is not thread-safe): other threads get the last families built.
+    it runs at the first collect() after it (under the lock, so one build at a time, on the collecting
+    thread), and only if someone collects: without scrapes, nothing is built.
     """
 
     def __init__(self) -> None:
         self._families: list[Metric] = []
         self._build: Callable[[], list[Metric]] | None = None
-        self._owner = 0  # the thread that may run _build
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.builds = 0  # update_lazy() builds run, for tests and benchmarks
@@ -65,9 +64,9 @@ class SnapshotCollector(Collector):
         self._notify()
 
     def update_lazy(self, build: Callable[[], list[Metric]]) -> None:
+        """`build` must be safe to run on any thread: families(snapshot(...)) is."""
         with self._lock:
             self._build = build
-            self._owner = threading.get_ident()
         self._notify()
 
     def _notify(self) -> None:
@@ -76,7 +75,7 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            if self._build is not None and self._owner == threading.get_ident():
+            if self._build is not None:
                 self._families = self._build()
                 self._build = None
                 self.builds += 1
@@ -208,13 +207,37 @@ def _label_sets(tracker: Tracker, run_sources: Sequence[str]) -> list[LabelValue
     return sorted(found) or [("", *blank)]
 
 
-def run_families(tracker: Tracker, now: float, run_sources: Sequence[str] = ()) -> list[Metric]:
-    extra = tracker.extra_labels
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the families are built from, copied out of the tracker and the exporter's state on their thread
+    (cheap: the tracker's answers and copies of the aggregates), so that building the families themselves,
+    ~10,000 series, can run on another thread while the tracker moves on."""
+
+    extra: tuple[str, ...]
+    aggregates: Aggregates
+    label_sets: list[LabelValues]
+    status_counts: dict[tuple[str, ...], int]
+    oldest_ages: dict[tuple[str, ...], float]
+    ratios: dict[tuple[str, ...], float]
+    scope_states: dict[str, int]
+    state: ExporterState
+    api_sources: tuple[str, ...]
+
+
+def snapshot(tracker: Tracker, state: ExporterState, now: float, run_sources: Sequence[str] = (),
+             api_sources: Sequence[str] = ()) -> Snapshot:
     agg = tracker.aggregates
-    label_sets = _label_sets(tracker, run_sources)
-    counts = {key: float(n) for key, n in tracker.status_counts().items()}
-    ages = {key: round(age, 3) for key, age in tracker.oldest_ages(now).items()}
-    ratios = tracker.ratios(now)
+    copied = Aggregates(dict(agg.counters), {key: Histogram(h.bounds, h.counts.copy(), h.sum, h.count)
+                                             for key, h in agg.histograms.items()})
+    return Snapshot(tracker.extra_labels, copied, _label_sets(tracker, run_sources), tracker.status_counts(),
+                    tracker.oldest_ages(now), tracker.ratios(now), tracker.scope_states(),
+                    replace(state, api_up=dict(state.api_up)), tuple(api_sources))
+
+
+def _run_families(snap: Snapshot) -> list[Metric]:
+    extra, agg, label_sets, ratios = snap.extra, snap.aggregates, snap.label_sets, snap.ratios
+    counts = {key: float(n) for key, n in snap.status_counts.items()}
+    ages = {key: round(age, 3) for key, age in snap.oldest_ages.items()}
     return [
         _gauge_family(m.RUNS, extra, counts, label_sets),
         _counter_family(agg, m.RUNS_FINISHED, extra, label_sets),
@@ -231,8 +254,8 @@ def run_families(tracker: Tracker, now: float, run_sources: Sequence[str] = ()) 
     ]
 
 
-def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Sequence[str] = ()) -> list[Metric]:
-    agg = tracker.aggregates
+def _exporter_families(snap: Snapshot) -> list[Metric]:
+    agg, state, api_sources = snap.aggregates, snap.state, snap.api_sources
     none: list[LabelValues] = [()]
     up = _gauge(m.API_UP)
     for source in sorted({*api_sources, *state.api_up}):
@@ -246,7 +269,7 @@ def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Seque
     last = _gauge(m.LAST_POLL_SUCCESS)
     last.add_metric([], state.last_poll_success)
     fams.append(last)
-    fams.append(_gauge_family(m.THREADS, (), {(k,): float(v) for k, v in tracker.scope_states().items()}, none))
+    fams.append(_gauge_family(m.THREADS, (), {(k,): float(v) for k, v in snap.scope_states.items()}, none))
     fams.append(_counter_family(agg, m.INVALID_OBJECTS, (), none))
     fams.append(_counter_family(agg, m.PUSH_REQUESTS, (), ()))
     fams.append(_counter_family(agg, m.PUSH_ITEMS, (), none))
@@ -262,6 +285,12 @@ def exporter_families(tracker: Tracker, state: ExporterState, api_sources: Seque
     return fams
 
 
+def families(snap: Snapshot) -> list[Metric]:
+    """The families of a snapshot; on any thread, one build at a time (the samples kept between builds are
+    shared): SnapshotCollector runs it under its lock."""
+    return _run_families(snap) + _exporter_families(snap)
+
+
 def build_families(tracker: Tracker, state: ExporterState, now: float,
                    run_sources: Sequence[str] = (), api_sources: Sequence[str] = ()) -> list[Metric]:
-    return run_families(tracker, now, run_sources) + exporter_families(tracker, state, api_sources)
+    return families(snapshot(tracker, state, now, run_sources, api_sources))
