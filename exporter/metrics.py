@@ -22,7 +22,7 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter import metrics_spec as m
-from exporter.aggregates import Aggregates, Histogram, LabelValues
+from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
 from exporter.metrics_spec import BUCKETS, MetricSpec
 from exporter.tracker import Tracker
 
@@ -100,9 +100,31 @@ def _histogram(spec: MetricSpec, extra: tuple[str, ...] = ()) -> HistogramMetric
     return HistogramMetricFamily(spec.name, spec.help, labels=list(spec.label_names(extra)))
 
 
+# The label sets change rarely (a new assistant): each family's zero keys are kept while they are the same.
+_ZeroKeys = tuple[list[LabelValues], list[LabelValues], frozenset[LabelValues]]  # as built, sorted, as a set
+_keys_cache: dict[tuple[str, bool], tuple[list[LabelValues], _ZeroKeys]] = {}
+
+
+def _zero_keys(spec: MetricSpec, label_sets: Iterable[LabelValues], bare: bool = False) -> _ZeroKeys:
+    """Every (first label value, *label set) combination, to export at zero until it occurs (`bare`: the label
+    sets themselves, for a histogram without such a label). Shared between builds: not to be changed."""
+    sets = label_sets if isinstance(label_sets, list) else list(label_sets)
+    cached = _keys_cache.get((spec.name, bare))
+    if cached is None or cached[0] != sets:
+        keys = list(sets) if bare else [(v, *ls) for ls in sets for v in spec.zeros]
+        cached = _keys_cache[(spec.name, bare)] = (sets, (keys, sorted(keys), frozenset(keys)))
+    return cached[1]
+
+
 def _keys(spec: MetricSpec, label_sets: Iterable[LabelValues]) -> list[LabelValues]:
-    """Every (first label value, *label set) combination, to export at zero until it occurs."""
-    return [(v, *ls) for ls in label_sets for v in spec.zeros]
+    return _zero_keys(spec, label_sets)[0]
+
+
+def _sorted_keys(zero_keys: _ZeroKeys, found: Iterable[LabelValues]) -> list[LabelValues]:
+    """The zero keys and the keys found, sorted."""
+    _, ordered, known = zero_keys
+    extra = [key for key in found if key not in known]
+    return sorted([*ordered, *extra]) if extra else ordered
 
 
 # Samples of gauges and counters, kept per family and label values between builds: the same Sample while its
@@ -116,12 +138,14 @@ def _same_value(a: float, b: float) -> bool:
     return a == b and (a != 0 or math.copysign(1.0, a) == math.copysign(1.0, b))  # 0.0 and -0.0 print apart
 
 
-def _simple_samples(fam: Metric, sample_name: str, names: tuple[str, ...],
-                    items: Iterable[tuple[LabelValues, float]]) -> None:
+def _simple_samples(fam: Metric, sample_name: str, names: tuple[str, ...], keys: Iterable[LabelValues],
+                    values: dict[LabelValues, float]) -> None:
     previous = _sample_cache.get((sample_name, names), {})
     current: _SampleCache = {}
     append = fam.samples.append
-    for labels, value in items:
+    value_of = values.get
+    for labels in keys:
+        value = value_of(labels, 0.0)
         old = previous.get(labels)
         if old is None:
             sample = Sample(sample_name, dict(zip(names, labels, strict=True)), value, None)
@@ -136,10 +160,10 @@ def _simple_samples(fam: Metric, sample_name: str, names: tuple[str, ...],
 
 def _counter_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
                     label_sets: Iterable[LabelValues]) -> Metric:
-    values: dict[LabelValues, float] = dict.fromkeys(_keys(spec, label_sets), 0.0)
-    values.update(agg.counter_items(spec.name))
+    values = dict(agg.counter_items(spec.name))
     fam = _counter(spec, extra)
-    _simple_samples(fam, fam.name + "_total", tuple(spec.label_names(extra)), sorted(values.items()))
+    keys = _sorted_keys(_zero_keys(spec, label_sets), values)
+    _simple_samples(fam, fam.name + "_total", tuple(spec.label_names(extra)), keys, values)
     return fam
 
 
@@ -148,7 +172,7 @@ def _counter_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
 # from, and reused while those are unchanged. Samples are immutable once published. Keyed by content, so a
 # stale entry can never be served; entries of series no longer exported are dropped at each build.
 _HistogramCacheKey = tuple[tuple[str, ...], LabelValues]  # (label names, label values)
-_histogram_cache: dict[str, dict[_HistogramCacheKey, tuple[tuple[int, ...], float, list[Sample]]]] = {}
+_histogram_cache: dict[str, dict[_HistogramCacheKey, tuple[list[int], float, list[Sample]]]] = {}
 
 
 def _histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, hist: Histogram,
@@ -170,22 +194,22 @@ def _histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, h
 
 def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
                       label_sets: Iterable[LabelValues]) -> Metric:
-    hists: dict[LabelValues, Histogram] = {key: Histogram.empty(BUCKETS[spec.name])
-                                           for key in (_keys(spec, label_sets) if spec.zeros else label_sets)}
-    hists.update(agg.histogram_items(spec.name))
+    found = dict(agg.histogram_items(spec.name))
     fam = _histogram(spec, extra)
     names = tuple(spec.label_names(extra))
+    empty = Histogram.empty(BUCKETS[spec.name])
     previous = _histogram_cache.get(spec.name, {})
-    current: dict[_HistogramCacheKey, tuple[tuple[int, ...], float, list[Sample]]] = {}
-    for labels, hist in sorted(hists.items()):
-        counts = tuple(hist.counts)
-        cached = previous.get((names, labels))
-        if cached is not None and cached[0] == counts and cached[1] == hist.sum:
-            samples = cached[2]
-        else:
+    current: dict[_HistogramCacheKey, tuple[list[int], float, list[Sample]]] = {}
+    extend = fam.samples.extend
+    for labels in _sorted_keys(_zero_keys(spec, label_sets, bare=not spec.zeros), found):
+        hist = found.get(labels, empty)
+        key = (names, labels)
+        cached = previous.get(key)
+        if cached is None or cached[0] != hist.counts or cached[1] != hist.sum:
             samples = _histogram_samples(fam.name, names, labels, hist, cached[2] if cached is not None else None)
-        current[(names, labels)] = (counts, hist.sum, samples)
-        fam.samples.extend(samples)
+            cached = (hist.counts.copy(), hist.sum, samples)
+        current[key] = cached
+        extend(cached[2])
     _histogram_cache[spec.name] = current
     return fam
 
@@ -193,8 +217,7 @@ def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
 def _gauge_family(spec: MetricSpec, extra: tuple[str, ...], values: dict[tuple[str, ...], float],
                   label_sets: Iterable[LabelValues]) -> Metric:
     fam = _gauge(spec, extra)
-    _simple_samples(fam, fam.name, tuple(spec.label_names(extra)),
-                    ((key, values.get(key, 0.0)) for key in _keys(spec, label_sets)))
+    _simple_samples(fam, fam.name, tuple(spec.label_names(extra)), _keys(spec, label_sets), values)
     return fam
 
 
@@ -224,11 +247,26 @@ class Snapshot:
     api_sources: tuple[str, ...]
 
 
+# Copies of the histograms handed to the last snapshot, never changed once made: a histogram whose count and
+# sum are unchanged (observe() and merge() change both) is handed over again instead of copied.
+_copies: dict[Key, Histogram] = {}
+
+
+def _copy_histograms(histograms: dict[Key, Histogram]) -> dict[Key, Histogram]:
+    global _copies
+    copies: dict[Key, Histogram] = {}
+    for key, hist in histograms.items():
+        copy = _copies.get(key)
+        if copy is None or copy.count != hist.count or copy.sum != hist.sum:
+            copy = Histogram(hist.bounds, hist.counts.copy(), hist.sum, hist.count)
+        copies[key] = copy
+    _copies = copies
+    return copies
+
+
 def snapshot(tracker: Tracker, state: ExporterState, now: float, run_sources: Sequence[str] = (),
              api_sources: Sequence[str] = ()) -> Snapshot:
-    agg = tracker.aggregates
-    copied = Aggregates(dict(agg.counters), {key: Histogram(h.bounds, h.counts.copy(), h.sum, h.count)
-                                             for key, h in agg.histograms.items()})
+    copied = Aggregates(dict(tracker.aggregates.counters), _copy_histograms(tracker.aggregates.histograms))
     return Snapshot(tracker.extra_labels, copied, _label_sets(tracker, run_sources), tracker.status_counts(),
                     tracker.oldest_ages(now), tracker.ratios(now), tracker.scope_states(),
                     replace(state, api_up=dict(state.api_up)), tuple(api_sources))
