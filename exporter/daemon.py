@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from prometheus_client.metrics_core import Metric
+
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
 from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, resolve
@@ -548,12 +550,15 @@ class Daemon:
         return True
 
     def publish(self) -> None:
-        """Copy what the metrics show (a fraction of a millisecond); the families themselves (~10,000 series) are
-        built from the copy when a scrape asks, off this loop."""
-        snap = snapshot(self.tracker, self.state, self.wall(), self.run_sources, (*self.sources, *self.by_id))
-        self.collector.update_lazy(functools.partial(families, snap))
+        """Say the metrics changed. What they show is copied from the state (under a millisecond) only when a
+        scrape asks, and the families (~10,000 series) are then built from the copy off this loop."""
+        self.collector.update_prepared(self._snapshot)
         self._published_at = self.mono()
         self._unpublished = False
+
+    def _snapshot(self) -> Callable[[], list[Metric]]:
+        snap = snapshot(self.tracker, self.state, self.wall(), self.run_sources, (*self.sources, *self.by_id))
+        return functools.partial(families, snap)
 
     async def _shutdown(self) -> None:
         tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, _, t in self._discovering)]

@@ -41,43 +41,62 @@ class SnapshotCollector(Collector):
     """Serves the last set of families handed to it; thread-safe by whole-list replacement.
 
     Listeners (the HTTP server's page cache) are told after each update, so that a page is rendered once per
-    update instead of once per scrape. update_lazy() hands over a function that builds the families instead:
-    it runs at the first collect() after it (under the lock, so one build at a time, on the collecting
-    thread), and only if someone collects: without scrapes, nothing is built.
+    update instead of once per scrape. Instead of families, an update can hand over how to build them, done
+    only if someone collects (a scrape): without scrapes, nothing is built.
+
+    - update_lazy(build): `build` runs at the first collect() after it, on the collecting thread (under the
+      lock: one build at a time); it must be safe on any thread.
+    - update_prepared(prepare): `prepare` (a cheap copy of the daemon's state, on the daemon's thread only)
+      returns such a build. It runs in prepare() or collect() on the thread that handed it over, and is skipped
+      by other threads, which build the last prepared state.
     """
 
     def __init__(self) -> None:
         self._families: list[Metric] = []
         self._build: Callable[[], list[Metric]] | None = None
+        self._prepare: Callable[[], Callable[[], list[Metric]]] | None = None
+        self._owner = 0  # the thread that may run _prepare
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
-        self.builds = 0  # update_lazy() builds run, for tests and benchmarks
+        self.builds = 0  # builds run, for tests and benchmarks
+        self.prepares = 0
 
     def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` after every update(), on the updating thread; it must be quick."""
+        """Call `listener()` after every update, on the updating thread; it must be quick."""
         self._listeners.append(listener)
 
     def update(self, families: list[Metric]) -> None:
         with self._lock:
-            self._families = families
-            self._build = None
+            self._families, self._build, self._prepare = families, None, None
         self._notify()
 
     def update_lazy(self, build: Callable[[], list[Metric]]) -> None:
-        """`build` must be safe to run on any thread: families(snapshot(...)) is."""
         with self._lock:
-            self._build = build
+            self._build, self._prepare = build, None
+        self._notify()
+
+    def update_prepared(self, prepare: Callable[[], Callable[[], list[Metric]]]) -> None:
+        with self._lock:
+            self._prepare, self._owner = prepare, threading.get_ident()  # a prepared build stays until then
         self._notify()
 
     def _notify(self) -> None:
         for listener in self._listeners:
             listener()
 
+    def prepare(self) -> None:
+        """Run a pending prepare if this is the thread that handed it over (the HTTP server calls this on the
+        daemon's loop before building a page in a worker thread)."""
+        with self._lock:
+            if self._prepare is not None and self._owner == threading.get_ident():
+                self._build, self._prepare = self._prepare(), None
+                self.prepares += 1
+
     def collect(self) -> Iterator[Metric]:
+        self.prepare()
         with self._lock:
             if self._build is not None:
-                self._families = self._build()
-                self._build = None
+                self._families, self._build = self._build(), None
                 self.builds += 1
             families = self._families
         return iter(families)

@@ -13,7 +13,7 @@ import asyncio
 import gzip
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -45,8 +45,9 @@ def _write(renderer: Renderer, source: Collector, encoder: Encoder, compress: bo
 class MetricsPages:
     """The latest /metrics page per format; lives on the server's event loop (changed() excepted)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, prepare: Callable[[], None] | None = None) -> None:
         self._registry = registry
+        self._prepare = prepare  # on the loop, before a build in a thread: SnapshotCollector.prepare
         self._renderer = Renderer()
         self._filtered = Renderer()  # filtered pages have other samples: they would flush the main one's text
         self._changes = itertools.count(1)
@@ -82,6 +83,8 @@ class MetricsPages:
     async def _render(self, content_type: str, encoder: Encoder, compress: bool) -> Page:
         try:
             version = self._version
+            if self._prepare is not None:
+                self._prepare()
             body, gzipped = await asyncio.to_thread(_write, self._renderer, self._registry, encoder, compress)
         except Exception:
             logger.warning("rendering /metrics failed", exc_info=True)
@@ -96,6 +99,8 @@ class MetricsPages:
 
     async def filtered(self, names: Iterable[str], encoder: Encoder, compress: bool) -> bytes:
         """Only the samples named (`name[]=`): rare, so rendered for each request and not kept."""
+        if self._prepare is not None:
+            self._prepare()
         source = self._registry.restricted_registry(names)
         body, gzipped = await asyncio.to_thread(_write, self._filtered, source, encoder, compress)
         return gzipped if gzipped is not None else body

@@ -320,16 +320,18 @@ class HttpServer:
     """Serves the app on an already bound socket, as a task on the caller's event loop.
 
     `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
-    Call metrics_changed() (from any thread) whenever the registry's content changes. `ssl_context` serves
+    Call metrics_changed() (from any thread) whenever the registry's content changes; `prepare` runs on the
+    loop before each page is built in a worker thread (SnapshotCollector.prepare). `ssl_context` serves
     HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints.
     """
 
     def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
                  routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools",
                  ssl_context: ssl.SSLContext | None = None,
-                 basic_auth_users: Mapping[str, bytes] | None = None) -> None:
+                 basic_auth_users: Mapping[str, bytes] | None = None,
+                 prepare: Callable[[], None] | None = None) -> None:
         limits = limits or Limits()
-        self.pages = MetricsPages(registry)
+        self.pages = MetricsPages(registry, prepare)
         self.auth = BasicAuth(make_app(self.pages, health, ready, routes), basic_auth_users)
         self.app: ASGIApp = self.auth
         self._ssl = ssl_context

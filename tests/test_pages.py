@@ -233,3 +233,53 @@ def test_a_snapshot_builds_the_state_it_was_taken_from_on_any_thread() -> None:
     worker.join()
     assert built == [expected]
     assert generate_latest(Families(build_families(tracker, state, T0 + 6, ("threads",), ("threads",)))) != expected
+
+
+def test_a_prepared_update_copies_the_state_on_its_thread_only_when_a_scrape_asks(
+    registry: CollectorRegistry, collector: SnapshotCollector, fleet: Fleet
+) -> None:
+    """The daemon's way: the copy of its state (prepare) runs on its loop, the build in the render thread."""
+    pages = MetricsPages(registry, collector.prepare)
+    collector.add_listener(pages.changed)
+    prepared_on: list[int] = []
+
+    def prepare() -> Callable[[], list[Metric]]:
+        prepared_on.append(threading.get_ident())
+        value = fleet.value  # the copy
+
+        def build() -> list[Metric]:
+            fleet.value = value
+            return fleet.build()
+
+        return build
+
+    async def main() -> tuple[int, bytes, bytes]:
+        for value in range(20):
+            fleet.value = value
+            collector.update_prepared(prepare)
+        assert prepared_on == [] and fleet.builds == 0  # nobody asked
+        first = await pages.page(TEXT_TYPE, TEXT, False)
+        collector.update_prepared(prepare)  # published while nobody collects: stays pending
+        return threading.get_ident(), first, await pages.page(TEXT_TYPE, TEXT, False)
+
+    loop_thread, first, second = asyncio.run(main())
+    assert b'assistants_runs{status="queued"} 19.0' in first and first == second
+    assert prepared_on == [loop_thread, loop_thread] and fleet.builds == 2
+    assert loop_thread not in fleet.threads
+
+
+def test_a_build_prepared_before_a_newer_publish_is_still_built_by_another_thread(
+    collector: SnapshotCollector, fleet: Fleet
+) -> None:
+    """The loop prepares, publishes again before the render thread collects: that thread must build the
+    prepared state (it cannot prepare the new one), not serve what was built before."""
+    collector.update_prepared(lambda: fleet.build)
+    collector.prepare()
+    fleet.value = 5
+    collector.update_prepared(lambda: fleet.build)
+    collected: list[list[Metric]] = []
+    worker = threading.Thread(target=lambda: collected.append(list(collector.collect())))
+    worker.start()
+    worker.join()
+    assert collected[0][0].samples[0].value == 5 and fleet.builds == 1
+    assert next(iter(collector.collect())).samples[0].value == 5 and fleet.builds == 2  # the loop: the newer one
