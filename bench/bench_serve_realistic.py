@@ -260,6 +260,8 @@ def measure(exporter: ExporterProcess, pid: int, seconds: float, profiler: Profi
         if pushes:
             latency_line(f"{name}: push 100/s", pushed, None)
         report(f"{name}: exporter CPU", f"{100 * used / seconds:.0f}% of a core", "")
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    report("exporter memory: RSS now / peak", f"{status['VmRSS'].strip()} / {status['VmHWM'].strip()}", "")
 
 
 def main() -> None:
