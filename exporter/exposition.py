@@ -2,8 +2,10 @@
 
 prometheus_client's encoders validate and escape every label name and value of every line on every render:
 at ~10,000 series that is most of a core when a page is rendered five times a second. Here each series'
-text up to its value (name and escaped labels) is kept per label set, a line whose Sample object was already
-rendered is reused whole, and only new values are formatted (with prometheus_client's own floatToGoString).
+text up to its value (name and escaped labels) is kept, found by its labels dict (the metrics layer hands a
+series' samples the same dict from build to build; samples and their dicts are never changed once handed
+over), a line whose Sample object was already rendered is reused whole, and only new values are formatted
+(with prometheus_client's own floatToGoString).
 
 The output is byte-identical to prometheus_client's text 0.0.4 and OpenMetrics 1.0 encoders (tests/
 test_exposition.py compares them on generated families). Anything outside what is reproduced here (timestamps,
@@ -53,6 +55,8 @@ class Families:
 
 
 def _escape_value(value: str) -> str:
+    if "\\" not in value and "\n" not in value and '"' not in value:
+        return value  # most values: nothing to escape, no copies
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
@@ -74,9 +78,14 @@ def _format(encoder: Encoder) -> tuple[bool, str] | None:
     return None
 
 
+_valid_names: set[str] = set()  # names already checked (a few dozen: metric, sample and label names)
+
+
 def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise Fallback(name)
+    if name not in _valid_names:
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise Fallback(name)
+        _valid_names.add(name)
     return name
 
 
@@ -85,7 +94,6 @@ class Renderer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         # Per series, by the identity of its labels dict (the metrics layer hands a series' samples the same
         # dict from build to build): [the dict, kept alive so that its id stays its own; sample name; text up
         # to the value; the last sample rendered; its line]. Updated in place: a render of unchanged samples
@@ -115,8 +123,8 @@ class Renderer:
                 self._text_family(metric, out)
         if openmetrics:
             out.append("# EOF\n")
-        if len(self._prefixes) + len(self._series) > 4 * len(out) + 1000:
-            self._prefixes, self._series = {}, {}  # label sets come and go (threads leave): start over
+        if len(self._series) > 2 * len(out) + 1000:
+            self._series = {}  # series come and go (threads leave), or a collector hands out new dicts: start over
         return "".join(out).encode("utf-8")
 
     def _text_family(self, metric: Metric, out: list[str]) -> None:
@@ -158,26 +166,18 @@ class Renderer:
             if kept is not None and kept[3] is sample:  # the same immutable sample as in the last render
                 append(kept[4])
                 continue
-            if sample.timestamp is not None or sample.exemplar or sample.native_histogram or sample.value is None:
-                raise Fallback(sample.name)  # what prometheus_client writes differently per format
-            name = sample.name
+            name, _, value, timestamp, exemplar, native_histogram = sample
+            if timestamp is not None or exemplar or native_histogram or value is None:
+                raise Fallback(name)  # what prometheus_client writes differently per format
             if kept is None or kept[0] is not labels or kept[1] != name:
-                kept = series[id(labels)] = [labels, name, self._prefix(name, labels), None, ""]
-            value = sample.value
+                kept = series[id(labels)] = [labels, name, _prefix(name, labels), None, ""]
             text = value_of(value) if value else None
             if text is None:
                 text = self._value(value)
-            line = kept[2] + text + "\n"
+            line = f"{kept[2]}{text}\n"
             kept[3] = sample
             kept[4] = line
             append(line)
-
-    def _prefix(self, name: str, labels: dict[str, str]) -> str:
-        label_key = (name, tuple(labels.items()))
-        prefix = self._prefixes.get(label_key)
-        if prefix is None:
-            prefix = self._prefixes[label_key] = _prefix(*label_key)
-        return prefix
 
     def _value(self, value: float) -> str:
         if type(value) is not float and type(value) is not int:
@@ -194,13 +194,13 @@ class Renderer:
         return text
 
 
-def _prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+def _prefix(name: str, labels: dict[str, str]) -> str:
     """`name{k="v",...} `: labels sorted by name, values escaped as both encoders escape them."""
     _check_name(name)
     if not labels:
         return name + " "
     parts = []
-    for key, value in sorted(labels):
+    for key, value in sorted(labels.items()):
         if not isinstance(value, str):
             raise Fallback(name)
         parts.append(f'{_check_name(key)}="{_escape_value(value)}"')
