@@ -96,10 +96,11 @@ class Renderer:
         self._lock = threading.Lock()
         # Per series, by the identity of its labels dict (the metrics layer hands a series' samples the same
         # dict from build to build): [the dict, kept alive so that its id stays its own; sample name; text up
-        # to the value; the last sample rendered; its line]. Updated in place: a render of unchanged samples
+        # to the value; the last sample rendered; its line; the render that last used it]. Updated in place: a render of unchanged samples
         # allocates nothing per line, which keeps the garbage collector's young collections rare and short.
         self._series: dict[int, list[Any]] = {}
         self._values: dict[float, str] = {}
+        self._renders = 0
         self.fallbacks = 0  # renders handed to prometheus_client
 
     def render(self, families: Sequence[Metric], encoder: Encoder) -> bytes:
@@ -115,6 +116,7 @@ class Renderer:
         return encoder(Families(families))
 
     def _render(self, families: Sequence[Metric], openmetrics: bool, escaping: str) -> bytes:
+        self._renders += 1
         out: list[str] = []
         for metric in families:
             if openmetrics:
@@ -123,8 +125,8 @@ class Renderer:
                 self._text_family(metric, out)
         if openmetrics:
             out.append("# EOF\n")
-        if len(self._series) > 2 * len(out) + 1000:
-            self._series = {}  # series come and go (threads leave), or a collector hands out new dicts: start over
+        if len(self._series) > 2 * len(out) + 1000:  # series went away (threads left), or new dicts came
+            self._series = {key: kept for key, kept in self._series.items() if kept[5] == self._renders}
         return "".join(out).encode("utf-8")
 
     def _text_family(self, metric: Metric, out: list[str]) -> None:
@@ -160,23 +162,26 @@ class Renderer:
         series = self._series
         series_of = series.get
         value_of = self._values.get
+        render = self._renders
         for sample in samples:
             labels = sample.labels
             kept = series_of(id(labels))
             if kept is not None and kept[3] is sample:  # the same immutable sample as in the last render
+                kept[5] = render
                 append(kept[4])
                 continue
             name, _, value, timestamp, exemplar, native_histogram = sample
             if timestamp is not None or exemplar or native_histogram or value is None:
                 raise Fallback(name)  # what prometheus_client writes differently per format
             if kept is None or kept[0] is not labels or kept[1] != name:
-                kept = series[id(labels)] = [labels, name, _prefix(name, labels), None, ""]
+                kept = series[id(labels)] = [labels, name, _prefix(name, labels), None, "", render]
             text = value_of(value) if value else None
             if text is None:
                 text = self._value(value)
             line = f"{kept[2]}{text}\n"
             kept[3] = sample
             kept[4] = line
+            kept[5] = render
             append(line)
 
     def _value(self, value: float) -> str:

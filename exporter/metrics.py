@@ -311,21 +311,22 @@ def _run_families(snap: Snapshot) -> list[Metric]:
     ]
 
 
+def _single(spec: MetricSpec, values: dict[LabelValues, float]) -> Metric:
+    """A gauge of these series, in this order, with the samples and label dicts kept between builds."""
+    fam = _gauge(spec)
+    _simple_samples(fam, fam.name, tuple(spec.label_names(())), list(values), values)
+    return fam
+
+
 def _exporter_families(snap: Snapshot) -> list[Metric]:
     agg, state, api_sources = snap.aggregates, snap.state, snap.api_sources
     none: list[LabelValues] = [()]
-    up = _gauge(m.API_UP)
-    for source in sorted({*api_sources, *state.api_up}):
-        up.add_metric([source], state.api_up.get(source, 0.0))
-    fams: list[Metric] = [up, _counter_family(agg, m.API_REQUESTS, (), ())]
+    sources = sorted({*api_sources, *state.api_up})
+    fams: list[Metric] = [_single(m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}), _counter_family(agg, m.API_REQUESTS, (), ())]
     if state.rate_limit_remaining is not None:
-        remaining = _gauge(m.RATE_LIMIT_REMAINING)
-        remaining.add_metric([], state.rate_limit_remaining)
-        fams.append(remaining)
+        fams.append(_single(m.RATE_LIMIT_REMAINING, {(): state.rate_limit_remaining}))
     fams.append(_histogram_family(agg, m.POLL_DURATION, (), none))
-    last = _gauge(m.LAST_POLL_SUCCESS)
-    last.add_metric([], state.last_poll_success)
-    fams.append(last)
+    fams.append(_single(m.LAST_POLL_SUCCESS, {(): state.last_poll_success}))
     fams.append(_gauge_family(m.THREADS, (), {(k,): float(v) for k, v in snap.scope_states.items()}, none))
     fams.append(_counter_family(agg, m.INVALID_OBJECTS, (), none))
     fams.append(_counter_family(agg, m.PUSH_REQUESTS, (), ()))
@@ -333,12 +334,8 @@ def _exporter_families(snap: Snapshot) -> list[Metric]:
     fams.append(_counter_family(agg, m.WEBHOOKS, (), ()))
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
         fams.append(_counter_family(agg, spec, (), none))
-    shard = _gauge(m.SHARD)
-    shard.add_metric([str(state.shard[0]), str(state.shard[1])], 1)
-    fams.append(shard)
-    info = _gauge(m.BUILD_INFO)
-    info.add_metric([__version__], 1)
-    fams.append(info)
+    fams.append(_single(m.SHARD, {(str(state.shard[0]), str(state.shard[1])): 1}))
+    fams.append(_single(m.BUILD_INFO, {(__version__,): 1}))
     return fams
 
 
