@@ -96,8 +96,9 @@ class Renderer:
         self._lock = threading.Lock()
         # Per series, by the identity of its labels dict (the metrics layer hands a series' samples the same
         # dict from build to build): [the dict, kept alive so that its id stays its own; sample name; text up
-        # to the value; the last sample rendered; its line; the render that last used it]. Updated in place: a render of unchanged samples
-        # allocates nothing per line, which keeps the garbage collector's young collections rare and short.
+        # to the value; the last sample rendered; its line; the render that last used it]. Updated in place:
+        # a render of unchanged samples allocates nothing per line, which keeps the garbage collector's young
+        # collections rare and short.
         self._series: dict[int, list[Any]] = {}
         self._values: dict[float, str] = {}
         self._renders = 0

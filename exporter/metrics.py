@@ -322,7 +322,8 @@ def _exporter_families(snap: Snapshot) -> list[Metric]:
     agg, state, api_sources = snap.aggregates, snap.state, snap.api_sources
     none: list[LabelValues] = [()]
     sources = sorted({*api_sources, *state.api_up})
-    fams: list[Metric] = [_single(m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}), _counter_family(agg, m.API_REQUESTS, (), ())]
+    fams: list[Metric] = [_single(m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}),
+                          _counter_family(agg, m.API_REQUESTS, (), ())]
     if state.rate_limit_remaining is not None:
         fams.append(_single(m.RATE_LIMIT_REMAINING, {(): state.rate_limit_remaining}))
     fams.append(_histogram_family(agg, m.POLL_DURATION, (), none))
