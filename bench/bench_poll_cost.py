@@ -34,8 +34,9 @@ CONCURRENCY = 8
 
 async def polls(base_url: str, threads: list[str], rounds: int, profile: cProfile.Profile | None) -> float:
     """CPU milliseconds per poll over `rounds` rounds of CONCURRENCY polls (after one warm-up round)."""
-    source = AssistantsSource(ApiSettings(base_url=base_url, api_key="sk-bench", max_requests_per_second=1e6,
-                                          max_concurrency=CONCURRENCY))
+    source = AssistantsSource(
+        ApiSettings(base_url=base_url, api_key="sk-bench", max_requests_per_second=1e6, max_concurrency=CONCURRENCY)
+    )
     try:
         for thread in threads:  # connections open, first reads done
             await source.poll(thread, lambda seen: True)
@@ -58,8 +59,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bench_serve_realistic.py"), "--simulate"],
-                           stdout=subprocess.PIPE, text=True, env=env)
+    sim = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "bench_serve_realistic.py"), "--simulate"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert sim.stdout is not None
         world = json.loads(sim.stdout.readline())

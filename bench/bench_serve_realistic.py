@@ -47,8 +47,10 @@ GOAL_HEALTHZ_P99_MS = 10.0
 METRICS_RATE = 200.0
 HEALTHZ_RATE = 20.0
 PUSH_RATE = 100.0
-PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-                     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 # --- the simulator (child process) ----------------------------------------------------------------------------
@@ -89,8 +91,10 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     status = head.split(b" ", 2)[1].decode()
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), None)
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        None,
+    )
     if length is None:
         return "no content-length"
     await reader.readexactly(length)
@@ -146,8 +150,12 @@ async def one_connection(port: int, request: bytes, rate: float, seconds: float,
 
 
 def _get(path: str, extra: bytes = b"", close: bool = True) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + extra +
-            (b"Connection: close\r\n" if close else b"") + b"\r\n")
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        + extra
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+    )
 
 
 METRICS_REQUEST = _get("/metrics", f"Accept: {PROMETHEUS_ACCEPT}\r\nAccept-Encoding: gzip\r\n".encode())
@@ -157,12 +165,25 @@ def push_request(counter: list[int]) -> bytes:
     counter[0] += 1
     i = counter[0]
     now = int(time.time())
-    body = json.dumps({"id": f"run_push_{i}", "status": "completed", "thread_id": "thread_push",
-                       "assistant_id": f"asst_{i % THREADS:02d}", "created_at": now - 5, "completed_at": now,
-                       "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
-    return (b"POST /api/v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode() +
-            b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " +
-            str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = json.dumps(
+        {
+            "id": f"run_push_{i}",
+            "status": "completed",
+            "thread_id": "thread_push",
+            "assistant_id": f"asst_{i % THREADS:02d}",
+            "created_at": now - 5,
+            "completed_at": now,
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        }
+    ).encode()
+    return (
+        b"POST /api/v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 # --- measuring -------------------------------------------------------------------------------------------------
@@ -198,9 +219,25 @@ class Profiler:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(self.pid), "--duration", str(int(seconds)), "--rate", "200",
-             "--format", "raw", "--threads", "--output", str(self.out / f"{phase}.txt"), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--threads",
+                "--output",
+                str(self.out / f"{phase}.txt"),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -221,8 +258,10 @@ def latency_line(what: str, load: Load, goal_ms: float | None) -> None:
 async def scraped_phase(port: int, seconds: float, pushes: bool) -> tuple[Load, Load, Load]:
     metrics, healthz, pushed = Load(), Load(), Load()
     counter = [0]
-    jobs = [open_loop(port, lambda: METRICS_REQUEST, METRICS_RATE, seconds, metrics),
-            open_loop(port, lambda: _get("/healthz"), HEALTHZ_RATE, seconds, healthz)]
+    jobs = [
+        open_loop(port, lambda: METRICS_REQUEST, METRICS_RATE, seconds, metrics),
+        open_loop(port, lambda: _get("/healthz"), HEALTHZ_RATE, seconds, healthz),
+    ]
     if pushes:
         jobs.append(open_loop(port, lambda: push_request(counter), PUSH_RATE, seconds, pushed))
     await asyncio.gather(*jobs)
@@ -232,8 +271,7 @@ async def scraped_phase(port: int, seconds: float, pushes: bool) -> tuple[Load, 
 def measure(exporter: ExporterProcess, pid: int, seconds: float, profiler: Profiler) -> None:
     page = exporter.scrape_text()
     series = sum(1 for line in page.splitlines() if line and not line.startswith("#"))
-    print(f"{os.cpu_count()} cores; exporter pid {pid}; {series} series on the page; {seconds:g} s a phase",
-          flush=True)
+    print(f"{os.cpu_count()} cores; exporter pid {pid}; {series} series on the page; {seconds:g} s a phase", flush=True)
 
     before, cpu = api_requests(exporter), cpu_seconds(pid)
     profiler.start("unscraped", seconds)
@@ -241,8 +279,11 @@ def measure(exporter: ExporterProcess, pid: int, seconds: float, profiler: Profi
     used = cpu_seconds(pid) - cpu
     profiler.stop()
     requests = api_requests(exporter) - before
-    report("unscraped: CPU per API request", f"{1e3 * used / max(requests, 1):.2f} ms ({requests / seconds:.0f}/s)",
-           f"<= {GOAL_CPU_MS_PER_REQUEST:g} ms")
+    report(
+        "unscraped: CPU per API request",
+        f"{1e3 * used / max(requests, 1):.2f} ms ({requests / seconds:.0f}/s)",
+        f"<= {GOAL_CPU_MS_PER_REQUEST:g} ms",
+    )
     report("unscraped: exporter CPU", f"{100 * used / seconds:.0f}% of a core", "")
 
     probes = Load()
@@ -284,12 +325,31 @@ def main() -> None:
             threads_file = Path(tmp) / "threads.txt"
             threads_file.write_text("\n".join(world["threads"]) + "\n")
             exporter = ExporterProcess(
-                ["--api-base", world["base_url"], "--threads-file", str(threads_file),
-                 "--state-file", str(Path(tmp) / "state.db"), "--labels", "assistant_id",
-                 "--poll-interval", "1", "--idle-poll-interval", "2", "--max-requests-per-second", "500",
-                 "--source", "threads", "--source", "push", "--log-level", "warning"],
+                [
+                    "--api-base",
+                    world["base_url"],
+                    "--threads-file",
+                    str(threads_file),
+                    "--state-file",
+                    str(Path(tmp) / "state.db"),
+                    "--labels",
+                    "assistant_id",
+                    "--poll-interval",
+                    "1",
+                    "--idle-poll-interval",
+                    "2",
+                    "--max-requests-per-second",
+                    "500",
+                    "--source",
+                    "threads",
+                    "--source",
+                    "push",
+                    "--log-level",
+                    "warning",
+                ],
                 {"OPENAI_API_KEY": "sk-bench-serve", "ASSISTANTS_EXPORTER_PUSH_TOKEN": TOKEN},
-                Path(tmp) / "exporter.log").start()
+                Path(tmp) / "exporter.log",
+            ).start()
             try:
                 exporter.wait_ready(60)
                 time.sleep(args.warmup)  # polling settles: every thread read, the page at full size
