@@ -60,7 +60,10 @@ def bind_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     """
     where = _display(host, port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP said outright: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on connections of a
+    # socket whose proto is TCP, and with proto 0 a response written as headers then body waited for the
+    # client's delayed ACK: 40 ms on every request of a kept-alive connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old connections are in TIME_WAIT
         sock.bind((host, port))
@@ -258,16 +261,18 @@ class HttpServer:
     """Serves the app on an already bound socket, as a task on the caller's event loop.
 
     `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
-    Call metrics_changed() (from any thread) whenever the registry's content changes. `ssl_context` serves
+    Call metrics_changed() (from any thread) whenever the registry's content changes; `prepare` runs on the
+    loop before each page is built in a worker thread (SnapshotCollector.prepare). `ssl_context` serves
     HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints.
     """
 
     def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
                  routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools",
                  ssl_context: ssl.SSLContext | None = None,
-                 basic_auth_users: Mapping[str, bytes] | None = None) -> None:
+                 basic_auth_users: Mapping[str, bytes] | None = None,
+                 prepare: Callable[[], None] | None = None) -> None:
         limits = limits or Limits()
-        self.pages = MetricsPages(registry)
+        self.pages = MetricsPages(registry, prepare)
         self.auth = BasicAuth(make_app(self.pages, health, ready, routes), basic_auth_users)
         # Requests in flight are capped here, not by uvicorn, which counts every open socket (idle ones too).
         self.app: ASGIApp = RequestSlots(self.auth, limits.max_connections, limits.reserve)

@@ -523,3 +523,19 @@ def test_slow_body_is_408(write_server: Running) -> None:
                      f"Authorization: Bearer {TOKEN}\r\n\r\nabc".encode())
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_connections_have_nagle_off(server: Running) -> None:
+    """Regression: the listening socket had proto 0, so asyncio left Nagle's algorithm on for its connections,
+    and each response on a kept-alive connection (headers, then body) waited ~40 ms for a delayed ACK."""
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() == b"ok\n"  # the connection stays open (keep-alive)
+        connections = server.server._server.server_state.connections
+        assert connections
+        options = [c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                   for c in list(connections)]
+        assert all(options), options
+    finally:
+        conn.close()
