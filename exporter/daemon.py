@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from prometheus_client.metrics_core import Metric
+
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
 from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, resolve
@@ -547,10 +549,13 @@ class Daemon:
         return True
 
     def publish(self) -> None:
-        self.collector.update(build_families(self.tracker, self.state, self.wall(), self.run_sources,
-                                             (*self.sources, *self.by_id)))
+        """Say the metrics changed: they are built from the state when a scrape asks, on this loop."""
+        self.collector.update_lazy(self._families)
         self._published_at = self.mono()
         self._unpublished = False
+
+    def _families(self) -> list[Metric]:
+        return build_families(self.tracker, self.state, self.wall(), self.run_sources, (*self.sources, *self.by_id))
 
     async def _shutdown(self) -> None:
         tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, _, t in self._discovering)]

@@ -6,6 +6,7 @@ serialises the latest set, so its cost depends on the number of series, never on
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,14 +40,19 @@ class ExporterState:
 class SnapshotCollector(Collector):
     """Serves the last set of families handed to it; thread-safe by whole-list replacement.
 
-    Listeners (the HTTP server's page cache) are told after each update, so a page is rendered once per
-    update instead of once per scrape.
+    Listeners (the HTTP server's page cache) are told after each update, so that a page is rendered once per
+    update instead of once per scrape. update_lazy() hands over a function that builds the families instead:
+    it runs at the first collect() after it, only if someone collects (a scrape), and only on the thread that
+    handed it over (the daemon's state is not thread-safe): other threads get the last families built.
     """
 
     def __init__(self) -> None:
         self._families: list[Metric] = []
+        self._build: Callable[[], list[Metric]] | None = None
+        self._owner = 0  # the thread that may run _build
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self.builds = 0  # update_lazy() builds run, for tests and benchmarks
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every update(), on the updating thread; it must be quick."""
@@ -55,11 +61,25 @@ class SnapshotCollector(Collector):
     def update(self, families: list[Metric]) -> None:
         with self._lock:
             self._families = families
+            self._build = None
+        self._notify()
+
+    def update_lazy(self, build: Callable[[], list[Metric]]) -> None:
+        with self._lock:
+            self._build = build
+            self._owner = threading.get_ident()
+        self._notify()
+
+    def _notify(self) -> None:
         for listener in self._listeners:
             listener()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
+            if self._build is not None and self._owner == threading.get_ident():
+                self._families = self._build()
+                self._build = None
+                self.builds += 1
             families = self._families
         return iter(families)
 
@@ -86,13 +106,41 @@ def _keys(spec: MetricSpec, label_sets: Iterable[LabelValues]) -> list[LabelValu
     return [(v, *ls) for ls in label_sets for v in spec.zeros]
 
 
+# Samples of gauges and counters, kept per family and label values between builds: the same Sample while its
+# value is unchanged (the renderer then reuses its whole line), else a new one with the same labels dict (the
+# renderer finds the line's text up to the value by that dict). What add_metric() appends, sample for sample.
+_SampleCache = dict[LabelValues, Sample]
+_sample_cache: dict[tuple[str, tuple[str, ...]], _SampleCache] = {}
+
+
+def _same_value(a: float, b: float) -> bool:
+    return a == b and (a != 0 or math.copysign(1.0, a) == math.copysign(1.0, b))  # 0.0 and -0.0 print apart
+
+
+def _simple_samples(fam: Metric, sample_name: str, names: tuple[str, ...],
+                    items: Iterable[tuple[LabelValues, float]]) -> None:
+    previous = _sample_cache.get((sample_name, names), {})
+    current: _SampleCache = {}
+    append = fam.samples.append
+    for labels, value in items:
+        old = previous.get(labels)
+        if old is None:
+            sample = Sample(sample_name, dict(zip(names, labels, strict=True)), value, None)
+        elif _same_value(old.value, value):
+            sample = old
+        else:
+            sample = Sample(sample_name, old.labels, value, None)
+        current[labels] = sample
+        append(sample)
+    _sample_cache[(sample_name, names)] = current
+
+
 def _counter_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
                     label_sets: Iterable[LabelValues]) -> Metric:
     values: dict[LabelValues, float] = dict.fromkeys(_keys(spec, label_sets), 0.0)
     values.update(agg.counter_items(spec.name))
     fam = _counter(spec, extra)
-    for labels, value in sorted(values.items()):
-        fam.add_metric(list(labels), value)
+    _simple_samples(fam, fam.name + "_total", tuple(spec.label_names(extra)), sorted(values.items()))
     return fam
 
 
@@ -104,14 +152,21 @@ _HistogramCacheKey = tuple[tuple[str, ...], LabelValues]  # (label names, label 
 _histogram_cache: dict[str, dict[_HistogramCacheKey, tuple[tuple[int, ...], float, list[Sample]]]] = {}
 
 
-def _histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, hist: Histogram) -> list[Sample]:
-    """What HistogramMetricFamily.add_metric(labels, hist.cumulative(), hist.sum) appends, sample for sample."""
-    base = dict(zip(names, labels, strict=True))
+def _histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, hist: Histogram,
+                       before: list[Sample] | None) -> list[Sample]:
+    """What HistogramMetricFamily.add_metric(labels, hist.cumulative(), hist.sum) appends, sample for sample;
+    reusing the samples `before` of the same series whose values are unchanged, and their labels dicts."""
     buckets = hist.cumulative()
-    out = [Sample(name + "_bucket", {**base, "le": le}, value, None, None) for le, value in buckets]
-    out.append(Sample(name + "_count", dict(base), buckets[-1][1], None))
-    out.append(Sample(name + "_sum", dict(base), hist.sum, None))
-    return out
+    if before is None or len(before) != len(buckets) + 2:
+        base = dict(zip(names, labels, strict=True))
+        out = [Sample(name + "_bucket", {**base, "le": le}, value, None, None) for le, value in buckets]
+        out.append(Sample(name + "_count", dict(base), buckets[-1][1], None))
+        out.append(Sample(name + "_sum", dict(base), hist.sum, None))
+        return out
+    values = [value for _, value in buckets]
+    values += (buckets[-1][1], hist.sum)
+    return [old if _same_value(old.value, value) else Sample(old.name, old.labels, value, None, None)
+            for old, value in zip(before, values, strict=True)]
 
 
 def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
@@ -129,7 +184,7 @@ def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
         if cached is not None and cached[0] == counts and cached[1] == hist.sum:
             samples = cached[2]
         else:
-            samples = _histogram_samples(fam.name, names, labels, hist)
+            samples = _histogram_samples(fam.name, names, labels, hist, cached[2] if cached is not None else None)
         current[(names, labels)] = (counts, hist.sum, samples)
         fam.samples.extend(samples)
     _histogram_cache[spec.name] = current
@@ -139,8 +194,8 @@ def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
 def _gauge_family(spec: MetricSpec, extra: tuple[str, ...], values: dict[tuple[str, ...], float],
                   label_sets: Iterable[LabelValues]) -> Metric:
     fam = _gauge(spec, extra)
-    for key in _keys(spec, label_sets):
-        fam.add_metric(list(key), values.get(key, 0.0))
+    _simple_samples(fam, fam.name, tuple(spec.label_names(extra)),
+                    ((key, values.get(key, 0.0)) for key in _keys(spec, label_sets)))
     return fam
 
 

@@ -1,28 +1,26 @@
 """HTTP for /metrics, /healthz, /readyz and the write endpoints other modules add: uvicorn + starlette,
 on the daemon's own asyncio event loop.
 
-A scrape never renders: each time the daemon publishes new families, the page is rendered once in a worker
-thread (text, its gzip, and any other format a client asked for recently), and every scrape sends those
-bytes. The served page is always complete, at most one render behind the latest publish.
+/metrics pages are rendered when a scrape asks, once per change, and shared by concurrent scrapes
+(exporter/pages.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import gzip
 import hmac
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, gzip_accepted
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from exporter.logs import RateLimiter
+from exporter.pages import MetricsPages
 from exporter.webconfig import CLIENT_AUTH, TLS_VERSIONS, BasicAuth, WebConfig, WebConfigError, load_tls_files
 
 logger = logging.getLogger(__name__)
@@ -52,10 +51,6 @@ MAX_CONNECTIONS = 256
 KEEP_ALIVE = 5
 # On stop, responses still being written get this long before their connections are cut.
 GRACEFUL_SHUTDOWN = 2
-# Formats other than the default text are rendered on each publish while a client asked for them this recently.
-FORMAT_TTL = 600.0
-MAX_FORMATS = 4
-GZIP_LEVEL = 6
 
 
 class PortInUseError(Exception):
@@ -136,121 +131,6 @@ def require_bearer(request: Request, tokens: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pre-rendered /metrics pages.
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    version: int
-    content_type: str
-    body: bytes
-    gzipped: bytes
-
-
-@dataclass(slots=True)
-class _Format:
-    encoder: Encoder
-    last_asked: float
-
-
-def _render(registry: CollectorRegistry, formats: dict[str, Encoder], version: int) -> dict[str, Page]:
-    """Runs in a worker thread: the collector hands out immutable families, so no lock is needed."""
-    pages = {}
-    for content_type, encoder in formats.items():
-        body = encoder(registry)
-        pages[content_type] = Page(version, content_type, body, gzip.compress(body, compresslevel=GZIP_LEVEL))
-    return pages
-
-
-class MetricsPages:
-    """The /metrics bodies, rendered once per change in a worker thread; lives on the server's event loop."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-        self._formats: dict[str, _Format] = {CONTENT_TYPE_PLAIN_0_0_4: _Format(_plain_encoder(), float("inf"))}
-        self._pages: dict[str, Page] = {}
-        self._version = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._round_done = asyncio.Event()
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._round_done = asyncio.Event()
-        self._kick()
-
-    def detach(self) -> None:
-        self._loop = None
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def changed(self) -> None:
-        """The metrics changed; safe to call from any thread. Changes before attach() need no render."""
-        loop = self._loop
-        if loop is None:
-            return
-        with suppress(RuntimeError):  # the loop is closing
-            loop.call_soon_threadsafe(self._bump)
-
-    def _bump(self) -> None:
-        self._version += 1
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._loop is not None and (self._task is None or self._task.done()):
-            self._task = self._loop.create_task(self._render_rounds(), name="metrics-render")
-
-    async def _render_rounds(self) -> None:
-        """Render until every wanted format is at the latest version; changes during a render coalesce."""
-        while True:
-            version = self._version
-            self._forget_unused_formats()
-            stale = {ct: f.encoder for ct, f in self._formats.items()
-                     if (page := self._pages.get(ct)) is None or page.version != version}
-            if not stale:
-                return
-            try:
-                pages = await asyncio.to_thread(_render, self._registry, stale, version)
-            except Exception:
-                logger.warning("rendering /metrics failed", exc_info=True)
-                return  # keep serving the last complete pages; the next change tries again
-            finally:
-                done, self._round_done = self._round_done, asyncio.Event()
-                done.set()
-            self._pages.update(pages)  # before any waiter woken above runs: they run after this task yields
-
-    def _forget_unused_formats(self) -> None:
-        assert self._loop is not None
-        cutoff = self._loop.time() - FORMAT_TTL
-        for ct in [ct for ct, f in self._formats.items() if f.last_asked < cutoff]:
-            del self._formats[ct]
-            self._pages.pop(ct, None)  # never serve a page that stopped being kept current
-
-    async def get(self, content_type: str, encoder: Encoder) -> Page | None:
-        """The latest complete page in this format (waiting for its first render), or None to render on demand."""
-        assert self._loop is not None
-        fmt = self._formats.get(content_type)
-        if fmt is None:
-            if len(self._formats) >= MAX_FORMATS:
-                return None
-            fmt = self._formats[content_type] = _Format(encoder, self._loop.time())
-        elif fmt.last_asked != float("inf"):
-            fmt.last_asked = self._loop.time()
-        while (page := self._pages.get(content_type)) is None:
-            self._kick()
-            await self._round_done.wait()  # set at the end of every render round, failed ones included
-            if content_type not in self._pages and (self._task is None or self._task.done()):
-                return None  # the render failed: the caller renders on demand and reports the error
-        return page
-
-
-def _plain_encoder() -> Encoder:
-    encoder, _ = choose_encoder("")
-    return encoder
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The application.
 
 
@@ -324,7 +204,7 @@ class _DebugAccessLog:
             logger.debug("%s %s %s %d", client, scope["method"], scope["path"], status[0])
 
 
-def make_app(pages: MetricsPages, registry: CollectorRegistry, health: Check, ready: Check,
+def make_app(pages: MetricsPages, health: Check, ready: Check,
              routes: Sequence[BaseRoute] = ()) -> ASGIApp:
     """The ASGI app: the read-only endpoints plus the extra (write) routes other modules provide."""
 
@@ -333,15 +213,13 @@ def make_app(pages: MetricsPages, registry: CollectorRegistry, health: Check, re
         names = request.query_params.getlist("name[]")
         use_gzip = gzip_accepted(request.headers.get("accept-encoding", ""))
         headers = {**_NO_STORE, "Vary": "Accept, Accept-Encoding"}
-        page = None if names else await pages.get(content_type, encoder)
-        if page is not None:
-            body = page.gzipped if use_gzip else page.body
-        else:
-            # Filtered (or unusual-format) requests are rare: render just what was asked, off the loop.
-            source = registry.restricted_registry(names) if names else registry
-            body = await asyncio.to_thread(encoder, source)
-            if use_gzip:
-                body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        try:
+            if names:
+                body = await pages.filtered(names, encoder, use_gzip)
+            else:
+                body = await pages.page(content_type, encoder, use_gzip)
+        except Exception:  # logged where the render failed; the next scrape tries again
+            return _text(500, "rendering /metrics failed\n")
         if use_gzip:
             headers["Content-Encoding"] = "gzip"
         return Response(body, 200, headers=headers, media_type=content_type)
@@ -452,7 +330,7 @@ class HttpServer:
                  basic_auth_users: Mapping[str, bytes] | None = None) -> None:
         limits = limits or Limits()
         self.pages = MetricsPages(registry)
-        self.auth = BasicAuth(make_app(self.pages, registry, health, ready, routes), basic_auth_users)
+        self.auth = BasicAuth(make_app(self.pages, health, ready, routes), basic_auth_users)
         self.app: ASGIApp = self.auth
         self._ssl = ssl_context
         # Only the httptools protocol gets the header deadline; "h11" is accepted for comparison benchmarks.
@@ -491,11 +369,9 @@ class HttpServer:
     async def serve(self, sock: socket.socket) -> None:
         """Serve until stop(); closes the socket on the way out."""
         _quiet_uvicorn()
-        self.pages.attach(asyncio.get_running_loop())
         try:
             await self._server.serve(sockets=[sock])
         finally:
-            self.pages.detach()
             sock.close()
 
     def stop(self) -> None:

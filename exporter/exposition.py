@@ -1,0 +1,221 @@
+"""The /metrics text, written close to the cost of copying bytes.
+
+prometheus_client's encoders validate and escape every label name and value of every line on every render:
+at ~10,000 series that is most of a core when a page is rendered five times a second. Here each series'
+text up to its value (name and escaped labels) is kept per label set, a line whose Sample object was already
+rendered is reused whole, and only new values are formatted (with prometheus_client's own floatToGoString).
+
+The output is byte-identical to prometheus_client's text 0.0.4 and OpenMetrics 1.0 encoders (tests/
+test_exposition.py compares them on generated families). Anything outside what is reproduced here (timestamps,
+exemplars, native histograms, names outside the legacy character set, the `dots` and `values` escapings,
+non-string label values) is handed to prometheus_client's encoder, so the answer is always theirs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as om_format
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString as _go_float
+
+Encoder = Callable[[Any], bytes]
+floatToGoString: Callable[[Any], str] = _go_float  # untyped upstream: how both encoders write every value
+
+# Legacy names only, and no colon: OpenMetrics' underscore escaping rewrites ':' in sample names.
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_ESCAPINGS = (om_format.UNDERSCORES, om_format.ALLOWUTF8)  # both leave legacy names as they are
+_TEXT_SPLIT_SUFFIXES = ("_created", "_gsum", "_gcount")  # text 0.0.4 moves these into gauges after the family
+_TEXT_SUFFIXES = {"counter": "_total", "info": "_info"}  # text 0.0.4 names these families by their samples
+_TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
+_VALUE_MEMO_MAX = 100_000
+
+
+class Fallback(Exception):
+    """Something this renderer does not reproduce exactly: prometheus_client renders the page."""
+
+
+class Families:
+    """A fixed list of families with the registry's collect(): what prometheus_client's encoders read."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _format(encoder: Encoder) -> tuple[bool, str] | None:
+    """(OpenMetrics?, escaping) of an encoder that choose_encoder() hands out, or None if not reproduced."""
+    func, kwargs = encoder, {}
+    if isinstance(encoder, functools.partial):
+        func, kwargs = encoder.func, dict(encoder.keywords)
+        if encoder.args:
+            return None
+    escaping = kwargs.pop("escaping", om_format.UNDERSCORES)
+    kwargs.pop("version", None)  # only decides whether native histograms are written: those fall back
+    if kwargs or escaping not in _ESCAPINGS:
+        return None
+    if func is text_format.generate_latest:
+        return False, escaping
+    if func is om_format.generate_latest:
+        return True, escaping
+    return None
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise Fallback(name)
+    return name
+
+
+class Renderer:
+    """Renders lists of families; keeps the text of series between renders. Thread-safe (one at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        # The same prefixes by the identity of a sample's labels dict (kept alive here, so its id stays its
+        # own): the metrics layer hands the same dict to a series' new samples, which skips copying its labels.
+        self._by_dict: dict[int, tuple[dict[str, str], str, str]] = {}
+        self._lines: dict[int, tuple[Sample, str]] = {}  # id(sample) -> (the sample, kept alive; its line)
+        self._values: dict[float, str] = {}
+        self.fallbacks = 0  # renders handed to prometheus_client
+
+    def render(self, families: Sequence[Metric], encoder: Encoder) -> bytes:
+        """What `encoder(registry)` returns for a registry whose collect() yields `families`."""
+        fmt = _format(encoder)
+        if fmt is not None:
+            with self._lock:
+                try:
+                    return self._render(families, *fmt)
+                except Exception:  # Fallback, or bad input: prometheus_client decides what the error looks like
+                    pass
+        self.fallbacks += 1
+        return encoder(Families(families))
+
+    def _render(self, families: Sequence[Metric], openmetrics: bool, escaping: str) -> bytes:
+        out: list[str] = []
+        lines: dict[int, tuple[Sample, str]] = {}
+        for metric in families:
+            if openmetrics:
+                self._om_family(metric, out, lines)
+            else:
+                self._text_family(metric, out, lines)
+        if openmetrics:
+            out.append("# EOF\n")
+        self._lines = lines  # only this render's samples: the others are gone from the page
+        if len(self._prefixes) + len(self._by_dict) > 4 * len(lines) + 1000:
+            self._prefixes, self._by_dict = {}, {}  # label sets come and go (threads leave): start over
+        return "".join(out).encode("utf-8")
+
+    def _text_family(self, metric: Metric, out: list[str], lines: dict[int, tuple[Sample, str]]) -> None:
+        name = metric.name + _TEXT_SUFFIXES.get(metric.type, "")
+        mtype = _TEXT_TYPES.get(metric.type, metric.type)
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {_check_name(name)} {doc}\n# TYPE {name} {mtype}\n")
+        specials = {metric.name + suffix for suffix in _TEXT_SPLIT_SUFFIXES}
+        samples = metric.samples
+        if any(sample.name in specials for sample in samples):
+            split: dict[str, list[str]] = {}
+            for sample in samples:
+                if sample.name in specials:
+                    split.setdefault(sample.name, []).append(self._lines_of([sample], lines)[0])
+                else:
+                    out.extend(self._lines_of([sample], lines))
+            for split_name, split_lines in sorted(split.items()):  # sorted by name: by suffix, as the encoder
+                out.append(f"# HELP {_check_name(split_name)} {doc}\n# TYPE {split_name} gauge\n")
+                out.extend(split_lines)
+        else:
+            out.extend(self._lines_of(samples, lines))
+
+    def _om_family(self, metric: Metric, out: list[str], lines: dict[int, tuple[Sample, str]]) -> None:
+        name = _check_name(metric.name)
+        out.append(f"# HELP {name} {_escape_value(metric.documentation)}\n# TYPE {name} {metric.type}\n")
+        if metric.unit:
+            out.append(f"# UNIT {name} {metric.unit}\n")
+        for sample in metric.samples:
+            if sample.exemplar or sample.native_histogram or sample.value is None:
+                raise Fallback(sample.name)
+        out.extend(self._lines_of(metric.samples, lines))
+
+    def _lines_of(self, samples: Sequence[Sample], lines: dict[int, tuple[Sample, str]]) -> list[str]:
+        """The text of each sample: kept whole for a sample object already rendered, else the kept prefix of
+        its name and labels and its value. One loop with everything local: this is the whole page's cost."""
+        out: list[str] = []
+        append = out.append
+        kept_lines = self._lines.get
+        by_dict = self._by_dict
+        by_dict_of = by_dict.get
+        values = self._values
+        value_of = values.get
+        for sample in samples:
+            key = id(sample)
+            kept = kept_lines(key)
+            if kept is not None and kept[0] is sample:  # the same immutable sample as in the last render
+                lines[key] = kept
+                append(kept[1])
+                continue
+            if sample.timestamp is not None:
+                raise Fallback(sample.name)
+            name = sample.name
+            labels = sample.labels
+            known = by_dict_of(id(labels))
+            if known is not None and known[0] is labels and known[1] == name:
+                prefix = known[2]
+            else:
+                prefix = self._prefix(name, labels)
+                by_dict[id(labels)] = (labels, name, prefix)
+            value = sample.value
+            text = value_of(value) if value else None
+            if text is None:
+                text = self._value(value)
+            line = prefix + text + "\n"
+            lines[key] = (sample, line)
+            append(line)
+        return out
+
+    def _prefix(self, name: str, labels: dict[str, str]) -> str:
+        label_key = (name, tuple(labels.items()))
+        prefix = self._prefixes.get(label_key)
+        if prefix is None:
+            prefix = self._prefixes[label_key] = _prefix(*label_key)
+        return prefix
+
+    def _value(self, value: float) -> str:
+        if type(value) is not float and type(value) is not int:
+            return floatToGoString(value)
+        if value == 0:  # -0.0 == 0.0 as a key: keep the sign out of the memo
+            return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+        text = self._values.get(value)
+        if text is None:
+            text = floatToGoString(value)
+            if value == value:  # NaN never finds itself in a dict
+                if len(self._values) >= _VALUE_MEMO_MAX:
+                    self._values.clear()
+                self._values[value] = text
+        return text
+
+
+def _prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """`name{k="v",...} `: labels sorted by name, values escaped as both encoders escape them."""
+    _check_name(name)
+    if not labels:
+        return name + " "
+    parts = []
+    for key, value in sorted(labels):
+        if not isinstance(value, str):
+            raise Fallback(name)
+        parts.append(f'{_check_name(key)}="{_escape_value(value)}"')
+    return f"{name}{{{','.join(parts)}}} "
