@@ -18,7 +18,8 @@ from pathlib import Path
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
 from exporter.metrics_spec import SOURCE_LABEL, spec
 from exporter.model import SOURCE_THREADS
-from exporter.tracker import Changes, Finish, RunState, ScopeState, Tracker
+from exporter.runstate import STATUS_CODES, STATUS_NAMES, Changes, Finish, Remembered, RunState, ScopeState
+from exporter.tracker import Tracker
 
 # The schema every state file starts from; MIGRATIONS take it to SCHEMA_VERSION.
 _SCHEMA_V1 = """
@@ -80,10 +81,23 @@ def _migrate_webhooks(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE webhook_pending (id TEXT PRIMARY KEY, status TEXT NOT NULL, ended_at INTEGER NOT NULL)")
 
 
+def _migrate_remembered(db: sqlite3.Connection) -> None:
+    """Finished runs past retention that no listing can pass leave memory for this table: only their id,
+    source, terminal status (a small int) and end are kept, to recognise a repeated report. Clustered on
+    the id (WITHOUT ROWID: one B-tree, no rowid table beside it); the end is indexed to drop the runs past
+    the dedupe window. The schema-4 runs that belong here move on the first expiry after the load (which
+    knows --terminal-retention and the time), in that commit."""
+    db.execute("CREATE TABLE remembered (id TEXT PRIMARY KEY, source TEXT NOT NULL, status INTEGER NOT NULL, "
+               "ended_at REAL NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE INDEX remembered_ended_at ON remembered (ended_at)")
+
+
 # MIGRATIONS[n] takes a schema-n file to schema n + 1, inside one transaction.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_webhooks,
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_webhooks, 4: _migrate_remembered,
 }
+# Ids per `Store.recall` query: under SQLite's default limit of host parameters (32,766 since 3.32; 999 before).
+RECALL_CHUNK = 900
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 # The columns each table must have at SCHEMA_VERSION: anything else is not our file.
@@ -99,6 +113,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "discovered": ("scope", "source", "created_at"),
     "webhook_deliveries": ("id", "at"),
     "webhook_pending": ("id", "status", "ended_at"),
+    "remembered": ("id", "source", "status", "ended_at"),
 }
 
 
@@ -281,6 +296,20 @@ class Store:
         out.pending = {i: (st, e) for i, st, e in db.execute("SELECT id, status, ended_at FROM webhook_pending")}
         return out
 
+    def recall(self, run_ids: Sequence[str]) -> dict[str, Remembered]:
+        """What the `remembered` table holds of these ids: one query per RECALL_CHUNK ids."""
+        out: dict[str, Remembered] = {}
+        for start in range(0, len(run_ids), RECALL_CHUNK):
+            chunk = run_ids[start:start + RECALL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for run_id, source, status, ended_at in self._db.execute(
+                    f"SELECT id, source, status, ended_at FROM remembered WHERE id IN ({marks})", chunk):
+                out[run_id] = Remembered(run_id, source, STATUS_NAMES.get(status, "completed"), ended_at)
+        return out
+
+    def remembered_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM remembered").fetchone()[0])
+
     # -- writing -----------------------------------------------------------------------------
 
     def commit(
@@ -299,6 +328,7 @@ class Store:
         Raises sqlite3.Error or OSError (a full disk, a locked file); nothing is written then."""
         def work() -> None:
             self._write_runs(changes)
+            self._write_remembered(changes)
             self._write_scopes(changes)
             self._write_aggregates(counters, histograms)
             self._write_finishes(changes)
@@ -321,6 +351,14 @@ class Store:
                 for r in changes.runs.values()
             ),
         )
+
+    def _write_remembered(self, changes: Changes) -> None:
+        db = self._db
+        if changes.forget_before is not None:
+            db.execute("DELETE FROM remembered WHERE ended_at < ?", (changes.forget_before,))
+        if changes.remembered:
+            db.executemany("INSERT OR REPLACE INTO remembered VALUES (?, ?, ?, ?)",
+                           [(r.id, r.source, STATUS_CODES[r.status], r.ended_at) for r in changes.remembered.values()])
 
     def _write_scopes(self, changes: Changes) -> None:
         self._db.executemany("DELETE FROM scopes WHERE id = ?", ((i,) for i in changes.deleted_scopes))

@@ -26,15 +26,20 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from exporter import metrics_spec as m
 from exporter import statuses
 from exporter.aggregates import Aggregates, LabelValues
 from exporter.metrics_spec import RATIO_WINDOWS
-from exporter.model import SOURCE_THREADS, RunSnapshot
+from exporter.model import RunSnapshot
+from exporter.runstate import Changes as Changes
+from exporter.runstate import Finish as Finish
+from exporter.runstate import Remembered as Remembered
+from exporter.runstate import RunState as RunState
+from exporter.runstate import ScopeState as ScopeState
 
 _MAX_WINDOW = max(RATIO_WINDOWS.values())
 # A new run seen in one of these has not left its first status: nothing ended unobserved.
@@ -50,84 +55,9 @@ _RANK: dict[str, int] = {
 }
 
 Outcome = Literal["accepted", "duplicate", "stale"]
-
-
-@dataclass(slots=True)
-class RunState:
-    id: str
-    scope: str
-    status: str
-    created_at: int
-    stint_start: float  # when the current status began: API time where known, else observation time
-    assistant_id: str = ""
-    model: str = ""
-    started_at: int | None = None
-    ended_at: float | None = None  # terminal runs: drives retention
-    history: bool = False
-    source: str = SOURCE_THREADS
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in statuses.TERMINAL
-
-
-@dataclass(slots=True)
-class ScopeState:
-    id: str
-    swept: bool = False  # one full poll succeeded: from now on unseen terminal runs are new
-    horizon: int = -1
-    gone: bool = False
-    # Newest created_at that a successful poll read down from: every run created before it has been seen.
-    # A failed poll may have read only the newest pages, so it does not move this.
-    covered: int = -1
-    failing: bool = False  # its last poll failed (not persisted: the next poll after a restart says again)
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    at: float  # when the exporter counted it
-    labels: LabelValues
-    status: str
-
-
-@dataclass(slots=True)
-class Changes:
-    """What the store must write for one apply, in one transaction."""
-
-    runs: dict[str, RunState] = field(default_factory=dict)
-    deleted_runs: set[str] = field(default_factory=set)
-    scopes: dict[str, ScopeState] = field(default_factory=dict)
-    deleted_scopes: set[str] = field(default_factory=set)
-    finishes: list[Finish] = field(default_factory=list)
-    finishes_before: float | None = None  # prune finish events older than this
-
-    def __bool__(self) -> bool:
-        return bool(self.runs or self.deleted_runs or self.scopes or self.deleted_scopes or self.finishes
-                    or self.finishes_before is not None)
-
-    def merge(self, newer: Changes) -> None:
-        """Fold a later set of changes into this one (a commit that failed is retried with both)."""
-        for run_id in newer.deleted_runs:
-            self.delete(run_id)
-        for run in newer.runs.values():
-            self.upsert(run)
-        for scope_id in newer.deleted_scopes:
-            self.scopes.pop(scope_id, None)
-            self.deleted_scopes.add(scope_id)
-        for scope in newer.scopes.values():
-            self.scopes[scope.id] = scope
-            self.deleted_scopes.discard(scope.id)
-        self.finishes.extend(newer.finishes)
-        if newer.finishes_before is not None:
-            self.finishes_before = max(self.finishes_before or newer.finishes_before, newer.finishes_before)
-
-    def upsert(self, run: RunState) -> None:
-        self.runs[run.id] = run
-        self.deleted_runs.discard(run.id)
-
-    def delete(self, run_id: str) -> None:
-        self.runs.pop(run_id, None)
-        self.deleted_runs.add(run_id)
+# Remembered runs past the dedupe window leave the table at most this often (one DELETE per minute).
+FORGET_INTERVAL = 60.0
+_NOTHING: Mapping[str, Remembered] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +94,7 @@ class Tracker:
         self._window_totals: dict[tuple[str, LabelValues], list[int]] = {}  # [finished, failed, expired]
         self.changes = Changes()
         self._codes: set[str] | None = None  # error code label values in use, built on first need
+        self._forgot_at = float("-inf")  # when remembered runs past the window were last dropped
 
     # -- loading and scope membership -------------------------------------------------------
 
@@ -205,15 +136,19 @@ class Tracker:
     def is_active(self, scope_id: str) -> bool:
         return bool(self._open.get(scope_id))
 
-    def accounted(self, scope_id: str, snap: RunSnapshot) -> bool:
-        """True when this run needs no more attention: known terminal, or below the scope's horizon."""
+    def accounted(self, scope_id: str, snap: RunSnapshot, recalled: Mapping[str, Remembered] = _NOTHING) -> bool:
+        """True when this run needs no more attention: known terminal, or below the scope's horizon.
+        `recalled`: what the state file remembers of these ids (`Store.recall`)."""
         known = self.runs.get(snap.id)
         if known is not None:
             return known.terminal
+        if self._remembered(snap.id, recalled) is not None:
+            return True
         scope = self.scopes.get(scope_id)
         return scope is not None and snap.created_at <= scope.horizon
 
-    def should_stop(self, scope_id: str, seen: Sequence[RunSnapshot]) -> bool:
+    def should_stop(self, scope_id: str, seen: Sequence[RunSnapshot],
+                    recalled: Mapping[str, Remembered] = _NOTHING) -> bool:
         """Paging may stop once it re-observed every unfinished run and reached an accounted-for run
         older than what the last successful poll covered (so no page between them went unread)."""
         scope = self.scopes.get(scope_id)
@@ -222,13 +157,37 @@ class Tracker:
         seen_ids = {s.id for s in seen}
         if any(r not in seen_ids for r in self._open.get(scope_id, ())):
             return False
-        return any(s.created_at < scope.covered and self.accounted(scope_id, s) for s in seen)
+        return any(s.created_at < scope.covered and self.accounted(scope_id, s, recalled) for s in seen)
+
+    # -- "do I know this run, and how did it end?" ------------------------------------------
+
+    def unknown(self, run_ids: Iterable[str]) -> list[str]:
+        """The ids not in memory nor about to be written as remembered: those to look up in the store."""
+        runs, pending = self.runs, self.changes.remembered
+        return [i for i in run_ids if i not in runs and i not in pending]
+
+    def known(self, run_ids: Iterable[str], recalled: Mapping[str, Remembered] = _NOTHING) -> dict[str, str]:
+        """id -> status, for the ids the exporter knows: unfinished, retained and remembered runs."""
+        out: dict[str, str] = {}
+        for run_id in run_ids:
+            run = self.runs.get(run_id)
+            if run is not None:
+                out[run_id] = run.status
+            else:
+                remembered = self._remembered(run_id, recalled)
+                if remembered is not None:
+                    out[run_id] = remembered.status
+        return out
+
+    def _remembered(self, run_id: str, recalled: Mapping[str, Remembered]) -> Remembered | None:
+        return self.changes.remembered.get(run_id) or recalled.get(run_id)
 
     # -- observations ------------------------------------------------------------------------
 
     def observe_listing(self, scope_id: str, snaps: Sequence[RunSnapshot], now: float, *, complete: bool,
-                        ok: bool) -> None:
-        """Apply one listing of one scope. `ok`: the poll succeeded; `complete`: it listed every run."""
+                        ok: bool, recalled: Mapping[str, Remembered] = _NOTHING) -> None:
+        """Apply one listing of one scope. `ok`: the poll succeeded; `complete`: it listed every run.
+        `recalled`: what the state file remembers of these ids (`Store.recall`)."""
         self.watch(scope_id)
         scope = self.scopes[scope_id]
         scope.failing = not ok
@@ -242,7 +201,8 @@ class Tracker:
             seen.add(snap.id)
             known = self.runs.get(snap.id)
             if known is None:
-                self._first_sight(scope, snap, now, live=False)
+                if self._remembered(snap.id, recalled) is None:
+                    self._first_sight(scope, snap, now, live=False)
             elif not known.terminal:
                 self._update(known, snap, now)
         if complete:
@@ -255,11 +215,15 @@ class Tracker:
                 self.changes.scopes[scope_id] = scope
                 self._release_retired(scope, now)
 
-    def observe_run(self, snap: RunSnapshot, now: float) -> Outcome:
-        """Apply one single-run update (push, poll by id, webhook). Idempotent and order-tolerant."""
+    def observe_run(self, snap: RunSnapshot, now: float, recalled: Mapping[str, Remembered] = _NOTHING) -> Outcome:
+        """Apply one single-run update (push, poll by id, webhook). Idempotent and order-tolerant.
+        `recalled`: what the state file remembers of this id (`Store.recall`, in bulk for a request)."""
         known = self.runs.get(snap.id)
         if known is not None:
             return self._update_known(known, snap, now)
+        remembered = self._remembered(snap.id, recalled)
+        if remembered is not None:
+            return "duplicate" if snap.status == remembered.status else "stale"
         if snap.terminal:
             if now - float(snap.ended_at() or now) >= self.dedupe_window:
                 return "stale"  # it may have been counted and forgotten since
@@ -434,6 +398,13 @@ class Tracker:
             self._retire(run)
             if self._forgettable(run, now):
                 self._forget(run_id)
+            elif run.scope not in self.scopes:
+                self._remember(run)  # no listing can pass it: only its id must be recognised
+            elif self.dedupe_window > self.retention:
+                heapq.heappush(self._forget_at, (deadline - self.retention + self.dedupe_window, run_id))
+        if now - self._forgot_at >= FORGET_INTERVAL:
+            self._forgot_at = now
+            self.changes.forget_before = now - self.dedupe_window
         heap = self._forget_at
         while heap and heap[0][0] <= now:
             _, run_id = heapq.heappop(heap)
@@ -559,9 +530,12 @@ class Tracker:
         """Past retention: out of assistants_runs, but kept so it cannot be mistaken for a new run."""
         self._counts[(run.status, *self.labels_of(run))] -= 1
         self._retired.setdefault(run.scope, set()).add(run.id)
-        if self.dedupe_window > self.retention:
-            assert run.ended_at is not None
-            heapq.heappush(self._forget_at, (run.ended_at + self.dedupe_window, run.id))
+
+    def _remember(self, run: RunState) -> None:
+        """A retired run leaves memory for the state file's `remembered` table (in the same commit)."""
+        assert run.ended_at is not None
+        self._drop(run.id)
+        self.changes.remembered[run.id] = Remembered(run.id, run.source, run.status, run.ended_at)
 
     def _release_retired(self, scope: ScopeState, now: float) -> None:
         for run_id in list(self._retired.get(scope.id, ())):
