@@ -223,7 +223,7 @@ class Tracker:
             return self._update_known(known, snap, now)
         remembered = self._remembered(snap.id, recalled)
         if remembered is not None:
-            return "duplicate" if snap.status == remembered.status else "stale"
+            return self._ended_answer(remembered.status, remembered.ended_at, snap, now)
         if snap.terminal:
             if now - float(snap.ended_at() or now) >= self.dedupe_window:
                 return "stale"  # it may have been counted and forgotten since
@@ -235,7 +235,7 @@ class Tracker:
 
     def _update_known(self, run: RunState, snap: RunSnapshot, now: float) -> Outcome:
         if run.terminal:
-            return "duplicate" if snap.status == run.status else "stale"
+            return self._ended_answer(run.status, run.ended_at, snap, now)
         if _RANK.get(snap.status, -1) < _RANK.get(run.status, 0):
             return "stale"
         if (snap.status == run.status and (snap.assistant_id, snap.model) == (run.assistant_id, run.model)
@@ -243,6 +243,14 @@ class Tracker:
             return "duplicate"
         self._update(run, snap, now)
         return "accepted"
+
+    def _ended_answer(self, status: str, ended_at: float | None, snap: RunSnapshot, now: float) -> Outcome:
+        """A report of a run known to have ended. Past the dedupe window it is stale whether or not the run
+        is still kept (in memory for a listing's coverage, or in the table until the next forget pass), so
+        the answer does not depend on when the exporter dropped it."""
+        if snap.status != status or (ended_at is not None and now - ended_at >= self.dedupe_window):
+            return "stale"
+        return "duplicate"
 
     def vanish(self, run_id: str) -> None:
         """A run fetched by id is gone (404) before it ended: it leaves the gauges, never counted."""
