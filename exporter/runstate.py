@@ -63,11 +63,15 @@ class ScopeState:
     failing: bool = False  # its last poll failed (not persisted: the next poll after a restart says again)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
+    """Runs of one label set that finished with one status at one moment: counted together, so that a
+    burst of pushes is a few events in memory and in the state file, not one per run."""
+
     at: float  # when the exporter counted it
     labels: LabelValues
     status: str
+    count: int = 1
 
 
 @dataclass(slots=True)

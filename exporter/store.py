@@ -90,6 +90,11 @@ def _migrate_remembered(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE remembered (id TEXT PRIMARY KEY, source TEXT NOT NULL, status INTEGER NOT NULL, "
                "ended_at REAL NOT NULL) WITHOUT ROWID")
     db.execute("CREATE INDEX remembered_ended_at ON remembered (ended_at)")
+    # Finish events of one moment, label set and status are one row with a count. (A file without the
+    # table is not ours: the column check after the migrations says so.)
+    columns = [row[1] for row in db.execute("PRAGMA table_info(finishes)")]
+    if columns and "count" not in columns:
+        db.execute("ALTER TABLE finishes ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
 
 
 # MIGRATIONS[n] takes a schema-n file to schema n + 1, inside one transaction.
@@ -108,7 +113,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
              "ended_at", "history", "source"),
     "counters": ("name", "labels", "value"),
     "histograms": ("name", "labels", "bounds", "counts", "sum", "count"),
-    "finishes": ("at", "labels", "status"),
+    "finishes": ("at", "labels", "status", "count"),
     "registrations": ("scope", "source"),
     "discovered": ("scope", "source", "created_at"),
     "webhook_deliveries": ("id", "at"),
@@ -286,8 +291,8 @@ class Store:
         out.aggregates.take_dirty()
         names = self._finish_labels()
         out.finishes = [
-            Finish(at, _project(names, labels), status)
-            for at, labels, status in db.execute("SELECT at, labels, status FROM finishes ORDER BY at")
+            Finish(at, _project(names, labels), status, count)
+            for at, labels, status, count in db.execute("SELECT at, labels, status, count FROM finishes ORDER BY at")
         ]
         out.registrations = dict(db.execute("SELECT scope, source FROM registrations"))
         out.discovered = {scope: (source, created) for scope, source, created
@@ -410,6 +415,6 @@ class Store:
             self._db.execute("DELETE FROM finishes WHERE at < ?", (changes.finishes_before,))
         names = self._finish_labels()
         self._db.executemany(
-            "INSERT INTO finishes VALUES (?, ?, ?)",
-            ((f.at, _encode(names, f.labels), f.status) for f in changes.finishes),
+            "INSERT INTO finishes VALUES (?, ?, ?, ?)",
+            ((f.at, _encode(names, f.labels), f.status, f.count) for f in changes.finishes),
         )

@@ -95,6 +95,9 @@ class Tracker:
         self.changes = Changes()
         self._codes: set[str] | None = None  # error code label values in use, built on first need
         self._forgot_at = float("-inf")  # when remembered runs past the window were last dropped
+        # The finish events of the latest moment, by (labels, status): a later finish then joins its event.
+        self._moment = float("nan")
+        self._moment_events: dict[tuple[LabelValues, str], Finish] = {}
 
     # -- loading and scope membership -------------------------------------------------------
 
@@ -105,6 +108,7 @@ class Tracker:
             self._put(r)
         for finish in sorted(finishes, key=lambda f: f.at):
             self._record_finish(finish)
+        self._new_moment()
 
     def watch(self, scope_id: str, born: int | None = None) -> None:
         """Watch a scope. `born`: it was created at that time, while the exporter was already watching for
@@ -128,6 +132,7 @@ class Tracker:
         return (run.source, *extra)
 
     def take_changes(self) -> Changes:
+        self._new_moment()  # its events go to the store now: a later finish makes a new one
         changes, self.changes = self.changes, Changes()
         return changes
 
@@ -370,8 +375,8 @@ class Tracker:
         if snap.completion_tokens:
             agg.inc(m.TOKENS.name, ("completion", *labels), snap.completion_tokens)
         finish = Finish(now, labels, snap.status)
-        self._record_finish(finish)
-        self.changes.finishes.append(finish)
+        if self._record_finish(finish) is finish:  # else counted in an event of this moment, already listed
+            self.changes.finishes.append(finish)
 
     def _error_code(self, code: str) -> str:
         """The code label: error codes are an open set, so past MAX_ERROR_CODES distinct ones, `other`."""
@@ -423,6 +428,7 @@ class Tracker:
         if self.finishes and self.finishes[0].at < cutoff:
             while self.finishes and self.finishes[0].at < cutoff:
                 self.finishes.popleft()
+            self._new_moment()
             self.changes.finishes_before = cutoff
 
     # -- views for metrics -------------------------------------------------------------------
@@ -473,6 +479,7 @@ class Tracker:
             events = self._window_events[window]
             while events and events[0].at < now - seconds:
                 self._tally(window, events.popleft(), -1)
+                self._new_moment()
         out: dict[tuple[str, ...], float] = {}
         for (window, labels), (total, failed, expired) in self._window_totals.items():
             if total:
@@ -480,17 +487,31 @@ class Tracker:
                 out[("expiry", window, *labels)] = expired / total
         return out
 
-    def _record_finish(self, finish: Finish) -> None:
-        self.finishes.append(finish)
+    def _record_finish(self, finish: Finish) -> Finish:
+        """Add a finish event; one of the same moment, labels and status absorbs it. Returns the event that
+        holds it."""
+        if finish.at != self._moment:
+            self._moment, self._moment_events = finish.at, {}
+        held = self._moment_events.setdefault((finish.labels, finish.status), finish)
+        if held is not finish:
+            held.count += finish.count
+        else:
+            self.finishes.append(finish)
         for window in RATIO_WINDOWS:
-            self._window_events[window].append(finish)
+            if held is finish:
+                self._window_events[window].append(finish)
             self._tally(window, finish, +1)
+        return held
+
+    def _new_moment(self) -> None:
+        """Events already written or dropped from a window absorb nothing more."""
+        self._moment, self._moment_events = float("nan"), {}
 
     def _tally(self, window: str, finish: Finish, sign: int) -> None:
         totals = self._window_totals.setdefault((window, finish.labels), [0, 0, 0])
-        totals[0] += sign
-        totals[1] += sign * (finish.status == "failed")
-        totals[2] += sign * (finish.status == "expired")
+        totals[0] += sign * finish.count
+        totals[1] += sign * finish.count * (finish.status == "failed")
+        totals[2] += sign * finish.count * (finish.status == "expired")
 
     def scope_states(self) -> dict[str, int]:
         """Watched scopes by state. A failing one may have unfinished runs: it is failing, not active, because

@@ -182,3 +182,20 @@ def test_a_remembered_run_of_a_commit_that_failed_is_still_recognised(tmp_path: 
     assert asyncio.run(scenario()) == [0, 1, 1]
     assert daemon.store.remembered_count() == 1
     assert daemon.tracker.aggregates.counter("assistants_runs_finished_total", ("completed", "push")) == 1
+
+
+def test_finishes_of_one_moment_are_one_event_with_a_count_and_survive_a_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db", [])
+    tracker = store.load().tracker((), HOUR, DEDUPE_WINDOW)
+    now = NOW
+    for i in range(500):
+        _observe(tracker, store, _push(f"c{i}", "completed" if i % 5 else "failed", int(now) - 1), now)
+    assert [(f.status, f.count) for f in tracker.finishes] == [("failed", 100), ("completed", 400)]
+    _commit(tracker, store)
+    _observe(tracker, store, _push("late", "failed", int(now) - 1), now)  # same moment, after the commit
+    _commit(tracker, store)
+    assert tracker.ratios(now)[("failure", "5m", "push")] == 101 / 501
+    restarted = Store(tmp_path / "state.db", []).load().tracker((), HOUR, DEDUPE_WINDOW)
+    assert restarted.ratios(now) == tracker.ratios(now)
+    assert sum(f.count for f in restarted.finishes) == 501
+    assert restarted.ratios(now + 301).get(("failure", "5m", "push")) is None  # left the window: no runs
