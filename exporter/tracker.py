@@ -25,8 +25,9 @@ Each run is counted once across all sources, under the `source` label of the sou
 from __future__ import annotations
 
 import heapq
+import operator
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,6 +77,10 @@ class Tracker:
         dedupe_window: float = 0.0,
     ) -> None:
         self.extra_labels = tuple(extra_labels)
+        # (source, *extra) read in one call: computed for every index update and every finish.
+        names = ["assistant_id" if name == "assistant_id" else "model" for name in self.extra_labels]
+        self._labels: Callable[[RunState | RunSnapshot], LabelValues] = (
+            operator.attrgetter("source", *names) if names else lambda run: (run.source,))
         self.retention = retention
         self.dedupe_window = max(retention, dedupe_window)
         self.aggregates = aggregates if aggregates is not None else Aggregates()
@@ -128,8 +133,7 @@ class Tracker:
 
     def labels_of(self, run: RunState | RunSnapshot) -> LabelValues:
         """The run's base and extra label values: (source, *--labels)."""
-        extra = tuple(run.assistant_id if name == "assistant_id" else run.model for name in self.extra_labels)
-        return (run.source, *extra)
+        return self._labels(run)
 
     def take_changes(self) -> Changes:
         self._new_moment()  # its events go to the store now: a later finish makes a new one
@@ -290,9 +294,11 @@ class Tracker:
         # Created while we watched (or reported live): it was queued from created_at on, whatever we see now.
         run = RunState(snap.id, snap.scope, statuses.QUEUED, snap.created_at, float(snap.created_at),
                        snap.assistant_id, snap.model, source=snap.source)
+        if snap.status != statuses.QUEUED:  # indexed once, in the status it is in now
+            if snap.started_at is not None:
+                run.started_at = snap.started_at
+            self._transition(run, snap, now)
         self._put(run)
-        if snap.status != statuses.QUEUED:
-            self._update(run, snap, now)
         self.changes.upsert(run)
 
     def _first_sight_unwatched(self, scope: ScopeState | None, snap: RunSnapshot, now: float,
