@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import operator
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -333,7 +334,7 @@ class Tracker:
 
     def _transition(self, run: RunState, snap: RunSnapshot, now: float) -> None:
         if (run.assistant_id, run.model) != (snap.assistant_id, snap.model):
-            run.assistant_id, run.model = snap.assistant_id, snap.model
+            run.assistant_id, run.model = sys.intern(snap.assistant_id), sys.intern(snap.model)
             self.changes.upsert(run)
         if snap.status == run.status:
             return
@@ -344,7 +345,7 @@ class Tracker:
             self.aggregates.observe(m.STATUS_DURATION.name, (stint.status, *labels),
                                     max(0.0, stint.end - stint.start))
         first_in_progress = run.status == statuses.QUEUED and snap.status == statuses.IN_PROGRESS
-        run.status = snap.status
+        run.status = sys.intern(snap.status)
         if snap.terminal:
             self._finish(run, snap, now)
         else:
@@ -532,6 +533,7 @@ class Tracker:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _put(self, run: RunState) -> None:
+        _intern(run)
         self.runs[run.id] = run
         self._by_scope.setdefault(run.scope, set()).add(run.id)
         self._index(run)
@@ -598,6 +600,14 @@ class Tracker:
         if created_at > scope.horizon:
             scope.horizon = created_at
             self.changes.scopes[scope.id] = scope
+
+
+def _intern(run: RunState) -> None:
+    """One copy of each scope, status, assistant, model and source string, shared by all the runs that
+    have it (each JSON document or state-file row brings its own copies: a few hundred bytes a run)."""
+    intern = sys.intern
+    run.scope, run.status, run.source = intern(run.scope), intern(run.status), intern(run.source)
+    run.assistant_id, run.model = intern(run.assistant_id), intern(run.model)
 
 
 def _discard(index: dict[str, set[str]], key: str, item: str) -> None:
