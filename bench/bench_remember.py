@@ -62,6 +62,11 @@ def start_exporter(state: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, cwd=ROOT)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -233,9 +238,9 @@ def main() -> None:
             base = rss_bytes(proc.pid)
             now = int(time.time())
             bodies = [minimal_body(i, min(args.batch, args.runs - i), now) for i in range(0, args.runs, args.batch)]
-            started = time.perf_counter()
+            started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
             sent = asyncio.run(push(port, bodies, None, args.connections))
-            push_s = time.perf_counter() - started
+            push_s, push_cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - cpu0
             load_push = os.getloadavg()
             grown = rss_bytes(proc.pid)
             resend = asyncio.run(push(port, [minimal_body(i, 1000, now) for i in (0, args.runs // 2)], None, 2))
@@ -255,9 +260,9 @@ def main() -> None:
                 first[0] += 100
                 return object_body(first[0], 100, int(time.time()))
 
-            started = time.perf_counter()
+            started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
             obj = asyncio.run(push(port, None, objects, args.connections, time.perf_counter() + args.seconds))
-            obj_s = time.perf_counter() - started
+            obj_s, obj_cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - cpu0
             load_end = os.getloadavg()
         finally:
             proc.terminate()
@@ -275,7 +280,9 @@ def main() -> None:
         f"<= {GOAL_BYTES_PER_RUN:g} B",
     )
     row("push, 1,000-item minimal requests", f"{args.runs / push_s:,.0f} items/s", f">= {GOAL_MINIMAL_PER_S:,.0f}")
+    row("  per second of the exporter's CPU", f"{args.runs / max(push_cpu, 1e-9):,.0f} items", "")
     row("push, 100-item RunObject batches", f"{obj['accepted'] / obj_s:,.0f} items/s", f">= {GOAL_OBJECTS_PER_S:,.0f}")
+    row("  per second of the exporter's CPU", f"{obj['accepted'] / max(obj_cpu, 1e-9):,.0f} items", "")
     row(
         "resend of 2,000: duplicates / accepted / stale",
         f"{resend['duplicates']} / {resend['accepted']} / {resend['stale']}",

@@ -84,11 +84,13 @@ def _migrate_webhooks(db: sqlite3.Connection) -> None:
 def _migrate_remembered(db: sqlite3.Connection) -> None:
     """Finished runs past retention that no listing can pass leave memory for this table: only their id,
     source, terminal status (a small int) and end are kept, to recognise a repeated report. Clustered on
-    the id (WITHOUT ROWID: one B-tree, no rowid table beside it); the end is indexed to drop the runs past
+    the id (WITHOUT ROWID: one B-tree, no rowid table beside it); the end, in whole seconds (a varint of
+    4 bytes, not an 8-byte REAL, in the row and in the index: the API's ends are whole seconds), is indexed to
+    drop the runs past
     the dedupe window. The schema-4 runs that belong here move on the first expiry after the load (which
     knows --terminal-retention and the time), in that commit."""
     db.execute("CREATE TABLE remembered (id TEXT PRIMARY KEY, source TEXT NOT NULL, status INTEGER NOT NULL, "
-               "ended_at REAL NOT NULL) WITHOUT ROWID")
+               "ended_at INTEGER NOT NULL) WITHOUT ROWID")
     db.execute("CREATE INDEX remembered_ended_at ON remembered (ended_at)")
     # Finish events of one moment, label set and status are one row with a count. (A file without the
     # table is not ours: the column check after the migrations says so.)
@@ -362,8 +364,8 @@ class Store:
         if changes.forget_before is not None:
             db.execute("DELETE FROM remembered WHERE ended_at < ?", (changes.forget_before,))
         if changes.remembered:
-            db.executemany("INSERT OR REPLACE INTO remembered VALUES (?, ?, ?, ?)",
-                           [(r.id, r.source, STATUS_CODES[r.status], r.ended_at) for r in changes.remembered.values()])
+            rows = [(r.id, r.source, STATUS_CODES[r.status], int(r.ended_at)) for r in changes.remembered.values()]
+            db.executemany("INSERT OR REPLACE INTO remembered VALUES (?, ?, ?, ?)", rows)
 
     def _write_scopes(self, changes: Changes) -> None:
         self._db.executemany("DELETE FROM scopes WHERE id = ?", ((i,) for i in changes.deleted_scopes))
