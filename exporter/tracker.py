@@ -27,7 +27,6 @@ from __future__ import annotations
 import heapq
 import operator
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +34,7 @@ from typing import Literal
 from exporter import metrics_spec as m
 from exporter import statuses
 from exporter.aggregates import Aggregates, LabelValues
+from exporter.finishes import FinishWindows
 from exporter.metrics_spec import RATIO_WINDOWS
 from exporter.model import RunSnapshot
 from exporter.runstate import Changes as Changes
@@ -95,15 +95,11 @@ class Tracker:
         self._retired: dict[str, set[str]] = {}  # past retention, kept until coverage passes them
         self._forget_at: list[tuple[float, str]] = []  # heap of (end + dedupe window, id) of retired runs
         self._oldest: dict[tuple[str, ...], list[tuple[float, str]]] = {}  # lazy heaps of (stint start, id)
-        self.finishes: deque[Finish] = deque()  # the longest window's finish events, as persisted
-        self._window_events: dict[str, deque[Finish]] = {w: deque() for w in RATIO_WINDOWS}
-        self._window_totals: dict[tuple[str, LabelValues], list[int]] = {}  # [finished, failed, expired]
+        self._finishes = FinishWindows()
+        self.finishes = self._finishes.events  # the longest window's finish events, as persisted
         self.changes = Changes()
         self._codes: set[str] | None = None  # error code label values in use, built on first need
         self._forgot_at = float("-inf")  # when remembered runs past the window were last dropped
-        # The finish events of the latest moment, by (labels, status): a later finish then joins its event.
-        self._moment = float("nan")
-        self._moment_events: dict[tuple[LabelValues, str], Finish] = {}
 
     # -- loading and scope membership -------------------------------------------------------
 
@@ -113,8 +109,8 @@ class Tracker:
         for r in runs:
             self._put(r)
         for finish in sorted(finishes, key=lambda f: f.at):
-            self._record_finish(finish)
-        self._new_moment()
+            self._finishes.record(finish)
+        self._finishes.new_moment()
 
     def watch(self, scope_id: str, born: int | None = None) -> None:
         """Watch a scope. `born`: it was created at that time, while the exporter was already watching for
@@ -137,7 +133,7 @@ class Tracker:
         return self._labels(run)
 
     def take_changes(self) -> Changes:
-        self._new_moment()  # its events go to the store now: a later finish makes a new one
+        self._finishes.new_moment()  # its events go to the store now: a later finish makes a new one
         changes, self.changes = self.changes, Changes()
         return changes
 
@@ -382,7 +378,7 @@ class Tracker:
         if snap.completion_tokens:
             agg.inc(m.TOKENS.name, ("completion", *labels), snap.completion_tokens)
         finish = Finish(now, labels, snap.status)
-        if self._record_finish(finish) is finish:  # else counted in an event of this moment, already listed
+        if self._finishes.record(finish) is finish:  # else counted in an event of this moment, already listed
             self.changes.finishes.append(finish)
 
     def _error_code(self, code: str) -> str:
@@ -432,10 +428,7 @@ class Tracker:
             if run is not None and self._forgettable(run, now):
                 self._forget(run_id)
         cutoff = now - _MAX_WINDOW
-        if self.finishes and self.finishes[0].at < cutoff:
-            while self.finishes and self.finishes[0].at < cutoff:
-                self.finishes.popleft()
-            self._new_moment()
+        if self._finishes.prune(cutoff):
             self.changes.finishes_before = cutoff
 
     # -- views for metrics -------------------------------------------------------------------
@@ -482,43 +475,7 @@ class Tracker:
 
     def ratios(self, now: float) -> dict[tuple[str, ...], float]:
         """(kind 'failure'|'expiry', window, *labels) -> ratio among runs finished within the window."""
-        for window, seconds in RATIO_WINDOWS.items():
-            events = self._window_events[window]
-            while events and events[0].at < now - seconds:
-                self._tally(window, events.popleft(), -1)
-                self._new_moment()
-        out: dict[tuple[str, ...], float] = {}
-        for (window, labels), (total, failed, expired) in self._window_totals.items():
-            if total:
-                out[("failure", window, *labels)] = failed / total
-                out[("expiry", window, *labels)] = expired / total
-        return out
-
-    def _record_finish(self, finish: Finish) -> Finish:
-        """Add a finish event; one of the same moment, labels and status absorbs it. Returns the event that
-        holds it."""
-        if finish.at != self._moment:
-            self._moment, self._moment_events = finish.at, {}
-        held = self._moment_events.setdefault((finish.labels, finish.status), finish)
-        if held is not finish:
-            held.count += finish.count
-        else:
-            self.finishes.append(finish)
-        for window in RATIO_WINDOWS:
-            if held is finish:
-                self._window_events[window].append(finish)
-            self._tally(window, finish, +1)
-        return held
-
-    def _new_moment(self) -> None:
-        """Events already written or dropped from a window absorb nothing more."""
-        self._moment, self._moment_events = float("nan"), {}
-
-    def _tally(self, window: str, finish: Finish, sign: int) -> None:
-        totals = self._window_totals.setdefault((window, finish.labels), [0, 0, 0])
-        totals[0] += sign * finish.count
-        totals[1] += sign * finish.count * (finish.status == "failed")
-        totals[2] += sign * finish.count * (finish.status == "expired")
+        return self._finishes.ratios(now)
 
     def scope_states(self) -> dict[str, int]:
         """Watched scopes by state. A failing one may have unfinished runs: it is failing, not active, because
