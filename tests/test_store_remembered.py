@@ -199,3 +199,27 @@ def test_finishes_of_one_moment_are_one_event_with_a_count_and_survive_a_restart
     assert restarted.ratios(now) == tracker.ratios(now)
     assert sum(f.count for f in restarted.finishes) == 501
     assert restarted.ratios(now + 301).get(("failure", "5m", "push")) is None  # left the window: no runs
+
+
+def test_a_listing_of_a_scope_watched_later_does_not_count_a_remembered_run_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db", [])
+    tracker = store.load().tracker((), HOUR, DEDUPE_WINDOW)
+    created = int(NOW) - 3 * HOUR
+    pushed = RunSnapshot("r1", "thread_x", "completed", created, completed_at=created + 10, source="push")
+    assert _observe(tracker, store, pushed, NOW - 3 * HOUR + 20) == "accepted"
+    tracker.expire(NOW)
+    _commit(tracker, store)
+    assert store.remembered_count() == 1 and "r1" not in tracker.runs
+    tracker.watch("thread_x", born=created - 100)  # discovery: created while watched, so its runs count
+    listed = [RunSnapshot("r1", "thread_x", "completed", created, completed_at=created + 10)]
+    tracker.observe_listing(
+        "thread_x", listed, NOW, complete=True, ok=True, recalled=store.recall(tracker.unknown(s.id for s in listed))
+    )
+    assert tracker.aggregates.counter("assistants_runs_finished_total", ("completed", "push")) == 1
+    assert tracker.aggregates.counter("assistants_runs_finished_total", ("completed", "threads")) == 0
+    assert tracker.should_stop("thread_x", listed, store.recall(["r1"])) is False  # nothing older than covered
+    # Without the recall the listing would have counted it a second time: the answer comes from the table.
+    fresh = Tracker((), HOUR, dedupe_window=DEDUPE_WINDOW)
+    fresh.watch("thread_x", born=created - 100)
+    fresh.observe_listing("thread_x", listed, NOW, complete=True, ok=True)
+    assert fresh.aggregates.counter("assistants_runs_finished_total", ("completed", "threads")) == 1
