@@ -106,8 +106,7 @@ class Tracker:
     def restore(self, scopes: Iterable[ScopeState], runs: Iterable[RunState], finishes: Iterable[Finish]) -> None:
         for scope in scopes:
             self.scopes[scope.id] = scope
-        for r in runs:
-            self._put(r)
+        self._bulk_index(runs)
         for finish in sorted(finishes, key=lambda f: f.at):
             self._finishes.record(finish)
         self._finishes.new_moment()
@@ -511,6 +510,25 @@ class Tracker:
             heapq.heappush(self._oldest.setdefault(key, []), (run.stint_start, run.id))
         else:
             heapq.heappush(self._retire_at, (run.ended_at + self.retention, run.id))
+
+    def _bulk_index(self, runs: Iterable[RunState]) -> None:
+        """`_put` for a whole load: the heaps are appended to, then ordered once (not one push per run)."""
+        counts, by_scope, opened = self._counts, self._by_scope, self._open
+        oldest, retire = self._oldest, self._retire_at
+        for run in runs:
+            _intern(run)
+            self.runs[run.id] = run
+            by_scope.setdefault(run.scope, set()).add(run.id)
+            key = (run.status, *self._labels(run))
+            counts[key] = counts.get(key, 0) + 1
+            if run.ended_at is None:
+                opened.setdefault(run.scope, set()).add(run.id)
+                oldest.setdefault(key, []).append((run.stint_start, run.id))
+            else:
+                retire.append((run.ended_at + self.retention, run.id))
+        heapq.heapify(retire)
+        for heap in oldest.values():
+            heapq.heapify(heap)
 
     def _unindex(self, run: RunState) -> None:
         if run.id in self._retired.get(run.scope, ()):
