@@ -12,7 +12,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from prometheus_client.metrics_core import Metric
@@ -23,6 +23,7 @@ from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, fai
 from exporter.logs import CountingRateLimiter, RateLimiter
 from exporter.metrics import ExporterState, SnapshotCollector, families, snapshot
 from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, RunSnapshot
+from exporter.runstate import Changes, Remembered
 from exporter.scheduler import Schedule, Scheduler
 from exporter.sources import (
     ByIdSource,
@@ -35,8 +36,9 @@ from exporter.sources import (
     StopRule,
 )
 from exporter.sources.webhooks import DeliveryLog
+from exporter.statuses import is_terminal
 from exporter.store import Store
-from exporter.tracker import Changes, Tracker
+from exporter.tracker import Tracker
 from exporter.watchlist import WatchList
 
 log = logging.getLogger(__name__)
@@ -242,7 +244,26 @@ class Daemon:
     def _is_watched(self, scope: str) -> bool:
         """Known to discovery: watched here, owned by another shard (which watches it), or (a response that
         ended and left the watch list) still known to the tracker."""
-        return scope in self.watchlist.wanted() or not self.watchlist.owns(scope) or scope in self.tracker.runs
+        return (scope in self.watchlist.wanted() or not self.watchlist.owns(scope)
+                or bool(self.tracker.known([scope], self._recall([scope]))))
+
+    def _recall(self, run_ids: Iterable[str]) -> Mapping[str, Remembered]:
+        """What the state file remembers of the ids the tracker does not hold: one query (per 900 ids),
+        plus remembered runs of a commit that failed and waits for its retry."""
+        unknown = self.tracker.unknown(run_ids)
+        if not unknown:
+            return {}
+        try:
+            found = self.store.recall(unknown)
+        except sqlite3.Error as exc:  # unreadable now: answer from memory; the commit will say what is wrong
+            self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
+            if self._store_log.allow("recall", self.wall()):
+                log.error("cannot read state file %s: %s (logged once a minute)", self.store.path, exc)
+            found = {}
+        if self._uncommitted is not None and self._uncommitted.changes.remembered:
+            waiting = self._uncommitted.changes.remembered
+            found.update((i, waiting[i]) for i in unknown if i in waiting)
+        return found
 
     def _reap_discoveries(self, now: float) -> None:
         running = []
@@ -282,7 +303,7 @@ class Daemon:
         self.sync_scopes()
 
     def _stop_rule(self, scope: str) -> StopRule:
-        return lambda seen: self.tracker.should_stop(scope, seen)
+        return lambda seen: self.tracker.should_stop(scope, seen, self._recall(s.id for s in seen))
 
     async def _wait(self) -> None:
         timeout = self.scheduler.next_wake()
@@ -366,7 +387,7 @@ class Daemon:
             tracker.mark_gone(result.scope)
         else:
             tracker.observe_listing(result.scope, result.runs, now, complete=result.complete,
-                                    ok=result.outcome == "ok")
+                                    ok=result.outcome == "ok", recalled=self._recall(s.id for s in result.runs))
         for reason, count in result.invalid.items():
             tracker.aggregates.inc(m.INVALID_OBJECTS.name, (reason,), count)
             self._log_invalid(reason, result.scope, now)
@@ -383,6 +404,7 @@ class Daemon:
         """Single-run updates from by-id polls. A run that ended, or is gone (404), leaves the watch list."""
         reached: dict[str, bool] = {}
         released = False
+        recalled = self._recall(r.run_id for r in fetches)
         for result in fetches:
             slot = self.scheduler.slots.get(result.run_id)
             if slot is not None:
@@ -395,17 +417,17 @@ class Daemon:
                 self.health.reached_api = True
             slot_failures = slot.failures + (result.outcome == "error") if slot is not None else 0
             if result.outcome == "ok" and result.run is not None:
-                self.tracker.observe_run(self._with_event_end(result.run), now)
+                self.tracker.observe_run(self._with_event_end(result.run), now, recalled)
             elif result.run_id in self.deliveries.pending and (
                     result.outcome == "gone" or slot_failures >= FETCH_ATTEMPTS_BEFORE_EVENT):
                 held = self.deliveries.settle(result.run_id)  # the fetch failed: count from the event alone
                 if held is not None:
                     self.tracker.vanish(result.run_id)
-                    self.tracker.observe_run(held, now)
+                    self.tracker.observe_run(held, now, recalled)
             elif result.outcome == "gone":
                 self.tracker.vanish(result.run_id)
-            known = self.tracker.runs.get(result.run_id)
-            if result.outcome == "gone" or (known is not None and known.terminal):
+            known = self.tracker.known([result.run_id], recalled).get(result.run_id)
+            if result.outcome == "gone" or (known is not None and is_terminal(known)):
                 released = self.watchlist.release(result.run_id) or released
             elif result.error:
                 log.warning("fetch of %s failed: %s", result.run_id, result.error)
@@ -434,25 +456,26 @@ class Daemon:
         else:
             self.deliveries.add(delivery.delivery_id, now)
             snap = delivery.run
-            known = self.tracker.runs.get(snap.id) if snap is not None else None
+            recalled = self._recall([snap.id]) if snap is not None else {}
+            known = self.tracker.known([snap.id], recalled).get(snap.id) if snap is not None else None
             if snap is None:
                 delivery.outcome = "accepted"
-            elif known is not None and known.terminal:
-                delivery.outcome = self.tracker.observe_run(snap, now)
+            elif known is not None and is_terminal(known):
+                delivery.outcome = self.tracker.observe_run(snap, now, recalled)
             elif SOURCE_RESPONSES in self.by_id and self._poll_by_id(snap.id, SOURCE_RESPONSES):
                 self.deliveries.hold(snap)
                 delivery.outcome = "accepted"
             else:  # no key, or the watch list is full: the event alone
-                delivery.outcome = self.tracker.observe_run(snap, now)
+                delivery.outcome = self.tracker.observe_run(snap, now, recalled)
         self.on_webhook(delivery.event_type, delivery.outcome)
 
     def follow(self, run_ids: Sequence[str], source: str) -> None:
         """Poll these runs by id (when that source runs) until they end: ids a receiver learned of."""
         if source not in self.by_id:
             return
+        known = self.tracker.known(run_ids, self._recall(run_ids))
         for run_id in run_ids:
-            known = self.tracker.runs.get(run_id)
-            if known is None or not known.terminal:
+            if not is_terminal(known.get(run_id, "")):
                 self._poll_by_id(run_id, source)
 
     def _poll_by_id(self, run_id: str, source: str) -> bool:
@@ -504,8 +527,9 @@ class Daemon:
             return
         agg = self.tracker.aggregates
         outcome = item.outcome
+        recalled = self._recall(snap.id for snap in item.runs)  # one lookup round per request
         for snap in item.runs:
-            result = self.tracker.observe_run(snap, now)
+            result = self.tracker.observe_run(snap, now, recalled)
             agg.inc(m.PUSH_ITEMS.name, (result,))
             if result == "accepted":
                 outcome.accepted += 1
