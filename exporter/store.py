@@ -19,8 +19,8 @@ from pathlib import Path
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
 from exporter.metrics_spec import SOURCE_LABEL, spec
 from exporter.model import SOURCE_THREADS
-from exporter.statefile import empty_file, write_problem, wrong_type
 from exporter.runstate import STATUS_CODES, STATUS_NAMES, Changes, Finish, Remembered, RunState, ScopeState
+from exporter.statefile import empty_file, write_problem, wrong_type
 from exporter.tracker import Tracker
 
 # The schema every state file starts from; MIGRATIONS take it to SCHEMA_VERSION.
