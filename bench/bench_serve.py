@@ -3,6 +3,7 @@
     python bench/bench_serve.py                       # new stack, 200 req/s, ~600 and ~10,000 series
     python bench/bench_serve.py --stack stdlib        # the former ThreadingWSGIServer (from git history)
     python bench/bench_serve.py --http h11 --rate 200 --rate 400 --seconds 20
+    python bench/bench_serve.py --realistic           # the real exporter polling 50 threads: bench_serve_realistic.py
 
 The server runs in its own process, as in production: an asyncio loop that publishes every second (the
 daemon's work: build_families from a tracker holding as many runs as assistants x 200, then
@@ -242,6 +243,12 @@ def run_case(stack: str, http: str, assistants: int, rate: float, seconds: float
 
 
 def main() -> None:
+    if "--realistic" in sys.argv[1:]:
+        import bench_serve_realistic
+
+        sys.argv = [sys.argv[0], *(a for a in sys.argv[1:] if a != "--realistic")]
+        bench_serve_realistic.main()
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--stack", choices=("new", "stdlib"), default="new")
     parser.add_argument("--http", choices=("httptools", "h11"), default="httptools")
@@ -251,6 +258,9 @@ def main() -> None:
                         help="build the families in a worker thread instead of on the loop (as the daemon does)")
     parser.add_argument("--gc-default", action="store_true",
                         help="leave the garbage collector as CPython sets it (the exporter tunes it: gctune.py)")
+    parser.add_argument("--realistic", action="store_true",
+                        help="the real exporter polling 50 threads while scraped and pushed to "
+                             "(bench_serve_realistic.py; its own flags after --realistic)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--assistants", type=int, help=argparse.SUPPRESS)

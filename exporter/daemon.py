@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from prometheus_client.metrics_core import Metric
 
 from exporter import metrics_spec as m
 from exporter.aggregates import Histogram, Key
-from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, resolve
+from exporter.inbox import Delivery, Inbox, Pending, Registration, RunItems, fail, resolve
 from exporter.logs import CountingRateLimiter, RateLimiter
-from exporter.metrics import ExporterState, SnapshotCollector, build_families
+from exporter.metrics import ExporterState, SnapshotCollector, families, snapshot
 from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, RunSnapshot
+from exporter.runstate import Changes, Remembered
 from exporter.scheduler import Schedule, Scheduler
 from exporter.sources import (
     ByIdSource,
@@ -34,8 +36,9 @@ from exporter.sources import (
     StopRule,
 )
 from exporter.sources.webhooks import DeliveryLog
+from exporter.statuses import is_terminal
 from exporter.store import Store
-from exporter.tracker import Changes, Tracker
+from exporter.tracker import Tracker
 from exporter.watchlist import WatchList
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,13 @@ class _Uncommitted:
         self.histograms.update(newer.histograms)
         self.registrations.update(newer.registrations)
         self.discovered.update(newer.discovered)
+
+
+def _describe(exc: Exception) -> str:
+    """One printable line: an error about a value the store could not encode may carry a lone surrogate,
+    which would break the log line and the /readyz body that show it."""
+    text = str(exc) if isinstance(exc, (sqlite3.Error, OSError)) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
 class Daemon:
@@ -234,7 +244,26 @@ class Daemon:
     def _is_watched(self, scope: str) -> bool:
         """Known to discovery: watched here, owned by another shard (which watches it), or (a response that
         ended and left the watch list) still known to the tracker."""
-        return scope in self.watchlist.wanted() or not self.watchlist.owns(scope) or scope in self.tracker.runs
+        return (scope in self.watchlist.wanted() or not self.watchlist.owns(scope)
+                or bool(self.tracker.known([scope], self._recall([scope]))))
+
+    def _recall(self, run_ids: Iterable[str]) -> Mapping[str, Remembered]:
+        """What the state file remembers of the ids the tracker does not hold: one query (per 900 ids),
+        plus remembered runs of a commit that failed and waits for its retry."""
+        unknown = self.tracker.unknown(run_ids)
+        if not unknown:
+            return {}
+        try:
+            found = self.store.recall(unknown)
+        except sqlite3.Error as exc:  # unreadable now: answer from memory; the commit will say what is wrong
+            self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
+            if self._store_log.allow("recall", self.wall()):
+                log.error("cannot read state file %s: %s (logged once a minute)", self.store.path, exc)
+            found = {}
+        if self._uncommitted is not None and self._uncommitted.changes.remembered:
+            waiting = self._uncommitted.changes.remembered
+            found.update((i, waiting[i]) for i in unknown if i in waiting)
+        return found
 
     def _reap_discoveries(self, now: float) -> None:
         running = []
@@ -274,7 +303,7 @@ class Daemon:
         self.sync_scopes()
 
     def _stop_rule(self, scope: str) -> StopRule:
-        return lambda seen: self.tracker.should_stop(scope, seen)
+        return lambda seen: self.tracker.should_stop(scope, seen, self._recall(s.id for s in seen))
 
     async def _wait(self) -> None:
         timeout = self.scheduler.next_wake()
@@ -305,13 +334,12 @@ class Daemon:
             self._apply_fetches(fetches, now)
         self._note_stalls()
         for pending in received:
-            self._apply_item(pending.item, now)
+            self._apply_received(pending, now)
         self.tracker.expire(now)
-        if received or reaped or self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted:
-            self._answer.extend(received)
-            if self.commit():
-                answered, self._answer = self._answer, []
-                resolve(answered)
+        dirty = self.tracker.changes or self.tracker.aggregates.dirty or self._uncommitted
+        if (received or reaped or dirty) and self.commit():
+            answered, self._answer = self._answer, []
+            resolve(answered)
         self._unpublished = self._unpublished or bool(reaped or received)
         # Ages and windowed ratios move with time alone: refresh at least once a second; changes at most
         # every MIN_PUBLISH_GAP, and after the answers of this tick have gone out.
@@ -359,7 +387,7 @@ class Daemon:
             tracker.mark_gone(result.scope)
         else:
             tracker.observe_listing(result.scope, result.runs, now, complete=result.complete,
-                                    ok=result.outcome == "ok")
+                                    ok=result.outcome == "ok", recalled=self._recall(s.id for s in result.runs))
         for reason, count in result.invalid.items():
             tracker.aggregates.inc(m.INVALID_OBJECTS.name, (reason,), count)
             self._log_invalid(reason, result.scope, now)
@@ -376,6 +404,7 @@ class Daemon:
         """Single-run updates from by-id polls. A run that ended, or is gone (404), leaves the watch list."""
         reached: dict[str, bool] = {}
         released = False
+        recalled = self._recall(r.run_id for r in fetches)
         for result in fetches:
             slot = self.scheduler.slots.get(result.run_id)
             if slot is not None:
@@ -388,17 +417,17 @@ class Daemon:
                 self.health.reached_api = True
             slot_failures = slot.failures + (result.outcome == "error") if slot is not None else 0
             if result.outcome == "ok" and result.run is not None:
-                self.tracker.observe_run(self._with_event_end(result.run), now)
+                self.tracker.observe_run(self._with_event_end(result.run), now, recalled)
             elif result.run_id in self.deliveries.pending and (
                     result.outcome == "gone" or slot_failures >= FETCH_ATTEMPTS_BEFORE_EVENT):
                 held = self.deliveries.settle(result.run_id)  # the fetch failed: count from the event alone
                 if held is not None:
                     self.tracker.vanish(result.run_id)
-                    self.tracker.observe_run(held, now)
+                    self.tracker.observe_run(held, now, recalled)
             elif result.outcome == "gone":
                 self.tracker.vanish(result.run_id)
-            known = self.tracker.runs.get(result.run_id)
-            if result.outcome == "gone" or (known is not None and known.terminal):
+            known = self.tracker.known([result.run_id], recalled).get(result.run_id)
+            if result.outcome == "gone" or (known is not None and is_terminal(known)):
                 released = self.watchlist.release(result.run_id) or released
             elif result.error:
                 log.warning("fetch of %s failed: %s", result.run_id, result.error)
@@ -427,25 +456,26 @@ class Daemon:
         else:
             self.deliveries.add(delivery.delivery_id, now)
             snap = delivery.run
-            known = self.tracker.runs.get(snap.id) if snap is not None else None
+            recalled = self._recall([snap.id]) if snap is not None else {}
+            known = self.tracker.known([snap.id], recalled).get(snap.id) if snap is not None else None
             if snap is None:
                 delivery.outcome = "accepted"
-            elif known is not None and known.terminal:
-                delivery.outcome = self.tracker.observe_run(snap, now)
+            elif known is not None and is_terminal(known):
+                delivery.outcome = self.tracker.observe_run(snap, now, recalled)
             elif SOURCE_RESPONSES in self.by_id and self._poll_by_id(snap.id, SOURCE_RESPONSES):
                 self.deliveries.hold(snap)
                 delivery.outcome = "accepted"
             else:  # no key, or the watch list is full: the event alone
-                delivery.outcome = self.tracker.observe_run(snap, now)
+                delivery.outcome = self.tracker.observe_run(snap, now, recalled)
         self.on_webhook(delivery.event_type, delivery.outcome)
 
     def follow(self, run_ids: Sequence[str], source: str) -> None:
         """Poll these runs by id (when that source runs) until they end: ids a receiver learned of."""
         if source not in self.by_id:
             return
+        known = self.tracker.known(run_ids, self._recall(run_ids))
         for run_id in run_ids:
-            known = self.tracker.runs.get(run_id)
-            if known is None or not known.terminal:
+            if not is_terminal(known.get(run_id, "")):
                 self._poll_by_id(run_id, source)
 
     def _poll_by_id(self, run_id: str, source: str) -> bool:
@@ -473,6 +503,18 @@ class Daemon:
                     log.warning("%s: requests to the API go unanswered; api_up is 0 until one answers", name)
                 self.state.api_up[name] = 0.0
 
+    def _apply_received(self, pending: Pending, now: float) -> None:
+        """Apply a request's items; it waits for the next successful commit to be answered. A request whose
+        items raise (a bug) is answered 503 and the loop goes on; what it changed is committed anyway."""
+        try:
+            self._apply_item(pending.item, now)
+        except Exception as exc:
+            if self._store_log.allow("apply", self.wall()):
+                log.error("cannot apply a received request: %s (logged once a minute)", _describe(exc))
+            fail([pending], "not applied")
+            return
+        self._answer.append(pending)
+
     def _apply_item(self, item: RunItems | Registration | Delivery, now: float) -> None:
         if isinstance(item, Delivery):
             self._apply_delivery(item, now)
@@ -485,8 +527,9 @@ class Daemon:
             return
         agg = self.tracker.aggregates
         outcome = item.outcome
+        recalled = self._recall(snap.id for snap in item.runs)  # one lookup round per request
         for snap in item.runs:
-            result = self.tracker.observe_run(snap, now)
+            result = self.tracker.observe_run(snap, now, recalled)
             agg.inc(m.PUSH_ITEMS.name, (result,))
             if result == "accepted":
                 outcome.accepted += 1
@@ -517,45 +560,55 @@ class Daemon:
             log.warning("skipped malformed data from %s: %s (logged once a minute per reason)", scope, reason)
 
     def commit(self) -> bool:
-        """Write everything not yet written. On a store error keep it all for a retry with backoff."""
-        self.deliveries.expire(self.wall())
-        batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
-                             self.watchlist.take_changes(), self.watchlist.take_discovered_changes(),
-                             self.deliveries.take_changes(), self.deliveries.take_pending_changes())
-        if self._uncommitted is not None:
-            self._uncommitted.merge(batch)
-            batch = self._uncommitted
-            if self.mono() < self._store_retry_at:
-                return False
-        meta = {"last_poll_success": repr(self.state.last_poll_success),
-                **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
+        """Write everything not yet written. On any error keep it all for a retry with backoff: the batch is
+        set aside before the store sees it, so nothing taken from the tracker is ever dropped unwritten."""
         try:
+            self.deliveries.expire(self.wall())
+            batch = _Uncommitted(self.tracker.take_changes(), *self.tracker.aggregates.take_dirty(),
+                                 self.watchlist.take_changes(), self.watchlist.take_discovered_changes(),
+                                 self.deliveries.take_changes(), self.deliveries.take_pending_changes())
+            retrying = self._uncommitted is not None
+            if self._uncommitted is not None:
+                self._uncommitted.merge(batch)
+                batch = self._uncommitted
+                if self.mono() < self._store_retry_at:
+                    return False
+            self._uncommitted = batch
+            if retrying:
+                self.store.checkpoint()  # a WAL that filled the volume: empty it first, now that it may fit
+            meta = {"last_poll_success": repr(self.state.last_poll_success),
+                    **{f"discovered_since:{name}": repr(t) for name, t in self.discovered_since.items()}}
             self.store.commit(batch.changes, batch.counters, batch.histograms, meta, batch.registrations,
                               batch.discovered, batch.deliveries, batch.pending)
-        except (sqlite3.Error, OSError) as exc:
-            self._uncommitted = batch
-            self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
-            self._store_retry_at = self.mono() + self._store_delay
-            self._store_delay = min(STORE_RETRY_MAX, self._store_delay * 2)
-            self.health.store_error = f"cannot write state file {self.store.path}: {exc}"
-            if self._store_log.allow("commit", self.wall()):
-                log.error("%s; keeping the changes and retrying (logged once a minute)", self.health.store_error)
+        except Exception as exc:  # a full disk, a locked file, or a value the store cannot write: never a crash
+            self._commit_failed(exc)
             return False
-        if self._uncommitted is not None:
+        if retrying:
             log.info("state file %s writable again", self.store.path)
         self._uncommitted = None
         self._store_delay = STORE_RETRY_MIN
         self.health.store_error = None
         return True
 
+    def _commit_failed(self, exc: Exception) -> None:
+        self.store.checkpoint()  # a full small volume: a truncated WAL gives room for the retry
+        self.tracker.aggregates.inc(m.STORE_ERRORS.name, ())
+        self._store_retry_at = self.mono() + self._store_delay
+        self._store_delay = min(STORE_RETRY_MAX, self._store_delay * 2)
+        self.health.store_error = f"cannot write state file {self.store.path}: {_describe(exc)}"
+        if self._store_log.allow("commit", self.wall()):
+            log.error("%s; keeping the changes and retrying (logged once a minute)", self.health.store_error)
+
     def publish(self) -> None:
-        """Say the metrics changed: they are built from the state when a scrape asks, on this loop."""
-        self.collector.update_lazy(self._families)
+        """Say the metrics changed. What they show is copied from the state (under a millisecond) only when a
+        scrape asks, and the families (~10,000 series) are then built from the copy off this loop."""
+        self.collector.update_prepared(self._snapshot)
         self._published_at = self.mono()
         self._unpublished = False
 
-    def _families(self) -> list[Metric]:
-        return build_families(self.tracker, self.state, self.wall(), self.run_sources, (*self.sources, *self.by_id))
+    def _snapshot(self) -> Callable[[], list[Metric]]:
+        snap = snapshot(self.tracker, self.state, self.wall(), self.run_sources, (*self.sources, *self.by_id))
+        return functools.partial(families, snap)
 
     async def _shutdown(self) -> None:
         tasks: list[asyncio.Task[object]] = [*self.scheduler.tasks(), *(t for _, _, t in self._discovering)]
@@ -569,16 +622,18 @@ class Daemon:
             await by_id.aclose()
 
     def step_final(self) -> None:
-        """Commit what arrived before the stop; requests still waiting are answered if it succeeds."""
+        """Commit what arrived before the stop. Requests still waiting are answered 200 only if this commit
+        wrote their items, else 503 at once (never an answer for what is not in the state file)."""
         received = self.inbox.drain()
         now = self.wall()
         for pending in received:
-            self._apply_item(pending.item, now)
-        self._answer.extend(received)
+            self._apply_received(pending, now)
         self._store_retry_at = 0.0
+        waiting, self._answer = self._answer, []
         if self.commit():
-            resolve(self._answer)
-            self._answer = []
+            resolve(waiting)
+        else:
+            fail(waiting, "not committed before the stop")
 
     # -- probes ---------------------------------------------------------------------------
 

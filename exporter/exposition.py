@@ -2,8 +2,10 @@
 
 prometheus_client's encoders validate and escape every label name and value of every line on every render:
 at ~10,000 series that is most of a core when a page is rendered five times a second. Here each series'
-text up to its value (name and escaped labels) is kept per label set, a line whose Sample object was already
-rendered is reused whole, and only new values are formatted (with prometheus_client's own floatToGoString).
+text up to its value (name and escaped labels) is kept, found by its labels dict (the metrics layer hands a
+series' samples the same dict from build to build; samples and their dicts are never changed once handed
+over), a line whose Sample object was already rendered is reused whole, and only new values are formatted
+(with prometheus_client's own floatToGoString).
 
 The output is byte-identical to prometheus_client's text 0.0.4 and OpenMetrics 1.0 encoders (tests/
 test_exposition.py compares them on generated families). Anything outside what is reproduced here (timestamps,
@@ -53,6 +55,8 @@ class Families:
 
 
 def _escape_value(value: str) -> str:
+    if "\\" not in value and "\n" not in value and '"' not in value:
+        return value  # most values: nothing to escape, no copies
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
@@ -74,9 +78,14 @@ def _format(encoder: Encoder) -> tuple[bool, str] | None:
     return None
 
 
+_valid_names: set[str] = set()  # names already checked (a few dozen: metric, sample and label names)
+
+
 def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise Fallback(name)
+    if name not in _valid_names:
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise Fallback(name)
+        _valid_names.add(name)
     return name
 
 
@@ -85,12 +94,14 @@ class Renderer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-        # The same prefixes by the identity of a sample's labels dict (kept alive here, so its id stays its
-        # own): the metrics layer hands the same dict to a series' new samples, which skips copying its labels.
-        self._by_dict: dict[int, tuple[dict[str, str], str, str]] = {}
-        self._lines: dict[int, tuple[Sample, str]] = {}  # id(sample) -> (the sample, kept alive; its line)
+        # Per series, by the identity of its labels dict (the metrics layer hands a series' samples the same
+        # dict from build to build): [the dict, kept alive so that its id stays its own; sample name; text up
+        # to the value; the last sample rendered; its line; the render that last used it]. Updated in place:
+        # a render of unchanged samples allocates nothing per line, which keeps the garbage collector's young
+        # collections rare and short.
+        self._series: dict[int, list[Any]] = {}
         self._values: dict[float, str] = {}
+        self._renders = 0
         self.fallbacks = 0  # renders handed to prometheus_client
 
     def render(self, families: Sequence[Metric], encoder: Encoder) -> bytes:
@@ -106,92 +117,73 @@ class Renderer:
         return encoder(Families(families))
 
     def _render(self, families: Sequence[Metric], openmetrics: bool, escaping: str) -> bytes:
+        self._renders += 1
         out: list[str] = []
-        lines: dict[int, tuple[Sample, str]] = {}
         for metric in families:
             if openmetrics:
-                self._om_family(metric, out, lines)
+                self._om_family(metric, out)
             else:
-                self._text_family(metric, out, lines)
+                self._text_family(metric, out)
         if openmetrics:
             out.append("# EOF\n")
-        self._lines = lines  # only this render's samples: the others are gone from the page
-        if len(self._prefixes) + len(self._by_dict) > 4 * len(lines) + 1000:
-            self._prefixes, self._by_dict = {}, {}  # label sets come and go (threads leave): start over
+        if len(self._series) > 2 * len(out) + 1000:  # series went away (threads left), or new dicts came
+            self._series = {key: kept for key, kept in self._series.items() if kept[5] == self._renders}
         return "".join(out).encode("utf-8")
 
-    def _text_family(self, metric: Metric, out: list[str], lines: dict[int, tuple[Sample, str]]) -> None:
+    def _text_family(self, metric: Metric, out: list[str]) -> None:
         name = metric.name + _TEXT_SUFFIXES.get(metric.type, "")
         mtype = _TEXT_TYPES.get(metric.type, metric.type)
         doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {_check_name(name)} {doc}\n# TYPE {name} {mtype}\n")
         specials = {metric.name + suffix for suffix in _TEXT_SPLIT_SUFFIXES}
         samples = metric.samples
-        if any(sample.name in specials for sample in samples):
-            split: dict[str, list[str]] = {}
-            for sample in samples:
-                if sample.name in specials:
-                    split.setdefault(sample.name, []).append(self._lines_of([sample], lines)[0])
-                else:
-                    out.extend(self._lines_of([sample], lines))
-            for split_name, split_lines in sorted(split.items()):  # sorted by name: by suffix, as the encoder
-                out.append(f"# HELP {_check_name(split_name)} {doc}\n# TYPE {split_name} gauge\n")
-                out.extend(split_lines)
-        else:
-            out.extend(self._lines_of(samples, lines))
+        if not any(sample.name in specials for sample in samples):
+            self._lines_of(samples, out.append)
+            return
+        split: dict[str, list[str]] = {}
+        for sample in samples:
+            if sample.name in specials:
+                self._lines_of([sample], split.setdefault(sample.name, []).append)
+            else:
+                self._lines_of([sample], out.append)
+        for split_name, split_lines in sorted(split.items()):  # sorted by name: by suffix, as the encoder does
+            out.append(f"# HELP {_check_name(split_name)} {doc}\n# TYPE {split_name} gauge\n")
+            out.extend(split_lines)
 
-    def _om_family(self, metric: Metric, out: list[str], lines: dict[int, tuple[Sample, str]]) -> None:
+    def _om_family(self, metric: Metric, out: list[str]) -> None:
         name = _check_name(metric.name)
         out.append(f"# HELP {name} {_escape_value(metric.documentation)}\n# TYPE {name} {metric.type}\n")
         if metric.unit:
             out.append(f"# UNIT {name} {metric.unit}\n")
-        for sample in metric.samples:
-            if sample.exemplar or sample.native_histogram or sample.value is None:
-                raise Fallback(sample.name)
-        out.extend(self._lines_of(metric.samples, lines))
+        self._lines_of(metric.samples, out.append)
 
-    def _lines_of(self, samples: Sequence[Sample], lines: dict[int, tuple[Sample, str]]) -> list[str]:
-        """The text of each sample: kept whole for a sample object already rendered, else the kept prefix of
-        its name and labels and its value. One loop with everything local: this is the whole page's cost."""
-        out: list[str] = []
-        append = out.append
-        kept_lines = self._lines.get
-        by_dict = self._by_dict
-        by_dict_of = by_dict.get
-        values = self._values
-        value_of = values.get
+    def _lines_of(self, samples: Sequence[Sample], append: Callable[[str], None]) -> None:
+        """Appends the text of each sample: its series' last line if it is the same sample object, else the
+        series' kept text up to the value and the value. One loop with everything local: it is the page's cost."""
+        series = self._series
+        series_of = series.get
+        value_of = self._values.get
+        render = self._renders
         for sample in samples:
-            key = id(sample)
-            kept = kept_lines(key)
-            if kept is not None and kept[0] is sample:  # the same immutable sample as in the last render
-                lines[key] = kept
-                append(kept[1])
-                continue
-            if sample.timestamp is not None:
-                raise Fallback(sample.name)
-            name = sample.name
             labels = sample.labels
-            known = by_dict_of(id(labels))
-            if known is not None and known[0] is labels and known[1] == name:
-                prefix = known[2]
-            else:
-                prefix = self._prefix(name, labels)
-                by_dict[id(labels)] = (labels, name, prefix)
-            value = sample.value
+            kept = series_of(id(labels))
+            if kept is not None and kept[3] is sample:  # the same immutable sample as in the last render
+                kept[5] = render
+                append(kept[4])
+                continue
+            name, _, value, timestamp, exemplar, native_histogram = sample
+            if timestamp is not None or exemplar or native_histogram or value is None:
+                raise Fallback(name)  # what prometheus_client writes differently per format
+            if kept is None or kept[0] is not labels or kept[1] != name:
+                kept = series[id(labels)] = [labels, name, _prefix(name, labels), None, "", render]
             text = value_of(value) if value else None
             if text is None:
                 text = self._value(value)
-            line = prefix + text + "\n"
-            lines[key] = (sample, line)
+            line = f"{kept[2]}{text}\n"
+            kept[3] = sample
+            kept[4] = line
+            kept[5] = render
             append(line)
-        return out
-
-    def _prefix(self, name: str, labels: dict[str, str]) -> str:
-        label_key = (name, tuple(labels.items()))
-        prefix = self._prefixes.get(label_key)
-        if prefix is None:
-            prefix = self._prefixes[label_key] = _prefix(*label_key)
-        return prefix
 
     def _value(self, value: float) -> str:
         if type(value) is not float and type(value) is not int:
@@ -208,13 +200,13 @@ class Renderer:
         return text
 
 
-def _prefix(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+def _prefix(name: str, labels: dict[str, str]) -> str:
     """`name{k="v",...} `: labels sorted by name, values escaped as both encoders escape them."""
     _check_name(name)
     if not labels:
         return name + " "
     parts = []
-    for key, value in sorted(labels):
+    for key, value in sorted(labels.items()):
         if not isinstance(value, str):
             raise Fallback(name)
         parts.append(f'{_check_name(key)}="{_escape_value(value)}"')

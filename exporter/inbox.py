@@ -99,6 +99,15 @@ class Inbox:
 
 
 def resolve(pending: list[Pending]) -> None:
+    """Answer: the items' effects are in the state file."""
     for p in pending:
         if not p.future.done():
             p.future.set_result(p.item)
+
+
+def fail(pending: list[Pending], why: str) -> None:
+    """Answer 503 now: the items' effects are not (or not known to be) in the state file; the client retries."""
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(StoreUnavailable(why))
+            p.future.exception()  # retrieved: a submitter that already timed out must not log it at GC

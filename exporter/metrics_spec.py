@@ -37,7 +37,8 @@ KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_promp
 TOKEN_TYPES: tuple[str, ...] = ("prompt", "completion")
 THREAD_STATES: tuple[str, ...] = ("active", "idle", "gone", "failing")
 PUSH_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "stale", "invalid")
-WEBHOOK_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed")
+WEBHOOK_OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed", "too_large",
+                                     "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,7 @@ DISCOVERED_THREADS = MetricSpec("assistants_exporter_discovered_threads_total", 
 WEBHOOKS = MetricSpec("assistants_exporter_webhooks_total", "counter", ("type", "outcome"),
                       "Webhook deliveries to /webhooks/openai, by event type (response.*, other; unverified "
                       "before the signature is checked) and outcome (accepted, duplicate, bad_signature, stale, "
-                      "malformed).")
+                      "malformed, too_large, timeout).")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
 LABEL_OVERFLOW = MetricSpec("assistants_exporter_label_values_overflow_total", "counter", ("label",),

@@ -2,9 +2,9 @@
 
 The daemon only says that something changed (changed(), from any thread). Nothing is built or rendered until
 a scrape arrives: it then gets a page that includes every change made before it arrived. The first scrape
-after a change starts the render; scrapes that arrive meanwhile wait for the same one. The families are
-collected on the event loop (the daemon's state lives there and is built into families only now), and
-written out and compressed in a worker thread, so the loop keeps answering probes and polls meanwhile.
+after a change starts the render; scrapes that arrive meanwhile wait for the same one. The families are built
+(from the daemon's snapshot), written out and compressed in a worker thread, so the loop keeps answering
+probes, polls and pushes meanwhile.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import asyncio
 import gzip
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.exposition import Encoder, Renderer
 
@@ -37,18 +36,20 @@ class Page:
     compressing: asyncio.Task[bytes] | None = field(default=None, repr=False)
 
 
-def _write(renderer: Renderer, families: list[Metric], encoder: Encoder, compress: bool) -> tuple[bytes, bytes | None]:
-    """Runs in a worker thread; the families are immutable once collected."""
-    body = renderer.render(families, encoder)
+def _write(renderer: Renderer, source: Collector, encoder: Encoder, compress: bool) -> tuple[bytes, bytes | None]:
+    """Runs in a worker thread: collecting builds the families of the daemon's last snapshot (metrics.py)."""
+    body = renderer.render(list(source.collect()), encoder)
     return body, gzip.compress(body, compresslevel=GZIP_LEVEL) if compress else None
 
 
 class MetricsPages:
     """The latest /metrics page per format; lives on the server's event loop (changed() excepted)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, prepare: Callable[[], None] | None = None) -> None:
         self._registry = registry
+        self._prepare = prepare  # on the loop, before a build in a thread: SnapshotCollector.prepare
         self._renderer = Renderer()
+        self._filtered = Renderer()  # filtered pages have other samples: they would flush the main one's text
         self._changes = itertools.count(1)
         self._version = 0
         self._pages: dict[str, Page] = {}
@@ -82,8 +83,9 @@ class MetricsPages:
     async def _render(self, content_type: str, encoder: Encoder, compress: bool) -> Page:
         try:
             version = self._version
-            families = list(self._registry.collect())  # on the loop: where the daemon's state may be read
-            body, gzipped = await asyncio.to_thread(_write, self._renderer, families, encoder, compress)
+            if self._prepare is not None:
+                self._prepare()
+            body, gzipped = await asyncio.to_thread(_write, self._renderer, self._registry, encoder, compress)
         except Exception:
             logger.warning("rendering /metrics failed", exc_info=True)
             raise
@@ -97,6 +99,8 @@ class MetricsPages:
 
     async def filtered(self, names: Iterable[str], encoder: Encoder, compress: bool) -> bytes:
         """Only the samples named (`name[]=`): rare, so rendered for each request and not kept."""
-        families = list(self._registry.restricted_registry(names).collect())
-        body, gzipped = await asyncio.to_thread(_write, self._renderer, families, encoder, compress)
+        if self._prepare is not None:
+            self._prepare()
+        source = self._registry.restricted_registry(names)
+        body, gzipped = await asyncio.to_thread(_write, self._filtered, source, encoder, compress)
         return gzipped if gzipped is not None else body

@@ -16,7 +16,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -28,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from exporter.connections import Limits, RequestSlots, protocol_class
 from exporter.logs import RateLimiter
 from exporter.pages import MetricsPages
 from exporter.webconfig import CLIENT_AUTH, TLS_VERSIONS, BasicAuth, WebConfig, WebConfigError, load_tls_files
@@ -42,13 +41,6 @@ Encoder = Callable[[Any], bytes]
 _TEXT = "text/plain; charset=utf-8"
 # Listen backlog: room for a burst of scrapers and pushers connecting at once (the kernel caps it at somaxconn).
 BACKLOG = 512
-# A connection must deliver a request's complete headers this long after it opens (or after the first byte
-# of a later request on a kept-alive connection), or it is closed: slow or stuck clients can't pile up.
-HEADER_TIMEOUT = 5.0
-# Connections (and in-flight requests) beyond this get a 503 instead of being served.
-MAX_CONNECTIONS = 256
-# Idle kept-alive connections are closed after this many seconds.
-KEEP_ALIVE = 5
 # On stop, responses still being written get this long before their connections are cut.
 GRACEFUL_SHUTDOWN = 2
 
@@ -68,7 +60,10 @@ def bind_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     """
     where = _display(host, port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP said outright: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on connections of a
+    # socket whose proto is TCP, and with proto 0 a response written as headers then body waited for the
+    # client's delayed ACK: 40 ms on every request of a kept-alive connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old connections are in TIME_WAIT
         sock.bind((host, port))
@@ -251,52 +246,6 @@ def _probe(check: Check, name: str) -> Response:
 # uvicorn, tuned.
 
 
-class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus a deadline for a request's headers.
-
-    uvicorn itself only times out idle kept-alive connections: one that opens and sends nothing, or half a
-    request line, holds its slot for ever (with h11 and httptools alike).
-    """
-
-    header_timeout = HEADER_TIMEOUT
-    _header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._header_timer is None:  # a later request on a kept-alive connection: its first byte
-            self._arm()
-
-    def on_headers_complete(self) -> None:
-        self._disarm()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_overdue)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_overdue(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            logger.debug("closing a connection that sent no complete request within %gs", self.header_timeout)
-            self.transport.close()
-
-
-def _protocol_class(header_timeout: float) -> type[asyncio.Protocol]:
-    return type("HeaderDeadlineProtocol", (_Protocol,), {"header_timeout": header_timeout})
-
-
 class _Server(uvicorn.Server):
     """uvicorn without its signal handling: the CLI owns SIGINT/SIGTERM for the whole process."""
 
@@ -308,38 +257,31 @@ class _Server(uvicorn.Server):
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    header_timeout: float = HEADER_TIMEOUT
-    max_connections: int = MAX_CONNECTIONS
-    keep_alive: int = KEEP_ALIVE
-    backlog: int = BACKLOG
-
-
 class HttpServer:
     """Serves the app on an already bound socket, as a task on the caller's event loop.
 
     `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
-    Call metrics_changed() (from any thread) whenever the registry's content changes. `ssl_context` serves
+    Call metrics_changed() (from any thread) whenever the registry's content changes; `prepare` runs on the
+    loop before each page is built in a worker thread (SnapshotCollector.prepare). `ssl_context` serves
     HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints.
     """
 
     def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
                  routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools",
                  ssl_context: ssl.SSLContext | None = None,
-                 basic_auth_users: Mapping[str, bytes] | None = None) -> None:
+                 basic_auth_users: Mapping[str, bytes] | None = None,
+                 prepare: Callable[[], None] | None = None) -> None:
         limits = limits or Limits()
-        self.pages = MetricsPages(registry)
+        self.pages = MetricsPages(registry, prepare)
         self.auth = BasicAuth(make_app(self.pages, health, ready, routes), basic_auth_users)
-        self.app: ASGIApp = self.auth
+        # Requests in flight are capped here, not by uvicorn, which counts every open socket (idle ones too).
+        self.app: ASGIApp = RequestSlots(self.auth, limits.max_connections, limits.reserve)
         self._ssl = ssl_context
-        # Only the httptools protocol gets the header deadline; "h11" is accepted for comparison benchmarks.
-        protocol: type[asyncio.Protocol] | str = _protocol_class(limits.header_timeout) if http == "httptools" \
-            else http
+        # Only the httptools protocol gets the connection accounting; "h11" is for comparison benchmarks.
+        protocol: type[asyncio.Protocol] | str = protocol_class(limits) if http == "httptools" else http
         config = uvicorn.Config(
             self.app, http=protocol, ws="none", lifespan="off", log_config=None, access_log=False,
-            server_header=False,
-            limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive,
+            server_header=False, timeout_keep_alive=limits.keep_alive,
             backlog=limits.backlog, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
         config.load()

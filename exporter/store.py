@@ -8,6 +8,7 @@ The schema is versioned; `MIGRATIONS` carries any older file forward, one versio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -18,7 +19,9 @@ from pathlib import Path
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
 from exporter.metrics_spec import SOURCE_LABEL, spec
 from exporter.model import SOURCE_THREADS
-from exporter.tracker import Changes, Finish, RunState, ScopeState, Tracker
+from exporter.runstate import STATUS_CODES, STATUS_NAMES, Changes, Finish, Remembered, RunState, ScopeState
+from exporter.statefile import empty_file, write_problem, wrong_type
+from exporter.tracker import Tracker
 
 # The schema every state file starts from; MIGRATIONS take it to SCHEMA_VERSION.
 _SCHEMA_V1 = """
@@ -80,10 +83,30 @@ def _migrate_webhooks(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE webhook_pending (id TEXT PRIMARY KEY, status TEXT NOT NULL, ended_at INTEGER NOT NULL)")
 
 
+def _migrate_remembered(db: sqlite3.Connection) -> None:
+    """Finished runs past retention that no listing can pass leave memory for this table: only their id,
+    source, terminal status (a small int) and end are kept, to recognise a repeated report. Clustered on
+    the id (WITHOUT ROWID: one B-tree, no rowid table beside it); the end, in whole seconds (a varint of
+    4 bytes, not an 8-byte REAL, in the row and in the index: the API's ends are whole seconds), is indexed to
+    drop the runs past
+    the dedupe window. The schema-4 runs that belong here move on the first expiry after the load (which
+    knows --terminal-retention and the time), in that commit."""
+    db.execute("CREATE TABLE remembered (id TEXT PRIMARY KEY, source TEXT NOT NULL, status INTEGER NOT NULL, "
+               "ended_at INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE INDEX remembered_ended_at ON remembered (ended_at)")
+    # Finish events of one moment, label set and status are one row with a count. (A file without the
+    # table is not ours: the column check after the migrations says so.)
+    columns = [row[1] for row in db.execute("PRAGMA table_info(finishes)")]
+    if columns and "count" not in columns:
+        db.execute("ALTER TABLE finishes ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+
+
 # MIGRATIONS[n] takes a schema-n file to schema n + 1, inside one transaction.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_webhooks,
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_webhooks, 4: _migrate_remembered,
 }
+# Ids per `Store.recall` query: under SQLite's default limit of host parameters (32,766 since 3.32; 999 before).
+RECALL_CHUNK = 900
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 # The columns each table must have at SCHEMA_VERSION: anything else is not our file.
@@ -94,11 +117,12 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
              "ended_at", "history", "source"),
     "counters": ("name", "labels", "value"),
     "histograms": ("name", "labels", "bounds", "counts", "sum", "count"),
-    "finishes": ("at", "labels", "status"),
+    "finishes": ("at", "labels", "status", "count"),
     "registrations": ("scope", "source"),
     "discovered": ("scope", "source", "created_at"),
     "webhook_deliveries": ("id", "at"),
     "webhook_pending": ("id", "status", "ended_at"),
+    "remembered": ("id", "source", "status", "ended_at"),
 }
 
 
@@ -140,12 +164,19 @@ def _project(names: Sequence[str], encoded: str) -> LabelValues:
 
 
 _RESTART_HINT = "move it away to start with empty state (see the runbook: 'State file corrupted or lost')"
+# The WAL is checkpointed once it holds this much (SQLite's default is 4 MB, more than a small volume may have
+# free) and cut back to this size whenever it is reset, so an old WAL never holds a small volume full.
+JOURNAL_SIZE_LIMIT = 1 << 20
+_PAGE_SIZE = 4096
 
 
 class Store:
     def __init__(self, path: Path, extra_labels: Sequence[str]) -> None:
         self.path = path
         self.extra_labels = tuple(extra_labels)
+        if empty_file(path):
+            raise StoreError(f"state file {path} is empty (0 bytes), so the state it held is lost; "
+                             "delete it to start fresh with empty state")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -168,6 +199,8 @@ class Store:
             raise StoreError(f"state file {self.path} is corrupted ({detail}); {_RESTART_HINT}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        db.execute(f"PRAGMA wal_autocheckpoint={JOURNAL_SIZE_LIMIT // _PAGE_SIZE}")
         version = self._version()
         if version > SCHEMA_VERSION:
             raise StoreError(f"state file {self.path} has schema {version}, written by a newer version; "
@@ -175,6 +208,13 @@ class Store:
         for from_version in range(version, SCHEMA_VERSION):
             self._transaction(functools.partial(self._migrate, from_version))
         self._check_columns()
+        problem = wrong_type(self._db, _COLUMNS)
+        if problem is not None:
+            raise StoreError(f"state file {self.path}: {problem}; {_RESTART_HINT}")
+        problem = write_problem(self._db)
+        if problem is not None:
+            raise StoreError(f"state file {self.path} cannot be written ({problem}); check its permissions, or "
+                             f"{_RESTART_HINT}")
 
     def _version(self) -> int:
         """The file's schema version; a new, empty file is given schema 1 first."""
@@ -206,6 +246,13 @@ class Store:
             if found != columns:
                 raise StoreError(f"{self.path} is not an assistants-exporter state file of schema "
                                  f"{SCHEMA_VERSION} (table {table!r} differs); use another --state-file")
+
+    def checkpoint(self) -> None:
+        """After a failed commit: copy the WAL into the file and truncate it. A WAL that filled a small volume
+        is never checkpointed otherwise (that happens only after a commit succeeds), so writes could not
+        resume even once space is freed."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _transaction(self, work: Callable[[], None]) -> None:
         db = self._db
@@ -271,8 +318,8 @@ class Store:
         out.aggregates.take_dirty()
         names = self._finish_labels()
         out.finishes = [
-            Finish(at, _project(names, labels), status)
-            for at, labels, status in db.execute("SELECT at, labels, status FROM finishes ORDER BY at")
+            Finish(at, _project(names, labels), status, count)
+            for at, labels, status, count in db.execute("SELECT at, labels, status, count FROM finishes ORDER BY at")
         ]
         out.registrations = dict(db.execute("SELECT scope, source FROM registrations"))
         out.discovered = {scope: (source, created) for scope, source, created
@@ -280,6 +327,20 @@ class Store:
         out.deliveries = dict(db.execute("SELECT id, at FROM webhook_deliveries"))
         out.pending = {i: (st, e) for i, st, e in db.execute("SELECT id, status, ended_at FROM webhook_pending")}
         return out
+
+    def recall(self, run_ids: Sequence[str]) -> dict[str, Remembered]:
+        """What the `remembered` table holds of these ids: one query per RECALL_CHUNK ids."""
+        out: dict[str, Remembered] = {}
+        for start in range(0, len(run_ids), RECALL_CHUNK):
+            chunk = run_ids[start:start + RECALL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for run_id, source, status, ended_at in self._db.execute(
+                    f"SELECT id, source, status, ended_at FROM remembered WHERE id IN ({marks})", chunk):
+                out[run_id] = Remembered(run_id, source, STATUS_NAMES.get(status, "completed"), ended_at)
+        return out
+
+    def remembered_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM remembered").fetchone()[0])
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -299,6 +360,7 @@ class Store:
         Raises sqlite3.Error or OSError (a full disk, a locked file); nothing is written then."""
         def work() -> None:
             self._write_runs(changes)
+            self._write_remembered(changes)
             self._write_scopes(changes)
             self._write_aggregates(counters, histograms)
             self._write_finishes(changes)
@@ -321,6 +383,14 @@ class Store:
                 for r in changes.runs.values()
             ),
         )
+
+    def _write_remembered(self, changes: Changes) -> None:
+        db = self._db
+        if changes.forget_before is not None:
+            db.execute("DELETE FROM remembered WHERE ended_at < ?", (changes.forget_before,))
+        if changes.remembered:
+            rows = [(r.id, r.source, STATUS_CODES[r.status], int(r.ended_at)) for r in changes.remembered.values()]
+            db.executemany("INSERT OR REPLACE INTO remembered VALUES (?, ?, ?, ?)", rows)
 
     def _write_scopes(self, changes: Changes) -> None:
         self._db.executemany("DELETE FROM scopes WHERE id = ?", ((i,) for i in changes.deleted_scopes))
@@ -372,6 +442,6 @@ class Store:
             self._db.execute("DELETE FROM finishes WHERE at < ?", (changes.finishes_before,))
         names = self._finish_labels()
         self._db.executemany(
-            "INSERT INTO finishes VALUES (?, ?, ?)",
-            ((f.at, _encode(names, f.labels), f.status) for f in changes.finishes),
+            "INSERT INTO finishes VALUES (?, ?, ?, ?)",
+            ((f.at, _encode(names, f.labels), f.status, f.count) for f in changes.finishes),
         )

@@ -25,17 +25,24 @@ Each run is counted once across all sources, under the `source` label of the sou
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import operator
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from exporter import metrics_spec as m
 from exporter import statuses
 from exporter.aggregates import Aggregates, LabelValues
 from exporter.cardinality import OTHER, LabelCaps
+from exporter.finishes import FinishWindows
 from exporter.metrics_spec import RATIO_WINDOWS
-from exporter.model import SOURCE_THREADS, RunSnapshot
+from exporter.model import RunSnapshot
+from exporter.runstate import Changes as Changes
+from exporter.runstate import Finish as Finish
+from exporter.runstate import Remembered as Remembered
+from exporter.runstate import RunState as RunState
+from exporter.runstate import ScopeState as ScopeState
 
 _MAX_WINDOW = max(RATIO_WINDOWS.values())
 # A new run seen in one of these has not left its first status: nothing ended unobserved.
@@ -51,87 +58,10 @@ _RANK: dict[str, int] = {
 }
 
 Outcome = Literal["accepted", "duplicate", "stale"]
-
-
 _RUN_METRIC_NAMES = frozenset(spec.name for spec in m.METRICS if spec.run_metric)
-
-
-@dataclass(slots=True)
-class RunState:
-    id: str
-    scope: str
-    status: str
-    created_at: int
-    stint_start: float  # when the current status began: API time where known, else observation time
-    assistant_id: str = ""
-    model: str = ""
-    started_at: int | None = None
-    ended_at: float | None = None  # terminal runs: drives retention
-    history: bool = False
-    source: str = SOURCE_THREADS
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in statuses.TERMINAL
-
-
-@dataclass(slots=True)
-class ScopeState:
-    id: str
-    swept: bool = False  # one full poll succeeded: from now on unseen terminal runs are new
-    horizon: int = -1
-    gone: bool = False
-    # Newest created_at that a successful poll read down from: every run created before it has been seen.
-    # A failed poll may have read only the newest pages, so it does not move this.
-    covered: int = -1
-    failing: bool = False  # its last poll failed (not persisted: the next poll after a restart says again)
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    at: float  # when the exporter counted it
-    labels: LabelValues
-    status: str
-
-
-@dataclass(slots=True)
-class Changes:
-    """What the store must write for one apply, in one transaction."""
-
-    runs: dict[str, RunState] = field(default_factory=dict)
-    deleted_runs: set[str] = field(default_factory=set)
-    scopes: dict[str, ScopeState] = field(default_factory=dict)
-    deleted_scopes: set[str] = field(default_factory=set)
-    finishes: list[Finish] = field(default_factory=list)
-    finishes_before: float | None = None  # prune finish events older than this
-
-    def __bool__(self) -> bool:
-        return bool(self.runs or self.deleted_runs or self.scopes or self.deleted_scopes or self.finishes
-                    or self.finishes_before is not None)
-
-    def merge(self, newer: Changes) -> None:
-        """Fold a later set of changes into this one (a commit that failed is retried with both)."""
-        for run_id in newer.deleted_runs:
-            self.delete(run_id)
-        for run in newer.runs.values():
-            self.upsert(run)
-        for scope_id in newer.deleted_scopes:
-            self.scopes.pop(scope_id, None)
-            self.deleted_scopes.add(scope_id)
-        for scope in newer.scopes.values():
-            self.scopes[scope.id] = scope
-            self.deleted_scopes.discard(scope.id)
-        self.finishes.extend(newer.finishes)
-        if newer.finishes_before is not None:
-            self.finishes_before = max(self.finishes_before or newer.finishes_before, newer.finishes_before)
-
-    def upsert(self, run: RunState) -> None:
-        self.runs[run.id] = run
-        self.deleted_runs.discard(run.id)
-
-    def delete(self, run_id: str) -> None:
-        self.runs.pop(run_id, None)
-        self.deleted_runs.add(run_id)
+# Remembered runs past the dedupe window leave the table at most this often (one DELETE per minute).
+FORGET_INTERVAL = 60.0
+_NOTHING: Mapping[str, Remembered] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +80,11 @@ class Tracker:
         dedupe_window: float = 0.0,
     ) -> None:
         self.extra_labels = tuple(extra_labels)
+        # (source, *extra) read in one call: computed for every index update and every finish.
+        names = ["assistant_id" if name == "assistant_id" else "model" for name in self.extra_labels]
+        self._raw_labels: Callable[[RunState | RunSnapshot], LabelValues] = (
+            operator.attrgetter("source", *names) if names else lambda run: (run.source,))
+        self._labels = self._capped_labels if names else self._raw_labels
         self.retention = retention
         self.dedupe_window = max(retention, dedupe_window)
         self.aggregates = aggregates if aggregates is not None else Aggregates()
@@ -163,22 +98,22 @@ class Tracker:
         self._retired: dict[str, set[str]] = {}  # past retention, kept until coverage passes them
         self._forget_at: list[tuple[float, str]] = []  # heap of (end + dedupe window, id) of retired runs
         self._oldest: dict[tuple[str, ...], list[tuple[float, str]]] = {}  # lazy heaps of (stint start, id)
-        self.finishes: deque[Finish] = deque()  # the longest window's finish events, as persisted
-        self._window_events: dict[str, deque[Finish]] = {w: deque() for w in RATIO_WINDOWS}
-        self._window_totals: dict[tuple[str, LabelValues], list[int]] = {}  # [finished, failed, expired]
+        self._finishes = FinishWindows()
+        self.finishes = self._finishes.events  # the longest window's finish events, as persisted
         self.changes = Changes()
         self.caps = LabelCaps()  # --max-assistant-ids etc.; set_limits() before the first run
         self._caps_seeded = False  # the admitted values are rebuilt from the counters on first need
+        self._forgot_at = float("-inf")  # when remembered runs past the window were last dropped
 
     # -- loading and scope membership -------------------------------------------------------
 
     def restore(self, scopes: Iterable[ScopeState], runs: Iterable[RunState], finishes: Iterable[Finish]) -> None:
         for scope in scopes:
             self.scopes[scope.id] = scope
-        for r in runs:
-            self._put(r)
+        self._bulk_index(runs)
         for finish in sorted(finishes, key=lambda f: f.at):
-            self._record_finish(finish)
+            self._finishes.record(finish)
+        self._finishes.new_moment()
 
     def watch(self, scope_id: str, born: int | None = None) -> None:
         """Watch a scope. `born`: it was created at that time, while the exporter was already watching for
@@ -198,10 +133,12 @@ class Tracker:
 
     def labels_of(self, run: RunState | RunSnapshot) -> LabelValues:
         """The run's base and extra label values: (source, *--labels), each past its cap `other`."""
+        return self._labels(run)
+
+    def _capped_labels(self, run: RunState | RunSnapshot) -> LabelValues:
+        values = self._raw_labels(run)
         caps = self._seeded_caps()
-        extra = tuple(caps.value(name, run.assistant_id if name == "assistant_id" else run.model)[0]
-                      for name in self.extra_labels)
-        return (run.source, *extra)
+        return (values[0], *(caps.value(name, v)[0] for name, v in zip(self.extra_labels, values[1:], strict=True)))
 
     def _seeded_caps(self) -> LabelCaps:
         """The caps, their admitted values rebuilt from the loaded counters' label sets (caps hold across
@@ -228,6 +165,7 @@ class Tracker:
                 self.aggregates.inc(m.LABEL_OVERFLOW.name, (name,))
 
     def take_changes(self) -> Changes:
+        self._finishes.new_moment()  # its events go to the store now: a later finish makes a new one
         changes, self.changes = self.changes, Changes()
         return changes
 
@@ -236,15 +174,19 @@ class Tracker:
     def is_active(self, scope_id: str) -> bool:
         return bool(self._open.get(scope_id))
 
-    def accounted(self, scope_id: str, snap: RunSnapshot) -> bool:
-        """True when this run needs no more attention: known terminal, or below the scope's horizon."""
+    def accounted(self, scope_id: str, snap: RunSnapshot, recalled: Mapping[str, Remembered] = _NOTHING) -> bool:
+        """True when this run needs no more attention: known terminal, or below the scope's horizon.
+        `recalled`: what the state file remembers of these ids (`Store.recall`)."""
         known = self.runs.get(snap.id)
         if known is not None:
             return known.terminal
+        if self._remembered(snap.id, recalled) is not None:
+            return True
         scope = self.scopes.get(scope_id)
         return scope is not None and snap.created_at <= scope.horizon
 
-    def should_stop(self, scope_id: str, seen: Sequence[RunSnapshot]) -> bool:
+    def should_stop(self, scope_id: str, seen: Sequence[RunSnapshot],
+                    recalled: Mapping[str, Remembered] = _NOTHING) -> bool:
         """Paging may stop once it re-observed every unfinished run and reached an accounted-for run
         older than what the last successful poll covered (so no page between them went unread)."""
         scope = self.scopes.get(scope_id)
@@ -253,13 +195,37 @@ class Tracker:
         seen_ids = {s.id for s in seen}
         if any(r not in seen_ids for r in self._open.get(scope_id, ())):
             return False
-        return any(s.created_at < scope.covered and self.accounted(scope_id, s) for s in seen)
+        return any(s.created_at < scope.covered and self.accounted(scope_id, s, recalled) for s in seen)
+
+    # -- "do I know this run, and how did it end?" ------------------------------------------
+
+    def unknown(self, run_ids: Iterable[str]) -> list[str]:
+        """The ids not in memory nor about to be written as remembered: those to look up in the store."""
+        runs, pending = self.runs, self.changes.remembered
+        return [i for i in run_ids if i not in runs and i not in pending]
+
+    def known(self, run_ids: Iterable[str], recalled: Mapping[str, Remembered] = _NOTHING) -> dict[str, str]:
+        """id -> status, for the ids the exporter knows: unfinished, retained and remembered runs."""
+        out: dict[str, str] = {}
+        for run_id in run_ids:
+            run = self.runs.get(run_id)
+            if run is not None:
+                out[run_id] = run.status
+            else:
+                remembered = self._remembered(run_id, recalled)
+                if remembered is not None:
+                    out[run_id] = remembered.status
+        return out
+
+    def _remembered(self, run_id: str, recalled: Mapping[str, Remembered]) -> Remembered | None:
+        return self.changes.remembered.get(run_id) or recalled.get(run_id)
 
     # -- observations ------------------------------------------------------------------------
 
     def observe_listing(self, scope_id: str, snaps: Sequence[RunSnapshot], now: float, *, complete: bool,
-                        ok: bool) -> None:
-        """Apply one listing of one scope. `ok`: the poll succeeded; `complete`: it listed every run."""
+                        ok: bool, recalled: Mapping[str, Remembered] = _NOTHING) -> None:
+        """Apply one listing of one scope. `ok`: the poll succeeded; `complete`: it listed every run.
+        `recalled`: what the state file remembers of these ids (`Store.recall`)."""
         self.watch(scope_id)
         scope = self.scopes[scope_id]
         scope.failing = not ok
@@ -273,7 +239,8 @@ class Tracker:
             seen.add(snap.id)
             known = self.runs.get(snap.id)
             if known is None:
-                self._first_sight(scope, snap, now, live=False)
+                if self._remembered(snap.id, recalled) is None:
+                    self._first_sight(scope, snap, now, live=False)
             elif not known.terminal:
                 self._update(known, snap, now)
         if complete:
@@ -286,11 +253,15 @@ class Tracker:
                 self.changes.scopes[scope_id] = scope
                 self._release_retired(scope, now)
 
-    def observe_run(self, snap: RunSnapshot, now: float) -> Outcome:
-        """Apply one single-run update (push, poll by id, webhook). Idempotent and order-tolerant."""
+    def observe_run(self, snap: RunSnapshot, now: float, recalled: Mapping[str, Remembered] = _NOTHING) -> Outcome:
+        """Apply one single-run update (push, poll by id, webhook). Idempotent and order-tolerant.
+        `recalled`: what the state file remembers of this id (`Store.recall`, in bulk for a request)."""
         known = self.runs.get(snap.id)
         if known is not None:
             return self._update_known(known, snap, now)
+        remembered = self._remembered(snap.id, recalled)
+        if remembered is not None:
+            return self._ended_answer(remembered.status, remembered.ended_at, snap, now)
         if snap.terminal:
             if now - float(snap.ended_at() or now) >= self.dedupe_window:
                 return "stale"  # it may have been counted and forgotten since
@@ -302,7 +273,7 @@ class Tracker:
 
     def _update_known(self, run: RunState, snap: RunSnapshot, now: float) -> Outcome:
         if run.terminal:
-            return "duplicate" if snap.status == run.status else "stale"
+            return self._ended_answer(run.status, run.ended_at, snap, now)
         if _RANK.get(snap.status, -1) < _RANK.get(run.status, 0):
             return "stale"
         if (snap.status == run.status and (snap.assistant_id, snap.model) == (run.assistant_id, run.model)
@@ -310,6 +281,14 @@ class Tracker:
             return "duplicate"
         self._update(run, snap, now)
         return "accepted"
+
+    def _ended_answer(self, status: str, ended_at: float | None, snap: RunSnapshot, now: float) -> Outcome:
+        """A report of a run known to have ended. Past the dedupe window it is stale whether or not the run
+        is still kept (in memory for a listing's coverage, or in the table until the next forget pass), so
+        the answer does not depend on when the exporter dropped it."""
+        if snap.status != status or (ended_at is not None and now - ended_at >= self.dedupe_window):
+            return "stale"
+        return "duplicate"
 
     def vanish(self, run_id: str) -> None:
         """A run fetched by id is gone (404) before it ended: it leaves the gauges, never counted."""
@@ -344,9 +323,11 @@ class Tracker:
         # Created while we watched (or reported live): it was queued from created_at on, whatever we see now.
         run = RunState(snap.id, snap.scope, statuses.QUEUED, snap.created_at, float(snap.created_at),
                        snap.assistant_id, snap.model, source=snap.source)
+        if snap.status != statuses.QUEUED:  # indexed once, in the status it is in now
+            if snap.started_at is not None:
+                run.started_at = snap.started_at
+            self._transition(run, snap, now)
         self._put(run)
-        if snap.status != statuses.QUEUED:
-            self._update(run, snap, now)
         self.changes.upsert(run)
 
     def _first_sight_unwatched(self, scope: ScopeState | None, snap: RunSnapshot, now: float,
@@ -381,7 +362,7 @@ class Tracker:
 
     def _transition(self, run: RunState, snap: RunSnapshot, now: float) -> None:
         if (run.assistant_id, run.model) != (snap.assistant_id, snap.model):
-            run.assistant_id, run.model = snap.assistant_id, snap.model
+            run.assistant_id, run.model = sys.intern(snap.assistant_id), sys.intern(snap.model)
             self.changes.upsert(run)
         if snap.status == run.status:
             return
@@ -392,7 +373,7 @@ class Tracker:
             self.aggregates.observe(m.STATUS_DURATION.name, (stint.status, *labels),
                                     max(0.0, stint.end - stint.start))
         first_in_progress = run.status == statuses.QUEUED and snap.status == statuses.IN_PROGRESS
-        run.status = snap.status
+        run.status = sys.intern(snap.status)
         if snap.terminal:
             self._finish(run, snap, now)
         else:
@@ -430,8 +411,8 @@ class Tracker:
         if snap.completion_tokens:
             agg.inc(m.TOKENS.name, ("completion", *labels), snap.completion_tokens)
         finish = Finish(now, labels, snap.status)
-        self._record_finish(finish)
-        self.changes.finishes.append(finish)
+        if self._finishes.record(finish) is finish:  # else counted in an event of this moment, already listed
+            self.changes.finishes.append(finish)
 
     def _error_code(self, code: str) -> str:
         """The code label: error codes are an open set, so past --max-error-codes distinct ones, `other`."""
@@ -464,6 +445,13 @@ class Tracker:
             self._retire(run)
             if self._forgettable(run, now):
                 self._forget(run_id)
+            elif run.scope not in self.scopes:
+                self._remember(run)  # no listing can pass it: only its id must be recognised
+            elif self.dedupe_window > self.retention:
+                heapq.heappush(self._forget_at, (deadline - self.retention + self.dedupe_window, run_id))
+        if now - self._forgot_at >= FORGET_INTERVAL:
+            self._forgot_at = now
+            self.changes.forget_before = now - self.dedupe_window
         heap = self._forget_at
         while heap and heap[0][0] <= now:
             _, run_id = heapq.heappop(heap)
@@ -471,9 +459,7 @@ class Tracker:
             if run is not None and self._forgettable(run, now):
                 self._forget(run_id)
         cutoff = now - _MAX_WINDOW
-        if self.finishes and self.finishes[0].at < cutoff:
-            while self.finishes and self.finishes[0].at < cutoff:
-                self.finishes.popleft()
+        if self._finishes.prune(cutoff):
             self.changes.finishes_before = cutoff
 
     # -- views for metrics -------------------------------------------------------------------
@@ -520,28 +506,7 @@ class Tracker:
 
     def ratios(self, now: float) -> dict[tuple[str, ...], float]:
         """(kind 'failure'|'expiry', window, *labels) -> ratio among runs finished within the window."""
-        for window, seconds in RATIO_WINDOWS.items():
-            events = self._window_events[window]
-            while events and events[0].at < now - seconds:
-                self._tally(window, events.popleft(), -1)
-        out: dict[tuple[str, ...], float] = {}
-        for (window, labels), (total, failed, expired) in self._window_totals.items():
-            if total:
-                out[("failure", window, *labels)] = failed / total
-                out[("expiry", window, *labels)] = expired / total
-        return out
-
-    def _record_finish(self, finish: Finish) -> None:
-        self.finishes.append(finish)
-        for window in RATIO_WINDOWS:
-            self._window_events[window].append(finish)
-            self._tally(window, finish, +1)
-
-    def _tally(self, window: str, finish: Finish, sign: int) -> None:
-        totals = self._window_totals.setdefault((window, finish.labels), [0, 0, 0])
-        totals[0] += sign
-        totals[1] += sign * (finish.status == "failed")
-        totals[2] += sign * (finish.status == "expired")
+        return self._finishes.ratios(now)
 
     def scope_states(self) -> dict[str, int]:
         """Watched scopes by state. A failing one may have unfinished runs: it is failing, not active, because
@@ -556,6 +521,7 @@ class Tracker:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _put(self, run: RunState) -> None:
+        _intern(run)
         self.runs[run.id] = run
         self._by_scope.setdefault(run.scope, set()).add(run.id)
         self._index(run)
@@ -577,6 +543,25 @@ class Tracker:
         else:
             heapq.heappush(self._retire_at, (run.ended_at + self.retention, run.id))
 
+    def _bulk_index(self, runs: Iterable[RunState]) -> None:
+        """`_put` for a whole load: the heaps are appended to, then ordered once (not one push per run)."""
+        counts, by_scope, opened = self._counts, self._by_scope, self._open
+        oldest, retire = self._oldest, self._retire_at
+        for run in runs:
+            _intern(run)
+            self.runs[run.id] = run
+            by_scope.setdefault(run.scope, set()).add(run.id)
+            key = (run.status, *self._labels(run))
+            counts[key] = counts.get(key, 0) + 1
+            if run.ended_at is None:
+                opened.setdefault(run.scope, set()).add(run.id)
+                oldest.setdefault(key, []).append((run.stint_start, run.id))
+            else:
+                retire.append((run.ended_at + self.retention, run.id))
+        heapq.heapify(retire)
+        for heap in oldest.values():
+            heapq.heapify(heap)
+
     def _unindex(self, run: RunState) -> None:
         if run.id in self._retired.get(run.scope, ()):
             _discard(self._retired, run.scope, run.id)
@@ -589,9 +574,12 @@ class Tracker:
         """Past retention: out of assistants_runs, but kept so it cannot be mistaken for a new run."""
         self._counts[(run.status, *self.labels_of(run))] -= 1
         self._retired.setdefault(run.scope, set()).add(run.id)
-        if self.dedupe_window > self.retention:
-            assert run.ended_at is not None
-            heapq.heappush(self._forget_at, (run.ended_at + self.dedupe_window, run.id))
+
+    def _remember(self, run: RunState) -> None:
+        """A retired run leaves memory for the state file's `remembered` table (in the same commit)."""
+        assert run.ended_at is not None
+        self._drop(run.id)
+        self.changes.remembered[run.id] = Remembered(run.id, run.source, run.status, run.ended_at)
 
     def _release_retired(self, scope: ScopeState, now: float) -> None:
         for run_id in list(self._retired.get(scope.id, ())):
@@ -619,6 +607,14 @@ class Tracker:
         if created_at > scope.horizon:
             scope.horizon = created_at
             self.changes.scopes[scope.id] = scope
+
+
+def _intern(run: RunState) -> None:
+    """One copy of each scope, status, assistant, model and source string, shared by all the runs that
+    have it (each JSON document or state-file row brings its own copies: a few hundred bytes a run)."""
+    intern = sys.intern
+    run.scope, run.status, run.source = intern(run.scope), intern(run.status), intern(run.source)
+    run.assistant_id, run.model = intern(run.assistant_id), intern(run.model)
 
 
 def _discard(index: dict[str, set[str]], key: str, item: str) -> None:

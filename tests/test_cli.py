@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from exporter.model import RunSnapshot
+from exporter.store import Store
+from exporter.tracker import Tracker
 from tests.exporter_process import ExporterProcess, total
 from tests.helpers import REPO_ROOT, free_port, wait_until
 
@@ -105,6 +109,43 @@ def test_a_corrupt_state_file_exits_2(tmp_path: Path) -> None:
                   {"OPENAI_API_KEY": SECRET})
     assert result.returncode == 2 and "s.db" in result.stderr
     assert SECRET not in result.stderr
+
+
+def _corrupt(state: Path, how: str) -> None:
+    """A state file with one run, then broken the way `how` says."""
+    if how == "empty":
+        state.touch()
+        return
+    store = Store(state, [])
+    tracker = Tracker([], 3600)
+    tracker.observe_listing("t1", [RunSnapshot("r1", "t1", "completed", 100, completed_at=160)], 200.0,
+                            complete=True, ok=True)
+    store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+    store.close()
+    if how == "text_in_number":
+        with sqlite3.connect(state) as db:
+            db.execute("UPDATE runs SET ended_at = 'soon'")
+    else:  # a write version this SQLite does not know: it would open the file read-only
+        header = bytearray(state.read_bytes())
+        header[18] = 3
+        state.write_bytes(bytes(header))
+
+
+@pytest.mark.parametrize(("how", "says"), [
+    ("text_in_number", "runs.ended_at holds text"),
+    ("write_version", "cannot be written"),
+    ("empty", "is empty (0 bytes), so the state it held is lost; delete it to start fresh"),
+])
+def test_every_kind_of_broken_state_file_exits_2_with_one_line(tmp_path: Path, how: str, says: str) -> None:
+    """Regression (issue 16): a traceback, a run that could never write, and a silent fresh start."""
+    state = tmp_path / "s.db"
+    _corrupt(state, how)
+    result = _run(["--thread", "t1", "--state-file", str(state), "--listen", f"127.0.0.1:{free_port()}"],
+                  {"OPENAI_API_KEY": SECRET})
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("assistants-exporter: error: ") and str(state) in line and says in line
+    assert "start fresh" in line or "start with empty state" in line
 
 
 def test_simulate_subcommand_rejects_bad_arguments() -> None:

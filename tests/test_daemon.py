@@ -286,8 +286,8 @@ def test_an_idle_loop_writes_nothing_and_still_refreshes_metrics(tmp_path: Path)
     real_commit = daemon.store.commit
     daemon.store.commit = lambda *a, **k: (commits.append(clock.mono), real_commit(*a, **k))[1]  # type: ignore[method-assign]
     publishes: list[float] = []
-    real_update = daemon.collector.update_lazy
-    daemon.collector.update_lazy = lambda build: (publishes.append(clock.mono), real_update(build))[1]  # type: ignore[method-assign]
+    real_update = daemon.collector.update_prepared
+    daemon.collector.update_prepared = lambda prepare: (publishes.append(clock.mono), real_update(prepare))[1]  # type: ignore[method-assign]
     asyncio.run(_drive(daemon, clock, 10.0))
     assert len(commits) == 1  # the first tick registers the thread; then nothing changes
     assert len(publishes) == 10  # once a second
@@ -349,8 +349,8 @@ def test_a_stream_of_received_items_is_published_at_most_every_gap_and_none_is_l
     clock = Clock()
     daemon, _ = _daemon(tmp_path, _ok(clock), clock)
     publishes: list[float] = []
-    real_update = daemon.collector.update_lazy
-    daemon.collector.update_lazy = lambda build: (publishes.append(clock.mono), real_update(build))[1]  # type: ignore[method-assign]
+    real_update = daemon.collector.update_prepared
+    daemon.collector.update_prepared = lambda prepare: (publishes.append(clock.mono), real_update(prepare))[1]  # type: ignore[method-assign]
 
     async def scenario() -> None:
         daemon.sync_scopes()

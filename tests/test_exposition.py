@@ -193,3 +193,18 @@ def test_promtool_accepts_a_rendered_exporter_page(tmp_path: object) -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def test_series_of_new_label_dicts_every_render_are_forgotten_and_kept_ones_stay() -> None:
+    """A collector that hands out new label dicts each time (prometheus_client's own) must not grow the kept
+    text without bound; series whose samples are kept stay kept."""
+    renderer = Renderer()
+    stable = GaugeMetricFamily("s", "stable", labels=["k"])
+    stable.add_metric(["x"], 1.0)
+    for step in range(300):
+        fresh = GaugeMetricFamily("f", "fresh", labels=["k"])
+        for i in range(10):
+            fresh.add_metric([str(i)], step)
+        _assert_same([stable, fresh], renderer)
+        assert len(renderer._series) <= 1100
+    assert id(stable.samples[0].labels) in renderer._series

@@ -14,10 +14,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.metrics import SnapshotCollector
+from exporter.exposition import Families
+from exporter.metrics import ExporterState, SnapshotCollector, build_families, families, snapshot
+from exporter.model import RunSnapshot
 from exporter.pages import MetricsPages
+from exporter.tracker import Tracker
 from tests.test_server import Flags, request, running
 
+T0 = 1_700_000_000
 TEXT, TEXT_TYPE = choose_encoder("")
 OM, OM_TYPE = choose_encoder("application/openmetrics-text; version=1.0.0")
 
@@ -187,7 +191,7 @@ def served(registry: CollectorRegistry, collector: SnapshotCollector, fleet: Fle
         yield srv.port
 
 
-def test_over_http_builds_run_on_the_loop_and_formats_and_filters_work(served: int, fleet: Fleet) -> None:
+def test_over_http_one_build_serves_every_format_and_filters_work(served: int, fleet: Fleet) -> None:
     status, headers, body = request(served, "GET", "/metrics", {"Accept-Encoding": "gzip"})
     assert status == 200 and headers["content-encoding"] == "gzip"
     assert b'assistants_runs{status="queued"} 1.0' in gzip.decompress(body)
@@ -195,10 +199,87 @@ def test_over_http_builds_run_on_the_loop_and_formats_and_filters_work(served: i
     assert headers["content-type"].startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
     status, _, body = request(served, "GET", "/metrics?name[]=assistants_runs_finished_total")
     assert status == 200 and b"assistants_runs_finished_total" in body and b"assistants_runs{" not in body
-    assert fleet.builds == 1 and len(fleet.threads) == 1 and threading.get_ident() not in fleet.threads
+    assert fleet.builds == 1 and threading.get_ident() not in fleet.threads
 
 
 def test_over_http_a_failed_render_is_a_500(served: int, fleet: Fleet) -> None:
     fleet.fail = True
     status, _, body = request(served, "GET", "/metrics")
     assert status == 500 and body == b"rendering /metrics failed\n"
+
+
+def test_a_snapshot_builds_the_state_it_was_taken_from_on_any_thread() -> None:
+    """The daemon publishes a snapshot and the families are built later, off its loop: changes to the tracker
+    after the snapshot must not show (nor race with the build)."""
+    tracker = Tracker(["assistant_id"], 3600)
+    tracker.observe_listing("t", [RunSnapshot("r1", "t", "queued", T0, assistant_id="a")], T0, complete=True, ok=True)
+    state = ExporterState(api_up={"threads": 1.0})
+    snap = snapshot(tracker, state, T0 + 5, ("threads",), ("threads",))
+    expected = generate_latest(Families(build_families(tracker, state, T0 + 5, ("threads",), ("threads",))))
+    tracker.observe_listing(
+        "t",
+        [
+            RunSnapshot("r1", "t", "completed", T0, assistant_id="a", completed_at=T0 + 2),
+            RunSnapshot("r2", "t", "failed", T0, assistant_id="b", failed_at=T0 + 3),
+        ],
+        T0 + 6,
+        complete=True,
+        ok=True,
+    )
+    state.api_up["threads"] = 0.0
+    built: list[bytes] = []
+    worker = threading.Thread(target=lambda: built.append(generate_latest(Families(families(snap)))))
+    worker.start()
+    worker.join()
+    assert built == [expected]
+    assert generate_latest(Families(build_families(tracker, state, T0 + 6, ("threads",), ("threads",)))) != expected
+
+
+def test_a_prepared_update_copies_the_state_on_its_thread_only_when_a_scrape_asks(
+    registry: CollectorRegistry, collector: SnapshotCollector, fleet: Fleet
+) -> None:
+    """The daemon's way: the copy of its state (prepare) runs on its loop, the build in the render thread."""
+    pages = MetricsPages(registry, collector.prepare)
+    collector.add_listener(pages.changed)
+    prepared_on: list[int] = []
+
+    def prepare() -> Callable[[], list[Metric]]:
+        prepared_on.append(threading.get_ident())
+        value = fleet.value  # the copy
+
+        def build() -> list[Metric]:
+            fleet.value = value
+            return fleet.build()
+
+        return build
+
+    async def main() -> tuple[int, bytes, bytes]:
+        for value in range(20):
+            fleet.value = value
+            collector.update_prepared(prepare)
+        assert prepared_on == [] and fleet.builds == 0  # nobody asked
+        first = await pages.page(TEXT_TYPE, TEXT, False)
+        collector.update_prepared(prepare)  # published while nobody collects: stays pending
+        return threading.get_ident(), first, await pages.page(TEXT_TYPE, TEXT, False)
+
+    loop_thread, first, second = asyncio.run(main())
+    assert b'assistants_runs{status="queued"} 19.0' in first and first == second
+    assert prepared_on == [loop_thread, loop_thread] and fleet.builds == 2
+    assert loop_thread not in fleet.threads
+
+
+def test_a_build_prepared_before_a_newer_publish_is_still_built_by_another_thread(
+    collector: SnapshotCollector, fleet: Fleet
+) -> None:
+    """The loop prepares, publishes again before the render thread collects: that thread must build the
+    prepared state (it cannot prepare the new one), not serve what was built before."""
+    collector.update_prepared(lambda: fleet.build)
+    collector.prepare()
+    fleet.value = 5
+    collector.update_prepared(lambda: fleet.build)
+    collected: list[list[Metric]] = []
+    worker = threading.Thread(target=lambda: collected.append(list(collector.collect())))
+    worker.start()
+    worker.join()
+    assert collected[0][0].samples[0].value == 5 and fleet.builds == 1
+    assert next(iter(collector.collect())).samples[0].value == 5 and fleet.builds == 2  # the loop: the newer one

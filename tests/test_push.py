@@ -184,3 +184,31 @@ async def test_thread_registration_round_trip(running: Running) -> None:
     assert gone.json()["result"] == "removed"
     missing = await running.client.delete("/api/v1/threads/thread_abc", headers=AUTH)
     assert missing.status_code == 404
+
+
+async def test_a_push_the_store_cannot_write_is_never_answered_200(tmp_path: Path) -> None:
+    """Regression (issue 16): a lone surrogate made the commit raise, the shutdown path committed an empty batch
+    and answered {"accepted": 2}, and `ok2` was not in the state file. Now the batch is kept, the loop goes on,
+    and the waiting request gets 503 at the stop (or, once such ids are refused when parsed, a 200 that says
+    so and whose other item is written)."""
+    r = Running(tmp_path)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(r.daemon.run(stop))
+    body = '[{"id": "run\\ud800x", "status": "completed"}, {"id": "ok2", "status": "completed"}]'
+    post = asyncio.create_task(r.client.post("/api/v1/runs", content=body, headers=_json(None)))
+    while not post.done() and r.daemon.health.store_error is None:
+        await asyncio.sleep(0)
+    if r.daemon.health.store_error is not None:
+        assert "UnicodeEncodeError" in r.daemon.health.store_error and "\\ud800" in r.daemon.health.store_error
+        assert not post.done() and not loop.done()  # nothing answered for what was not written; the loop runs
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    answer = await asyncio.wait_for(post, 10)
+    await r.client.aclose()
+    loaded = Store(r.daemon.store.path, ["assistant_id"]).load()
+    if answer.status_code == 200:
+        assert [entry["index"] for entry in answer.json()["invalid"]] == [0]
+        assert {run.id for run in loaded.runs} == {"ok2"}
+    else:
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert not loaded.runs

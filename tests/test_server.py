@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from exporter.connections import RequestSlots
 from exporter.metrics import SnapshotCollector
 from exporter.server import HttpServer, Limits, PortInUseError, bind_socket, read_body, require_bearer
 from tests.helpers import free_port, wait_until
@@ -390,19 +391,37 @@ def test_a_stalled_second_request_on_a_kept_alive_connection_is_disconnected(reg
         conn.close()
 
 
-def test_connections_over_the_limit_get_503(registry: CollectorRegistry, flags: Flags,
-                                            caplog: pytest.LogCaptureFixture) -> None:
-    with running(registry, flags, limits=Limits(max_connections=3, header_timeout=60)) as srv:
-        held = [socket.create_connection((HOST, srv.port), timeout=10) for _ in range(3)]
+def test_requests_in_flight_over_the_limit_get_503_and_probes_keep_a_reserve(
+        registry: CollectorRegistry, flags: Flags, caplog: pytest.LogCaptureFixture) -> None:
+    """Idle sockets count for nothing (regression, issue 16: 256 of them denied every request); requests in
+    flight are capped, and writes leave the last slots to /metrics and the probes."""
+    release = threading.Event()
+
+    async def slow(request: Request) -> Response:
+        await asyncio.to_thread(release.wait, 10)
+        return PlainTextResponse("done\n")
+
+    limits = Limits(max_connections=3, reserve=1, header_timeout=60)
+    with running(registry, flags, routes=[Route("/slow", slow, methods=["POST"])], limits=limits) as srv:
+        held = [socket.create_connection((HOST, srv.port), timeout=10) for _ in range(20)]  # idle: no slot
+        writers = [threading.Thread(target=request, args=(srv.port, "POST", "/slow")) for _ in range(2)]
         try:
-            wait_until(lambda: request(srv.port, "GET", "/healthz")[0] == 503, what="a 503 over the limit")
-            assert [request(srv.port, "GET", "/healthz")[0] for _ in range(3)] == [503] * 3
-            # uvicorn warns on every refused request; the log gets it at most once a minute.
-            assert sum("concurrency limit" in r.getMessage() for r in caplog.records) <= 1
+            for writer in writers:
+                writer.start()
+            slots = srv.server.app
+            assert isinstance(slots, RequestSlots)
+            wait_until(lambda: slots.active == 2, what="two writes in flight")
+            assert [request(srv.port, "POST", "/slow")[0] for _ in range(3)] == [503] * 3  # writes: full
+            assert request(srv.port, "GET", "/healthz")[0] == 200  # the reserve
+            assert request(srv.port, "GET", "/metrics")[0] == 200
+            assert sum("concurrency limit" in r.getMessage() for r in caplog.records) <= 1  # once a minute
         finally:
+            release.set()
+            for writer in writers:
+                writer.join(10)
             for sock in held:
                 sock.close()
-        wait_until(lambda: request(srv.port, "GET", "/healthz")[0] == 200, what="service after the limit")
+        assert request(srv.port, "POST", "/slow")[0] == 200
 
 
 def test_uvicorn_leaves_the_signal_handlers_alone(registry: CollectorRegistry, flags: Flags) -> None:
@@ -504,3 +523,19 @@ def test_slow_body_is_408(write_server: Running) -> None:
                      f"Authorization: Bearer {TOKEN}\r\n\r\nabc".encode())
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_connections_have_nagle_off(server: Running) -> None:
+    """Regression: the listening socket had proto 0, so asyncio left Nagle's algorithm on for its connections,
+    and each response on a kept-alive connection (headers, then body) waited ~40 ms for a delayed ACK."""
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() == b"ok\n"  # the connection stays open (keep-alive)
+        connections = server.server._server.server_state.connections
+        assert connections
+        options = [c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                   for c in list(connections)]
+        assert all(options), options
+    finally:
+        conn.close()

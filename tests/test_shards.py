@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import socket
 from collections.abc import Iterator
@@ -9,11 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
+from exporter.inbox import Inbox
 from exporter.shards import Sharding, ordinal, run_key
 from exporter.simulator import Simulator
+from exporter.sources.push import PushReceiver, PushTokens
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.simulator_support import quiesce
 
 TOKEN = "shard-test-token-0123456789"
@@ -154,3 +159,29 @@ def test_three_shards_report_together_what_one_exporter_reports(sim: Simulator, 
     finally:
         for e in everyone:
             e.stop()
+
+
+def test_failed_forwards_log_one_warning_per_shard_a_minute_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 16): every failed forward to a shard that is down logged its own warning."""
+    now = [0.0]
+    sharding = Sharding(0, 2, f"http://127.0.0.1:{free_port()}/{{shard}}")  # nothing listens there
+    receiver = PushReceiver(Inbox(), PushTokens([TOKEN]), max_body=1 << 16, clock=lambda: 1.8e9,
+                            on_request=lambda code: None, sharding=sharding, mono=lambda: now[0])
+    remote = next(f"run_{i}" for i in range(100) if sharding.owner(f"run_{i}") == 1)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def push(times: int) -> list[int]:
+        transport = httpx.ASGITransport(app=Starlette(routes=receiver.routes()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            codes = [(await client.post("/api/v1/runs", json=[{"id": remote, "status": "queued"}],
+                                        headers=headers)).status_code for _ in range(times)]
+        await receiver.aclose()
+        receiver._peers = None
+        return codes
+
+    with caplog.at_level(logging.WARNING, logger="exporter.sources.push"):
+        assert asyncio.run(push(20)) == [502] * 20
+        assert len(caplog.records) == 1 and "shard 1" in caplog.text
+        now[0] += 61
+        assert asyncio.run(push(1)) == [502]
+    assert len(caplog.records) == 2 and "19 more failures" in caplog.records[1].getMessage()

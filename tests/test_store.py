@@ -180,3 +180,54 @@ def test_corruption_found_by_quick_check_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"s\.db is corrupted .*move it away") as caught:
         Store(path, ["assistant_id"])
     assert "\n" not in str(caught.value)
+
+
+def _state_with_a_finished_run(path: Path) -> None:
+    store = Store(path, ["assistant_id"])
+    _tracker_with_history(store)
+    store.close()
+
+
+def test_text_in_a_number_column_is_refused_with_the_column_named(tmp_path: Path) -> None:
+    """Regression (issue 16): text in runs.ended_at gave a traceback at start."""
+    path = tmp_path / "s.db"
+    _state_with_a_finished_run(path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET ended_at = 'yesterday' WHERE id = 'r2'")
+    with pytest.raises(StoreError, match=r"runs\.ended_at holds text where integer or real or null belongs.*move it"):
+        Store(path, ["assistant_id"])
+
+
+def test_a_file_sqlite_opens_read_only_is_refused_at_start(tmp_path: Path) -> None:
+    """Regression (issue 16): a write version SQLite does not know (header byte 18) opened read-only, and every
+    commit failed for as long as the exporter ran."""
+    path = tmp_path / "s.db"
+    _state_with_a_finished_run(path)
+    header = bytearray(path.read_bytes())
+    header[18] = 3
+    path.write_bytes(bytes(header))
+    with pytest.raises(StoreError, match=r"s\.db cannot be written \(attempt to write a readonly database\)"):
+        Store(path, ["assistant_id"])
+
+
+def test_an_empty_file_is_refused_but_a_missing_one_is_a_fresh_start(tmp_path: Path) -> None:
+    """Regression (issue 16): an existing zero-length state file was a silent fresh start."""
+    path = tmp_path / "s.db"
+    path.touch()
+    with pytest.raises(StoreError, match=r"empty \(0 bytes\).*delete it to start fresh"):
+        Store(path, ["assistant_id"])
+    assert path.stat().st_size == 0  # left as it was
+    path.unlink()
+    store = Store(path, ["assistant_id"])
+    assert store.load().runs == []
+    store.close()
+
+
+def test_the_wal_is_checkpointed_at_a_megabyte_and_cut_back_to_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", [])
+    try:
+        assert store._db.execute("PRAGMA journal_size_limit").fetchone() == (1 << 20,)
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (256,)
+        assert store._db.execute("PRAGMA page_size").fetchone() == (4096,)
+    finally:
+        store.close()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from exporter.runstate import Changes
 from exporter.store import SCHEMA_VERSION, Store
-from exporter.tracker import Changes
 
 
 def test_deliveries_and_held_events_round_trip(tmp_path: Path) -> None:
@@ -31,9 +31,10 @@ def test_a_schema_3_file_gains_the_webhook_tables(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:  # take it back to schema 3, as an older exporter left it
         db.execute("DROP TABLE webhook_deliveries")
         db.execute("DROP TABLE webhook_pending")
+        db.execute("DROP TABLE remembered")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     loaded = Store(path, []).load()
     assert loaded.registrations == {"thread_a": "threads"} and loaded.deliveries == {} and loaded.pending == {}
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5

@@ -197,7 +197,8 @@ def test_listings_and_single_run_updates_count_each_run_once(tmp_path: Path, wor
             listing.sort(key=lambda s: (s.created_at, s.id), reverse=True)
             ok = event != "fail"
             seen, complete = _poll(tracker, listing, None if ok else 1)
-            tracker.observe_listing(TH, seen, t, complete=complete, ok=ok)
+            tracker.observe_listing(TH, seen, t, complete=complete, ok=ok,
+                                    recalled=store.recall(tracker.unknown(s.id for s in seen)))
             maybe_history |= {s.id for s in seen if s.terminal}
         if "push" in event:
             for index, lag in pushed:
@@ -205,7 +206,7 @@ def test_listings_and_single_run_updates_count_each_run_once(tmp_path: Path, wor
                 if snap is None:
                     continue
                 snap = replace(snap, source="push", scope=TH if scoped else "")
-                tracker.observe_run(snap, t)
+                tracker.observe_run(snap, t, store.recall(tracker.unknown([snap.id])))
                 if snap.terminal:
                     uncommitted.add(snap.id)
         tracker.expire(t)

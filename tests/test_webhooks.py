@@ -161,3 +161,12 @@ def test_webhook_secrets_are_reread_and_a_bad_file_keeps_them(tmp_path: Path) ->
     path.unlink()
     secrets.reload()
     assert len(secrets.keys) == 2
+
+
+def test_a_body_over_the_cap_is_413_and_counted() -> None:
+    """Regression (issue 16): webhook 413s were not counted in assistants_exporter_webhooks_total."""
+    body = json.dumps({**EVENT, "padding": "x" * (64 * 1024)})
+    response, results, received = asyncio.run(_post([SECRET], body, _signed(body)))
+    assert response.status_code == 413 and response.headers["connection"] == "close"
+    assert received == []
+    assert results == Counter({("unverified", "too_large"): 1})

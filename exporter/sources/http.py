@@ -27,6 +27,8 @@ from exporter.model import REASON_MALFORMED_PAGE, ParseResult, RunSnapshot, stri
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
 from exporter.sources.ratelimit import TokenBucket
+from exporter.sources.transport import NoCookies, Urls
+from exporter.sources.transport import transport as fast_transport
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +275,7 @@ class ApiClient:
             sleep,
         )
         self._client: httpx.AsyncClient | None = None
+        self._urls = Urls()
         self._sent: dict[int, float] = {}  # requests waiting for an answer: id -> when sent (clock)
         self._next_request = 0
         self._last_answer = float("-inf")  # when an HTTP answer last came back (clock)
@@ -426,7 +429,7 @@ class ApiClient:
         self._sent[request_id] = self._clock()
         try:
             async with asyncio.timeout(timeout):
-                request = client.build_request("GET", url, params=params, timeout=timeout)
+                request = client.build_request("GET", self._urls.get(url, params), timeout=timeout)
                 response = await client.send(request, stream=True)
                 self._last_answer = self._clock()
                 try:
@@ -447,11 +450,13 @@ class ApiClient:
         # Created on first use so it belongs to the running event loop.
         if self._client is None:
             n = self._settings.max_concurrency
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
             self._client = httpx.AsyncClient(
                 headers=build_headers(self._settings, self.beta),
                 timeout=httpx.Timeout(self._settings.timeout),
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                transport=self._transport,
+                limits=limits,
+                transport=self._transport or fast_transport(limits),
+                cookies=NoCookies(),
                 auth=self._auth,
                 follow_redirects=False,  # a redirect must not carry the api-key header elsewhere
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from exporter.inbox import Inbox, Item, PushOutcome, Registration, RunItems, StoreUnavailable
+from exporter.logs import CountingRateLimiter
 from exporter.model import (
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
@@ -51,6 +53,7 @@ MAX_ITEMS = 1000
 # Marks a request one replica forwards to the owner of its items: the owner takes them, never forwards again.
 FORWARDED_HEADER = "X-Assistants-Exporter-Forwarded-By"
 COMMIT_TIMEOUT = 10.0  # seconds a request waits for its commit before answering 503
+FORWARD_LOG_INTERVAL = 60.0  # one warning per unreachable shard this often, with the count held back
 REASON_UNSUPPORTED_EVENT = "unsupported_event"
 REASON_NOT_JSON = "not_json"
 # RunStatus enum values, in the client library's order.
@@ -203,8 +206,11 @@ class PushReceiver:
         commit_timeout: float = COMMIT_TIMEOUT,
         sharding: Sharding | None = None,
         polls_responses: bool = False,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sharding = sharding or Sharding()
+        self._mono = mono
+        self._forward_log = CountingRateLimiter(FORWARD_LOG_INTERVAL)
         self._peers: httpx.AsyncClient | None = None
         self.inbox = inbox
         self.tokens = tokens
@@ -294,8 +300,16 @@ class PushReceiver:
         try:
             return await self._peers.request(method, self.sharding.peer(shard) + path, content=body, headers=headers)
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("cannot forward to shard %d: %s", shard, type(exc).__name__)
+            self._log_forward_failure(shard, type(exc).__name__)
             return _error(502, f"shard {shard} cannot be reached; retry")
+
+    def _log_forward_failure(self, shard: int, why: str) -> None:
+        """One line a minute per shard: a peer that is down must not log every forwarded request."""
+        held = self._forward_log.allow(str(shard), self._mono())
+        if held is None:
+            return
+        more = f" ({held} more failures to forward to it since the last such line, not logged)" if held else ""
+        log.warning("cannot forward to shard %d: %s%s; logged once a minute per shard", shard, why, more)
 
     async def aclose(self) -> None:
         if self._peers is not None:

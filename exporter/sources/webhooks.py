@@ -44,7 +44,10 @@ EVENT_STATUS: dict[str, str] = {
 }
 # webhooks_total{type}: the response events, `other` for any other type, `unverified` before verification.
 EVENT_TYPES: tuple[str, ...] = (*EVENT_STATUS, "other", "unverified")
-OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed")
+OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed", "too_large",
+                             "timeout")
+# Refusals before the body is read whole: 413 and 408 (read_body), counted like the others.
+_BODY_REFUSALS = {413: "too_large", 408: "timeout"}
 
 
 class SecretError(ValueError):
@@ -219,7 +222,8 @@ class WebhookReceiver:
         try:
             body = await read_body(request, MAX_BODY)
         except HTTPException as exc:
-            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+            self.on_result("unverified", _BODY_REFUSALS.get(exc.status_code, "malformed"))
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         problem = verify(self.secrets.keys, request.headers, body, self.clock())
         if problem is not None:
             self.on_result("unverified", "bad_signature")
