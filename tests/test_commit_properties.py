@@ -27,9 +27,9 @@ from exporter.sources.push import PushReceiver, PushTokens
 from exporter.store import Store
 from exporter.tracker import DEDUPE_WINDOW, Tracker
 from exporter.watchlist import WatchList
+from tests.test_daemon import Clock
 
 TOKEN = "push-token-0123456789"
-WALL0 = 1_800_000_000.0
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 FAILURES: tuple[Exception, ...] = (
     sqlite3.OperationalError("database or disk is full"),
@@ -37,17 +37,6 @@ FAILURES: tuple[Exception, ...] = (
     RuntimeError("a bug in the store"),
     UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.mono = 1000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def wall(self) -> float:
-        return WALL0 + self.mono
 
 
 class FailingStore(Store):
