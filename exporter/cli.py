@@ -388,6 +388,7 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     daemon.state.shard = (config.shard, config.total_shards)
+    daemon.tracker.caps.set_limits(dict(config.label_caps))
     probes.daemon = daemon
     reloadable.daemon = daemon
     log.info("%s", startup_line(config, daemon.watchlist, len(loaded.runs)))

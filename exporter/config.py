@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter import __version__
+from exporter.cardinality import DEFAULT_LIMITS
 from exporter.metrics_spec import RUN_LABELS_CHOICES
-from exporter.model import thread_id_problem
+from exporter.model import is_unicode_text, thread_id_problem
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--push-max-body", "int", 1048576, "Largest request body the write endpoints accept, in bytes.", "BYTES"),
     Flag("--max-watched", "int", 100000, "Most scopes (threads) watched at once; registrations past it get 429.",
          "N"),
+    Flag("--max-assistant-ids", "int", DEFAULT_LIMITS["assistant_id"],
+         "Distinct assistant_id label values; later new ones count as other.", "N"),
+    Flag("--max-models", "int", DEFAULT_LIMITS["model"],
+         "Distinct model label values; later new ones count as other.", "N"),
+    Flag("--max-error-codes", "int", DEFAULT_LIMITS["code"],
+         "Distinct error code label values (the known codes included).", "N"),
+    Flag("--max-incomplete-reasons", "int", DEFAULT_LIMITS["reason"],
+         "Distinct incomplete reason label values (the known ones included).", "N"),
     Flag("--shard", "str", "0",
          "This replica's shard, 0..--total-shards - 1, or 'auto': the ordinal at the end of the hostname "
          "(a StatefulSet pod name-3 is shard 3).", "N"),
@@ -186,6 +195,7 @@ class Config:
     push_token_file: Path | None = None
     push_max_body: int = 1048576
     max_watched: int = 100000
+    label_caps: tuple[tuple[str, int], ...] = tuple(DEFAULT_LIMITS.items())  # label -> cap of distinct values
     shard: int = 0
     total_shards: int = 1
     shard_peer_url: str | None = None
@@ -401,9 +411,18 @@ def _as_str(flag: Flag, raw: _Raw) -> str:
         return raw.value.isoformat()  # YAML reads an unquoted 2024-05-01 as a date
     if isinstance(raw.value, bool) or not isinstance(raw.value, str | int | float):
         _fail(flag, raw, "expected a string")
-    if isinstance(raw.value, str) and "\x00" in raw.value:  # no setting holds one; paths with one raise
-        _fail(flag, raw, "must not contain a NUL character")
+    if isinstance(raw.value, str):
+        _check_text(flag, raw, raw.value)
     return str(raw.value).strip()
+
+
+def _check_text(flag: Flag, raw: _Raw, text: str) -> None:
+    """No setting holds a NUL or a lone surrogate (undecodable argv bytes, or "\\ud800" in YAML): paths with
+    either raise from open(), and ids with one could never be written to the state file."""
+    if "\x00" in text:
+        _fail(flag, raw, "must not contain a NUL character")
+    if not is_unicode_text(text):
+        _fail(flag, raw, "must be valid UTF-8 text (found an undecodable byte or a lone surrogate)")
 
 
 def _as_float(flag: Flag, raw: _Raw) -> float:
@@ -467,8 +486,7 @@ def _as_list(flag: Flag, raw: _Raw) -> list[str]:
         if isinstance(item, bool) or not isinstance(item, str | int):
             _fail(flag, raw, "expected a list of strings")
         text = str(item).strip()
-        if "\x00" in text:
-            _fail(flag, raw, "must not contain a NUL character")
+        _check_text(flag, _Raw(text, raw.origin), text)
         if text and text not in out:
             out.append(text)
     return out
@@ -709,6 +727,13 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
     max_watched: int = get("max_watched", _as_int)
     if max_watched < 1:
         _fail(FLAGS_BY_DEST["max_watched"], source("max_watched"), "must be >= 1")
+    label_caps: list[tuple[str, int]] = []
+    for label, dest in (("assistant_id", "max_assistant_ids"), ("model", "max_models"), ("code", "max_error_codes"),
+                        ("reason", "max_incomplete_reasons")):
+        cap: int = get(dest, _as_int)
+        if cap < 1:
+            _fail(FLAGS_BY_DEST[dest], source(dest), "must be >= 1")
+        label_caps.append((label, cap))
     total_shards: int = get("total_shards", _as_int)
     if not 1 <= total_shards <= 1024:
         _fail(FLAGS_BY_DEST["total_shards"], source("total_shards"), "must be 1..1024")
@@ -785,6 +810,7 @@ def _build(raw: Mapping[str, _Raw], env: Mapping[str, str], config_raw: _Raw | N
         push_token_file=push_token_file,
         push_max_body=push_max_body,
         max_watched=max_watched,
+        label_caps=tuple(label_caps),
         shard=shard,
         total_shards=total_shards,
         shard_peer_url=shard_peer_url,

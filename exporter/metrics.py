@@ -335,6 +335,7 @@ def _exporter_families(snap: Snapshot) -> list[Metric]:
     fams.append(_counter_family(agg, m.WEBHOOKS, (), ()))
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
         fams.append(_counter_family(agg, spec, (), none))
+    fams.append(_counter_family(agg, m.LABEL_OVERFLOW, (), none))
     fams.append(_single(m.SHARD, {(str(state.shard[0]), str(state.shard[1])): 1}))
     fams.append(_single(m.BUILD_INFO, {(__version__,): 1}))
     return fams

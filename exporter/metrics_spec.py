@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter import statuses
+from exporter.cardinality import CAPPED_LABELS, DEFAULT_LIMITS
 from exporter.model import INVALID_REASONS
 
 RUN_LABELS_CHOICES: tuple[str, ...] = ("assistant_id", "model")
@@ -29,7 +30,7 @@ KNOWN_ERROR_CODES: tuple[str, ...] = (
     "failed_to_download_image", "image_file_not_found",
 )
 # Error codes are an open set: past this many distinct values, further new codes count as `other`.
-MAX_ERROR_CODES = 64
+MAX_ERROR_CODES = DEFAULT_LIMITS["code"]  # the default of --max-error-codes
 OTHER_ERROR_CODE = "other"
 KNOWN_INCOMPLETE_REASONS: tuple[str, ...] = ("max_completion_tokens", "max_prompt_tokens", "max_output_tokens",
                                              "content_filter")
@@ -118,6 +119,10 @@ WEBHOOKS = MetricSpec("assistants_exporter_webhooks_total", "counter", ("type", 
                       "malformed, too_large, timeout).")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
+LABEL_OVERFLOW = MetricSpec("assistants_exporter_label_values_overflow_total", "counter", ("label",),
+                            "Runs counted under `other` because their label's cap of distinct values was reached "
+                            "(--max-assistant-ids, --max-models, --max-error-codes, --max-incomplete-reasons).",
+                            zeros=CAPPED_LABELS)
 SHARD = MetricSpec("assistants_exporter_shard", "gauge", ("shard", "total_shards"),
                    "Always 1; this replica's shard and the number of shards (--shard, --total-shards).")
 BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
@@ -126,7 +131,8 @@ BUILD_INFO = MetricSpec("assistants_exporter_build_info", "gauge", ("version",),
 METRICS: tuple[MetricSpec, ...] = (
     RUNS, RUNS_FINISHED, STATUS_DURATION, RUN_DURATION, OLDEST_AGE, FAILURE_RATIO, EXPIRY_RATIO, ERRORS,
     INCOMPLETE, TOKENS, API_UP, API_REQUESTS, RATE_LIMIT_REMAINING, POLL_DURATION, LAST_POLL_SUCCESS, THREADS,
-    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, WEBHOOKS, STORE_ERRORS, SHARD, BUILD_INFO,
+    INVALID_OBJECTS, PUSH_REQUESTS, PUSH_ITEMS, DISCOVERED_THREADS, WEBHOOKS, STORE_ERRORS, LABEL_OVERFLOW, SHARD,
+    BUILD_INFO,
 )
 
 METRIC_NAMES: frozenset[str] = frozenset(m.name for m in METRICS)

@@ -18,6 +18,9 @@ REASON_MISSING_STATUS = "missing_status"
 REASON_UNKNOWN_STATUS = "unknown_status"
 REASON_MALFORMED_PAGE = "malformed_page"
 REASON_THREADS_FILE_LINE = "threads_file_line"
+# The rule for strings from outside (ids, label values, reasons): see string_problem.
+REASON_BAD_STRING = "bad_string"
+REASON_TOO_LONG = "too_long"
 INVALID_REASONS: tuple[str, ...] = (
     REASON_NOT_OBJECT,
     REASON_MISSING_ID,
@@ -26,12 +29,36 @@ INVALID_REASONS: tuple[str, ...] = (
     REASON_UNKNOWN_STATUS,
     REASON_MALFORMED_PAGE,
     REASON_THREADS_FILE_LINE,
+    REASON_BAD_STRING,
+    REASON_TOO_LONG,
 )
 
-_MAX_ID_LEN = 256
+MAX_STRING_LEN = 256  # characters in any id, label value or reason from outside
 _MAX_JSON_INT = 2**53  # the largest integer every JSON reader (a float64) holds exactly
-MAX_THREAD_ID_LEN = 256
+MAX_THREAD_ID_LEN = MAX_STRING_LEN
 _BAD_ID_CHARS = re.compile(r"[\s/\\?#%]")
+
+
+def string_problem(value: str) -> str | None:
+    """REASON_BAD_STRING or REASON_TOO_LONG when a string from outside breaks the rule, else None.
+
+    The rule: Unicode scalar values only (JSON's "\\ud800" decodes to a lone surrogate, which neither the
+    state file nor the exposition can write as UTF-8) and at most MAX_STRING_LEN characters (a 200 KB label
+    value would be copied into every series of its run)."""
+    if len(value) > MAX_STRING_LEN:
+        return REASON_TOO_LONG
+    return None if is_unicode_text(value) else REASON_BAD_STRING
+
+
+def is_unicode_text(value: str) -> bool:
+    """False when value holds a lone surrogate (U+D800..U+DFFF), the one thing a str holds that UTF-8 cannot."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def thread_id_problem(thread_id: object) -> str | None:
@@ -40,6 +67,8 @@ def thread_id_problem(thread_id: object) -> str | None:
         return "empty"
     if len(thread_id) > MAX_THREAD_ID_LEN:
         return f"longer than {MAX_THREAD_ID_LEN} characters"
+    if string_problem(thread_id) is not None:
+        return "not valid Unicode text (a lone surrogate)"
     # Control and invisible format characters (a BOM, a zero-width space) are always a copy-paste accident.
     if thread_id in (".", "..") or _BAD_ID_CHARS.search(thread_id) or any(
         unicodedata.category(ch) in ("Cc", "Cf") for ch in thread_id
@@ -133,11 +162,24 @@ def _usage(obj: dict[str, Any], prompt: str = "prompt_tokens",
 def _run_id(obj: dict[str, Any]) -> str | None:
     """The id, or None; `_id_problem` says why not."""
     run_id = obj.get("id")
-    return run_id if isinstance(run_id, str) and run_id and len(run_id) <= _MAX_ID_LEN else None
+    return run_id if isinstance(run_id, str) and run_id and string_problem(run_id) is None else None
 
 
 def _id_problem(obj: dict[str, Any]) -> str:
-    return REASON_MISSING_ID if obj.get("id") is None else REASON_WRONG_TYPE
+    run_id = obj.get("id")
+    if run_id is None:
+        return REASON_MISSING_ID
+    if isinstance(run_id, str) and run_id:
+        return string_problem(run_id) or REASON_WRONG_TYPE
+    return REASON_WRONG_TYPE
+
+
+def snapshot_problem(snap: RunSnapshot) -> str | None:
+    """The first string of a snapshot that breaks the rule of string_problem, as its reason, or None."""
+    for value in (snap.id, snap.scope, snap.assistant_id, snap.model, snap.error_code, snap.incomplete_reason):
+        if value is not None and (problem := string_problem(value)) is not None:
+            return problem
+    return None
 
 
 def _status_reason(raw_status: object) -> str | None:
@@ -159,6 +201,9 @@ def _parse(obj: object, build: Callable[[dict[str, Any], str], RunSnapshot]) -> 
         snap = build(obj, run_id)
     except TypeError:
         return ParseResult(None, REASON_WRONG_TYPE)
+    problem = snapshot_problem(snap)
+    if problem is not None:
+        return ParseResult(None, problem)
     return ParseResult(snap, _status_reason(obj.get("status")))
 
 
@@ -273,6 +318,9 @@ def parse_turn(obj: object, session_id: str, source: str = SOURCE_SESSIONS) -> P
         )
     except TypeError:
         return ParseResult(None, REASON_WRONG_TYPE)
+    problem = snapshot_problem(snap)
+    if problem is not None:
+        return ParseResult(None, problem)
     reason = REASON_MISSING_STATUS if raw_status is None else None
     if reason is None and status == statuses.UNKNOWN:
         reason = REASON_UNKNOWN_STATUS

@@ -34,6 +34,7 @@ from typing import Literal
 from exporter import metrics_spec as m
 from exporter import statuses
 from exporter.aggregates import Aggregates, LabelValues
+from exporter.cardinality import OTHER, LabelCaps
 from exporter.finishes import FinishWindows
 from exporter.metrics_spec import RATIO_WINDOWS
 from exporter.model import RunSnapshot
@@ -57,6 +58,7 @@ _RANK: dict[str, int] = {
 }
 
 Outcome = Literal["accepted", "duplicate", "stale"]
+_RUN_METRIC_NAMES = frozenset(spec.name for spec in m.METRICS if spec.run_metric)
 # Remembered runs past the dedupe window leave the table at most this often (one DELETE per minute).
 FORGET_INTERVAL = 60.0
 _NOTHING: Mapping[str, Remembered] = {}
@@ -80,8 +82,9 @@ class Tracker:
         self.extra_labels = tuple(extra_labels)
         # (source, *extra) read in one call: computed for every index update and every finish.
         names = ["assistant_id" if name == "assistant_id" else "model" for name in self.extra_labels]
-        self._labels: Callable[[RunState | RunSnapshot], LabelValues] = (
+        self._raw_labels: Callable[[RunState | RunSnapshot], LabelValues] = (
             operator.attrgetter("source", *names) if names else lambda run: (run.source,))
+        self._labels = self._capped_labels if names else self._raw_labels
         self.retention = retention
         self.dedupe_window = max(retention, dedupe_window)
         self.aggregates = aggregates if aggregates is not None else Aggregates()
@@ -98,7 +101,8 @@ class Tracker:
         self._finishes = FinishWindows()
         self.finishes = self._finishes.events  # the longest window's finish events, as persisted
         self.changes = Changes()
-        self._codes: set[str] | None = None  # error code label values in use, built on first need
+        self.caps = LabelCaps()  # --max-assistant-ids etc.; set_limits() before the first run
+        self._caps_seeded = False  # the admitted values are rebuilt from the counters on first need
         self._forgot_at = float("-inf")  # when remembered runs past the window were last dropped
 
     # -- loading and scope membership -------------------------------------------------------
@@ -128,8 +132,37 @@ class Tracker:
         self.changes.deleted_scopes.add(scope_id)
 
     def labels_of(self, run: RunState | RunSnapshot) -> LabelValues:
-        """The run's base and extra label values: (source, *--labels)."""
+        """The run's base and extra label values: (source, *--labels), each past its cap `other`."""
         return self._labels(run)
+
+    def _capped_labels(self, run: RunState | RunSnapshot) -> LabelValues:
+        values = self._raw_labels(run)
+        caps = self._seeded_caps()
+        return (values[0], *(caps.value(name, v)[0] for name, v in zip(self.extra_labels, values[1:], strict=True)))
+
+    def _seeded_caps(self) -> LabelCaps:
+        """The caps, their admitted values rebuilt from the loaded counters' label sets (caps hold across
+        restarts) and the documented zeros."""
+        if not self._caps_seeded:
+            self._caps_seeded = True
+            for name, values in self.aggregates.counters:
+                if name == m.ERRORS.name:
+                    self.caps.seed("code", values[:1])
+                elif name == m.INCOMPLETE.name:
+                    self.caps.seed("reason", values[:1])
+                if name in _RUN_METRIC_NAMES:
+                    for i, label in enumerate(self.extra_labels):
+                        self.caps.seed(label, values[2 + i : 3 + i])
+            self.caps.seed("code", m.KNOWN_ERROR_CODES)
+            self.caps.seed("reason", m.KNOWN_INCOMPLETE_REASONS)
+        return self.caps
+
+    def _overflowed(self, run: RunState, labels: LabelValues) -> None:
+        """Count a finished run once for each extra label whose value became `other` at its cap."""
+        for name, value in zip(self.extra_labels, labels[1:], strict=True):
+            raw = run.assistant_id if name == "assistant_id" else run.model
+            if value == OTHER and raw != OTHER:
+                self.aggregates.inc(m.LABEL_OVERFLOW.name, (name,))
 
     def take_changes(self) -> Changes:
         self._finishes.new_moment()  # its events go to the store now: a later finish makes a new one
@@ -366,6 +399,7 @@ class Tracker:
         ended = float(snap.ended_at() or now)
         run.ended_at = run.stint_start = ended
         labels = self.labels_of(run)
+        self._overflowed(run, labels)
         agg = self.aggregates
         agg.inc(m.RUNS_FINISHED.name, (snap.status, *labels))
         if durations:
@@ -373,7 +407,7 @@ class Tracker:
         if snap.status == "failed":
             agg.inc(m.ERRORS.name, (self._error_code(snap.error_code or "unknown"), *labels))
         if snap.status == "incomplete":
-            agg.inc(m.INCOMPLETE.name, (snap.incomplete_reason or "unknown", *labels))
+            agg.inc(m.INCOMPLETE.name, (self._capped("reason", snap.incomplete_reason or "unknown"), *labels))
         if snap.prompt_tokens:
             agg.inc(m.TOKENS.name, ("prompt", *labels), snap.prompt_tokens)
         if snap.completion_tokens:
@@ -383,16 +417,14 @@ class Tracker:
             self.changes.finishes.append(finish)
 
     def _error_code(self, code: str) -> str:
-        """The code label: error codes are an open set, so past MAX_ERROR_CODES distinct ones, `other`."""
-        if self._codes is None:
-            self._codes = {values[0] for name, values in self.aggregates.counters if name == m.ERRORS.name}
-            self._codes.update(m.KNOWN_ERROR_CODES)
-        if code in self._codes:
-            return code
-        if len(self._codes) >= m.MAX_ERROR_CODES:
-            return m.OTHER_ERROR_CODE
-        self._codes.add(code)
-        return code
+        """The code label: error codes are an open set, so past --max-error-codes distinct ones, `other`."""
+        return self._capped("code", code)
+
+    def _capped(self, label: str, value: str) -> str:
+        capped, overflowed = self._seeded_caps().value(label, value)
+        if overflowed:
+            self.aggregates.inc(m.LABEL_OVERFLOW.name, (label,))
+        return capped
 
     def _drop_vanished(self, scope: ScopeState, seen: set[str]) -> None:
         """A full listing without a known unfinished run: it was deleted, and can never be seen to end."""

@@ -9,9 +9,9 @@ Each must never raise (a ConfigError is the expected answer to bad configuration
 must be counted: each item of a page or a push body is either a snapshot or in `invalid`.
 
 CI runs a short budget: FUZZ_EXAMPLES unset means 100 examples per test, the whole file in about 6 s on an
-idle machine. FUZZ_EXAMPLES sets the examples per test; a long run of 1,000,000 inputs across the 12 tests:
-
-    FUZZ_EXAMPLES=83334 nice -n 19 python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
+idle machine. FUZZ_EXAMPLES sets the examples per test; tests/fuzz_long.sh runs 1,000,000 inputs across the
+fuzz tests (niced), logging to /tmp/fuzz_long.log. Every strategy includes hostile strings (lone surrogates,
+values of 200 KB) and the page and push bodies include 100,000-deep nesting.
 """
 
 from __future__ import annotations
@@ -32,14 +32,17 @@ from exporter import statuses
 from exporter.config import YAML_KEYS, Config, ConfigError, load_config, parse_threads, read_threads_file
 from exporter.model import (
     INVALID_REASONS,
+    REASON_BAD_STRING,
     REASON_MISSING_ID,
     REASON_MISSING_STATUS,
     REASON_NOT_OBJECT,
+    REASON_TOO_LONG,
     REASON_UNKNOWN_STATUS,
     REASON_WRONG_TYPE,
     TURN_STATUSES,
     parse_run,
     parse_turn,
+    snapshot_problem,
     thread_id_problem,
 )
 from exporter.sources import http
@@ -55,7 +58,7 @@ settings.register_profile(
 FUZZ = settings.get_profile("fuzz")
 
 # Reasons for which the item is dropped, and those for which it is kept (with status `unknown`).
-DROPPED = (REASON_NOT_OBJECT, REASON_MISSING_ID, REASON_WRONG_TYPE)
+DROPPED = (REASON_NOT_OBJECT, REASON_MISSING_ID, REASON_WRONG_TYPE, REASON_BAD_STRING, REASON_TOO_LONG)
 KEPT = (REASON_MISSING_STATUS, REASON_UNKNOWN_STATUS)
 THREAD = "thread_fuzz"
 
@@ -67,6 +70,13 @@ TIMES = ("created_at", "started_at", "expires_at", "cancelled_at", "failed_at", 
 
 # ------------------------------------------------------------------------------------------ strategies
 
+# Hostile strings: lone surrogates (JSON "\ud800"), values far over the 256-character bound, and both.
+hostile_strings = st.one_of(
+    st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
+    st.tuples(st.text(max_size=6), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+              st.text(max_size=6)).map("".join),
+    st.sampled_from(["x" * 257, "y" * 200_000, "\ud800" * 300, "ok\udfff", "\ufffd", "\U0010ffff"]),
+)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -74,6 +84,7 @@ scalars = st.one_of(
     st.sampled_from([10**400, -(10**400), 2**53 + 1, 2**63, -1, 0]),  # beyond a float, at the edges
     st.floats(allow_nan=True, allow_infinity=True),  # json.loads accepts NaN / Infinity
     st.text(max_size=12),
+    hostile_strings,
 )
 # Small nested values: generation dominates the cost of an example, and the parsers only look one or two
 # levels deep.
@@ -86,7 +97,7 @@ json_values = st.recursive(
     max_leaves=6,
 )
 plausible = {
-    "id": st.one_of(st.text(min_size=1, max_size=30), json_values, st.just("x" * 257)),
+    "id": st.one_of(st.text(min_size=1, max_size=30), json_values, st.just("x" * 257), hostile_strings),
     "status": st.one_of(st.sampled_from([*statuses.API_STATUSES, *statuses.ENUM_NAMES]), json_values),
     "usage": st.one_of(
         st.fixed_dictionaries({}, optional={"prompt_tokens": json_values, "completion_tokens": json_values}),
@@ -133,7 +144,9 @@ page_bodies = st.one_of(
     pages.map(encode).flatmap(mutations),
     json_values.map(encode),
     st.binary(max_size=200),
-    st.sampled_from([b'{"data": [', b"[" * 100_000, b'{"data": [{"id": "r", "created_at": 1e999}]}',
+    st.sampled_from([b'{"data": [', b"[" * 100_000, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                     b'{"data": [{"id": "r\\ud800", "created_at": 1, "status": "completed"}]}',
+                     b'{"data": [{"id": "r", "created_at": 1e999}]}',
                      b'{"data": [{"id": "r", "created_at": NaN}]}', b"\xef\xbb\xbf{}"]),
 )
 
@@ -155,6 +168,7 @@ def check_snapshot_types(obj: Any) -> None:
         return
     snap = result.snapshot
     assert snap.id and isinstance(snap.id, str) and snap.scope
+    assert snapshot_problem(snap) is None  # nothing downstream meets a string the store cannot write
     assert snap.status in statuses.ALL_STATUSES
     for key in TIMES:
         value = getattr(snap, key)
@@ -228,6 +242,7 @@ def check_turn(obj: Any) -> None:
         return
     snap = result.snapshot
     assert snap.id and isinstance(snap.id, str) and snap.scope and snap.source == "sessions"
+    assert snapshot_problem(snap) is None
     assert snap.status in statuses.ALL_STATUSES
     assert all(getattr(snap, key) is None or type(getattr(snap, key)) is int for key in TIMES)
     recognized = isinstance(obj.get("status"), str) and obj["status"] in TURN_STATUSES
@@ -409,6 +424,7 @@ def test_push_bodies_never_raise_and_every_item_is_a_run_or_invalid(body: bytes,
     assert len(parsed.runs) + len(parsed.invalid) == len(items)
     assert sorted(i for i, _ in parsed.invalid) == [i for i, _ in parsed.invalid]
     for run in parsed.runs:
+        assert snapshot_problem(run) is None
         assert run.source == "push" and run.status in statuses.ALL_STATUSES and isinstance(run.created_at, int)
 
 

@@ -21,6 +21,7 @@ from exporter.model import (
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
     SOURCE_THREADS,
+    string_problem,
     thread_id_problem,
 )
 from exporter.sources import DiscoveryResult
@@ -77,7 +78,8 @@ def parse_thread(obj: object) -> ThreadItem | str:
     if thread_id is None:
         return REASON_MISSING_ID
     if not isinstance(thread_id, str) or thread_id_problem(thread_id) is not None:
-        return REASON_WRONG_TYPE  # it goes into a URL path, so a bad id must not be used
+        # It goes into a URL path, so a bad id must not be used.
+        return (string_problem(thread_id) if isinstance(thread_id, str) else None) or REASON_WRONG_TYPE
     created_at = obj.get("created_at")
     if isinstance(created_at, bool) or not isinstance(created_at, int | float):
         return REASON_WRONG_TYPE
@@ -88,7 +90,7 @@ def parse_threads_page(body: bytes) -> ThreadsPage:
     """Parse a threads listing page. Never raises: bad items are counted, a bad page is `malformed`."""
     try:
         page: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, bad UTF-8, absurdly nested
         page = None
     if not isinstance(page, dict) or not isinstance(page.get("data"), list):
         return ThreadsPage(invalid={REASON_MALFORMED_PAGE: 1}, malformed=True)
@@ -104,7 +106,7 @@ def parse_threads_page(body: bytes) -> ThreadsPage:
     has_more = page.get("has_more")
     return ThreadsPage(
         threads=threads,
-        last_id=last_id if isinstance(last_id, str) and last_id else None,
+        last_id=last_id if isinstance(last_id, str) and last_id and string_problem(last_id) is None else None,
         has_more=has_more if isinstance(has_more, bool) else None,
         invalid=dict(invalid),
     )

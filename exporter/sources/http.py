@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from exporter import __version__
-from exporter.model import REASON_MALFORMED_PAGE, ParseResult, RunSnapshot, thread_id_problem
+from exporter.model import REASON_MALFORMED_PAGE, ParseResult, RunSnapshot, string_problem, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
 from exporter.sources.ratelimit import TokenBucket
@@ -208,8 +208,8 @@ def parse_page(body: bytes, scope: str, parse_item: ParseItem) -> Page | None:
     last_id = obj.get("last_id")
     if last_id is None and data and isinstance(data[-1], dict):
         last_id = data[-1].get("id")  # a cursor page may leave it out: the SDK pages after the last item
-    if has_more and (not isinstance(last_id, str) or not last_id):
-        return None  # we could not ask for the next page
+    if has_more and (not isinstance(last_id, str) or not last_id or string_problem(last_id) is not None):
+        return None  # we could not ask for the next page (a surrogate cannot go into a query string)
     cursor = last_id if isinstance(last_id, str) else None
     page = Page(runs=[], invalid={}, has_more=has_more, last_id=cursor)
     for item in data:

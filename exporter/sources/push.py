@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import httpx
 from starlette.exceptions import HTTPException
@@ -40,6 +41,7 @@ from exporter.model import (
     RunSnapshot,
     parse_response,
     parse_run,
+    string_problem,
     thread_id_problem,
 )
 from exporter.server import read_body, require_bearer
@@ -110,7 +112,8 @@ def parse_item(obj: object, now: float) -> ParseResult:
         fields["created_at"] = int(now)  # the time the exporter first heard of it
     thread_id = fields.get("thread_id")
     if thread_id is not None and (not isinstance(thread_id, str) or thread_id_problem(thread_id)):
-        return ParseResult(None, REASON_WRONG_TYPE)
+        return ParseResult(None, (string_problem(thread_id) if isinstance(thread_id, str) else None)
+                           or REASON_WRONG_TYPE)
     if fields.get("object") == "response":
         parsed = parse_response(fields, SOURCE_PUSH)
     else:
@@ -173,6 +176,16 @@ def parse_items(items: list[object], now: float, sharding: Sharding | None = Non
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
+
+
+def _path_is_utf8(request: Request) -> bool:
+    """Starlette decodes %FF in a path to U+FFFD; an id must be what the client sent, so decode strictly."""
+    raw = request.scope.get("raw_path") or request.scope.get("path", "").encode("utf-8", "surrogatepass")
+    try:
+        unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _error(code: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -303,11 +316,15 @@ class PushReceiver:
             await self._peers.aclose()
 
     async def thread(self, request: Request) -> Response:
+        if not _path_is_utf8(request):
+            return _error(400, "invalid thread id: the path is not UTF-8 once percent-decoded")
         return await self._register(request, str(request.path_params["thread_id"]), SOURCE_THREADS, "thread")
 
     async def response(self, request: Request) -> Response:
         if not self.polls_responses:
             return _error(409, "responses are not polled here: run with --source responses and an API key")
+        if not _path_is_utf8(request):
+            return _error(400, "invalid response id: the path is not UTF-8 once percent-decoded")
         return await self._register(request, str(request.path_params["response_id"]), SOURCE_RESPONSES,
                                     "response")
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from exporter.model import REASON_MALFORMED_PAGE, SOURCE_RESPONSES, parse_response, thread_id_problem
+from exporter.model import REASON_MALFORMED_PAGE, SOURCE_RESPONSES, parse_response, string_problem, thread_id_problem
 from exporter.sources import DiscoveryResult, FetchResult
 from exporter.sources.http import Got
 
@@ -134,4 +134,5 @@ def _parse_page(body: bytes) -> tuple[list[tuple[str, int, str | None]], bool, s
         else:
             items.append((snap.id, snap.created_at, None))
     last_id = page.get("last_id")
-    return items, page.get("has_more") is True, last_id if isinstance(last_id, str) else None
+    cursor = last_id if isinstance(last_id, str) and last_id and string_problem(last_id) is None else None
+    return items, page.get("has_more") is True, cursor
