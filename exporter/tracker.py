@@ -317,10 +317,12 @@ class Tracker:
             self._put(run)
             self.changes.upsert(run)
             return
-        if snap.status in _BEFORE_START or not (live or swept_after):
+        if snap.status in _BEFORE_START or (snap.terminal and not (live or swept_after)):
             self._first_sight_unwatched(scope, snap, now, sweeping=not (live or swept_after))
             return
-        # Created while we watched (or reported live): it was queued from created_at on, whatever we see now.
+        # Created while we watched, reported live, or still unfinished at the sweep (so it will be counted): it
+        # was queued from created_at on, whatever we see now. Its queued stint is observed however late the
+        # first poll came, as it is for a run the sweep saw queued.
         run = RunState(snap.id, snap.scope, statuses.QUEUED, snap.created_at, float(snap.created_at),
                        snap.assistant_id, snap.model, source=snap.source)
         if snap.status != statuses.QUEUED:  # indexed once, in the status it is in now

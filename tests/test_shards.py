@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,19 @@ def _exporter(sim: Simulator, tmp_path: Path, name: str, extra: list[str], port:
     return process.start()
 
 
+def _swept(state_file: Path) -> set[str]:
+    """The threads the exporter has read once (its first successful listing), from its state file."""
+    if not state_file.exists():
+        return set()
+    db = sqlite3.connect(f"file:{state_file}?mode=ro", uri=True, timeout=5)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM scopes WHERE swept = 1")}
+    except sqlite3.OperationalError:  # not created yet
+        return set()
+    finally:
+        db.close()
+
+
 def _sum(samples: list[Samples]) -> Samples:
     out: Samples = {}
     for s in samples:
@@ -119,6 +133,12 @@ def test_three_shards_report_together_what_one_exporter_reports(sim: Simulator, 
         want = sum(sim.engine.truth().by_status.values())
         wait_until(lambda: all(total(s.scrape(), "assistants_runs") == want for s in [single])
                    and sum(total(s.scrape(), "assistants_runs") for s in shards) == want, 30, 0.2, "sweeps")
+        # Every thread read once by each side before runs start: a run that a late first listing finds already
+        # finished is history for that side only (the readiness probe waits for one poll, not all of them).
+        owned = [{t for t in threads if Sharding(i, 3).owns(t)} for i in range(3)]
+        wait_until(lambda: _swept(tmp_path / "single.db") >= set(threads)
+                   and all(_swept(tmp_path / f"shard{i}.db") >= owned[i] for i in range(3)), 30, 0.2,
+                   "every thread swept")
         sim.engine.set_workload(True)
         rng = random.Random(3)
         auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -42,7 +42,10 @@ def test_history_is_never_counted_and_recent_history_shows_in_gauge() -> None:
     running = snap("r_run", "in_progress", created=T0 - 30, started_at=T0 - 20)
     tracker.observe_listing(TH, [running, recent, old], T0, complete=True, ok=True)
     assert tracker.aggregates.counters == {}
-    assert tracker.aggregates.histograms == {}
+    # History observes nothing; the running run will be counted, so its queued stint (exact from the API's
+    # timestamps) is observed as it is for a run the sweep sees still queued.
+    assert set(tracker.aggregates.histograms) == {(STATUS_DURATION.name, ("queued", "threads", "asst_1"))}
+    assert stint_obs(tracker, "queued") == (1, 10.0)
     assert "r_old" not in tracker.runs  # past retention: not even kept
     assert tracker.scopes[TH].horizon == T0 - 10_000
     assert tracker.status_counts() == {("failed", "threads", "asst_1"): 1, ("in_progress", "threads", "asst_1"): 1}
