@@ -35,6 +35,7 @@ class Thresholds:
     poll_stale_for: str = "2m"
     rate_limited_share: float = 0.10  # share of API requests answered 429, over 5m
     rate_limited_for: str = "15m"
+    label_overflow_for: str = "15m"  # runs counted under `other` within the last hour, for this long
 
 
 @dataclass(frozen=True, slots=True)

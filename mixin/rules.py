@@ -85,6 +85,7 @@ DUR = "{{ $value | humanizeDuration }}"
 ASSISTANT = "{{ $labels.assistant_id }}"
 INSTANCE = "{{ $labels.instance }}"
 JOB = "{{ $labels.job }}"
+VALUE = "{{ $value | humanize }}"
 
 
 def ratio_alert_expr(ratio_record: str, threshold: float, min_finished: int) -> str:
@@ -149,6 +150,13 @@ def alerting_rules(cfg: MixinConfig) -> list[Rule]:
               f"assistants-exporter {INSTANCE} is being rate limited",
               f"{PCT} of the API requests of {INSTANCE} were answered 429 over the last 5 minutes "
               f"(threshold {_pct(t.rate_limited_share)}, for {t.rate_limited_for})."),
+        alert(cfg, "AssistantsExporterLabelValuesOverflow",
+              "sum by (job, instance, label) "
+              "(increase(assistants_exporter_label_values_overflow_total[1h])) > 0",
+              t.label_overflow_for, "warning",
+              f"assistants-exporter {INSTANCE}: new {{{{ $labels.label }}}} values are counted as other",
+              f"{INSTANCE} reached its cap of distinct {{{{ $labels.label }}}} values; about {VALUE} runs in the "
+              "last hour were counted under the label value other instead of their own."),
     ]
 
 
