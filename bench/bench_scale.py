@@ -182,16 +182,15 @@ def part_commit(runs: int) -> None:
         store = Store(Path(tmp) / "state.db", LABELS)
         store.load()
         tracker = build(min(runs, 200_000), t0, keep_changes=True)
-        store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+        store.commit(tracker.take_changes())
         figures = []
         for changed in (1_000, 100_000):
             for i in range(changed):  # unfinished runs move on: queued -> in_progress, etc.
                 tracker.observe_run(RunSnapshot(f"tick_{changed}_{i}", f"thread_t{i % 1000}", "in_progress",
                                                 t0 + 1, assistant_id="asst_0", started_at=t0 + 2), t0 + 850)
             changes = tracker.take_changes()
-            counters, histograms = tracker.aggregates.take_dirty()
             start = time.perf_counter()
-            store.commit(changes, counters, histograms)
+            store.commit(changes)
             figures.append(f"{(time.perf_counter() - start) * 1e3:,.0f} ms at {changed:,}")
         store.close()
     print(f"commit cost per tick by changed runs: {', '.join(figures)} (printed; no goal)")
@@ -219,7 +218,7 @@ def part_restart(runs: int, profile: bool) -> None:
         store = Store(state, LABELS)
         store.load()
         tracker = build(runs, int(time.time()) - 900, keep_changes=True)
-        store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+        store.commit(tracker.take_changes())
         store.close()
         del tracker
         gc.collect()

@@ -114,11 +114,11 @@ class Probes:
 
     def on_push_request(self, code: int) -> None:
         if self.daemon is not None:
-            self.daemon.on_push_request(code)
+            self.daemon.selfmetrics.push_request(code)
 
     def on_webhook(self, event_type: str, outcome: str) -> None:
         if self.daemon is not None:
-            self.daemon.on_webhook(event_type, outcome)
+            self.daemon.selfmetrics.webhook(event_type, outcome)
 
 
 def _config_error(message: str) -> int:
@@ -204,7 +204,7 @@ ApiSource = AssistantsSource | SessionsSource
 
 
 def _request_hook(daemon: Callable[[], Daemon], source: str) -> Callable[[str, str], None]:
-    return lambda endpoint, code: daemon().on_request(source, endpoint, code)
+    return lambda endpoint, code: daemon().selfmetrics.api_request(source, endpoint, code)
 
 
 def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, ApiSource]:
@@ -218,7 +218,7 @@ def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, 
         sources[name] = kind(
             _api_settings(config),
             on_request=_request_hook(daemon, name),
-            on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
+            on_rate_limit_remaining=lambda remaining: daemon().selfmetrics.rate_limit_remaining(remaining),
             auth=_auth(config),
         )
     return sources
@@ -230,8 +230,8 @@ def _responses_client(config: Config, daemon: Callable[[], Daemon]) -> Assistant
         return None
     return AssistantsSource(
         _api_settings(config),
-        on_request=lambda endpoint, code: daemon().on_request("responses", endpoint, code),
-        on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
+        on_request=lambda endpoint, code: daemon().selfmetrics.api_request("responses", endpoint, code),
+        on_rate_limit_remaining=lambda remaining: daemon().selfmetrics.rate_limit_remaining(remaining),
         auth=_auth(config),
     )
 

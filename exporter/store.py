@@ -12,11 +12,12 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
+from exporter.changeset import ChangeSet
 from exporter.metrics_spec import SOURCE_LABEL, spec
 from exporter.model import SOURCE_THREADS
 from exporter.runstate import STATUS_CODES, STATUS_NAMES, Changes, Finish, Remembered, RunState, ScopeState
@@ -123,6 +124,11 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "webhook_deliveries": ("id", "at"),
     "webhook_pending": ("id", "status", "ended_at"),
     "remembered": ("id", "source", "status", "ended_at"),
+}
+# ChangeSet fields written as rows keyed by their first column -> (table, key column).
+_KEYED: dict[str, tuple[str, str]] = {
+    "registrations": ("registrations", "scope"), "discovered": ("discovered", "scope"),
+    "deliveries": ("webhook_deliveries", "id"), "pending": ("webhook_pending", "id"),
 }
 
 
@@ -344,33 +350,18 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def commit(
-        self,
-        changes: Changes,
-        counters: dict[Key, float],
-        histograms: dict[Key, Histogram],
-        meta: dict[str, str] | None = None,
-        registrations: dict[str, str | None] | None = None,
-        discovered: dict[str, tuple[str, int] | None] | None = None,
-        deliveries: dict[str, float | None] | None = None,
-        pending: dict[str, tuple[str, int] | None] | None = None,
-    ) -> None:
-        """Write one tick's effects atomically. `registrations`: scope -> source, or None to remove;
-        `discovered`: scope -> (source, created_at), or None to remove.
-        Raises sqlite3.Error or OSError (a full disk, a locked file); nothing is written then."""
+    def commit(self, changes: ChangeSet) -> None:
+        """Write one change set atomically. Raises sqlite3.Error or OSError (a full disk, a locked file);
+        nothing is written then."""
         def work() -> None:
-            self._write_runs(changes)
-            self._write_remembered(changes)
-            self._write_scopes(changes)
-            self._write_aggregates(counters, histograms)
-            self._write_finishes(changes)
-            if registrations:
-                self._write_registrations(registrations.items())
-            if discovered:
-                self._write_discovered(discovered.items())
-            self._write_webhooks(deliveries or {}, pending or {})
-            if meta:
-                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            self._write_runs(changes.runs)
+            self._write_remembered(changes.runs)
+            self._write_scopes(changes.runs)
+            self._write_aggregates(changes.counters, changes.histograms)
+            self._write_finishes(changes.runs)
+            for name, (table, key) in _KEYED.items():
+                self._write_keyed(table, key, getattr(changes, name))
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changes.meta.items())
         self._transaction(work)
 
     def _write_runs(self, changes: Changes) -> None:
@@ -399,29 +390,13 @@ class Store:
             ((t.id, int(t.swept), t.horizon, int(t.gone), t.covered) for t in changes.scopes.values()),
         )
 
-    def _write_registrations(self, items: Iterable[tuple[str, str | None]]) -> None:
-        for scope, source in items:
-            if source is None:
-                self._db.execute("DELETE FROM registrations WHERE scope = ?", (scope,))
-            else:
-                self._db.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?)", (scope, source))
-
-    def _write_discovered(self, items: Iterable[tuple[str, tuple[str, int] | None]]) -> None:
-        for scope, found in items:
-            if found is None:
-                self._db.execute("DELETE FROM discovered WHERE scope = ?", (scope,))
-            else:
-                self._db.execute("INSERT OR REPLACE INTO discovered VALUES (?, ?, ?)", (scope, *found))
-
-    def _write_webhooks(self, deliveries: dict[str, float | None], pending: dict[str, tuple[str, int] | None]) -> None:
-        db = self._db
-        db.executemany("DELETE FROM webhook_deliveries WHERE id = ?",
-                       [(i,) for i, at in deliveries.items() if at is None])
-        db.executemany("INSERT OR REPLACE INTO webhook_deliveries VALUES (?, ?)",
-                       [(i, at) for i, at in deliveries.items() if at is not None])
-        db.executemany("DELETE FROM webhook_pending WHERE id = ?", [(i,) for i, p in pending.items() if p is None])
-        db.executemany("INSERT OR REPLACE INTO webhook_pending VALUES (?, ?, ?)",
-                       [(i, *p) for i, p in pending.items() if p is not None])
+    def _write_keyed(self, table: str, key: str, items: Mapping[str, object]) -> None:
+        """Rows keyed by their first column: a value (a tuple for several columns) replaces the row; None
+        deletes it."""
+        self._db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k, v in items.items() if v is None])
+        rows = [(k, *v) if isinstance(v, tuple) else (k, v) for k, v in items.items() if v is not None]
+        marks = ", ".join("?" * len(_COLUMNS[table]))
+        self._db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
 
     def _write_aggregates(self, counters: dict[Key, float], histograms: dict[Key, Histogram]) -> None:
         names = self.extra_labels

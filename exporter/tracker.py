@@ -35,6 +35,7 @@ from exporter import metrics_spec as m
 from exporter import statuses
 from exporter.aggregates import Aggregates, LabelValues
 from exporter.cardinality import OTHER, LabelCaps
+from exporter.changeset import ChangeSet
 from exporter.finishes import FinishWindows
 from exporter.metrics_spec import RATIO_WINDOWS
 from exporter.model import RunSnapshot
@@ -164,10 +165,11 @@ class Tracker:
             if value == OTHER and raw != OTHER:
                 self.aggregates.inc(m.LABEL_OVERFLOW.name, (name,))
 
-    def take_changes(self) -> Changes:
+    def take_changes(self) -> ChangeSet:
+        """What the store must write of this tracker: the runs' changes and the aggregates that moved."""
         self._finishes.new_moment()  # its events go to the store now: a later finish makes a new one
         changes, self.changes = self.changes, Changes()
-        return changes
+        return ChangeSet(changes, *self.aggregates.take_dirty())
 
     # -- polling economy ---------------------------------------------------------------------
 

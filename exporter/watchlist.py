@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from exporter.changeset import ChangeSet
 from exporter.config import ThreadsFile
 from exporter.model import SOURCE_THREADS
 
@@ -116,10 +117,6 @@ class WatchList:
             self._discovered_changes[scope] = None
             self._cache = None
 
-    def take_discovered_changes(self) -> dict[str, tuple[str, int] | None]:
-        changes, self._discovered_changes = self._discovered_changes, {}
-        return changes
-
     def __len__(self) -> int:
         return len(self.wanted())
 
@@ -153,7 +150,9 @@ class WatchList:
         self.undiscover(scope)
         return found
 
-    def take_changes(self) -> dict[str, str | None]:
-        changes, self._changes = self._changes, {}
+    def take_changes(self) -> ChangeSet:
+        """Registrations and discoveries to write (None: removed)."""
+        changes = ChangeSet(registrations=self._changes, discovered=self._discovered_changes)
+        self._changes, self._discovered_changes = {}, {}
         return changes
 

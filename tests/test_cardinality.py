@@ -72,8 +72,7 @@ def test_ten_thousand_values_per_label_stay_bounded_and_survive_a_restart(tmp_pa
     assert overflow["assistant_id"] >= N - limits["assistant_id"]
     assert overflow["model"] >= N - limits["model"]
     assert overflow["code"] > 0 and overflow["reason"] > 0
-    counters, histograms = tracker.aggregates.take_dirty()
-    store.commit(tracker.take_changes(), counters, histograms)
+    store.commit(tracker.take_changes())
     store.close()
     # A restart rebuilds the admitted values from the counters: new values still go to `other`.
     again = Store(tmp_path / "s.db", LABELS)

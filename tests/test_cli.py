@@ -120,7 +120,7 @@ def _corrupt(state: Path, how: str) -> None:
     tracker = Tracker([], 3600)
     tracker.observe_listing("t1", [RunSnapshot("r1", "t1", "completed", 100, completed_at=160)], 200.0,
                             complete=True, ok=True)
-    store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+    store.commit(tracker.take_changes())
     store.close()
     if how == "text_in_number":
         with sqlite3.connect(state) as db:

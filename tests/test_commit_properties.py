@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from exporter.daemon import STORE_RETRY_MAX, Daemon
+from exporter.committer import STORE_RETRY_MAX
+from exporter.daemon import Daemon
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
 from exporter.sources.push import PushReceiver, PushTokens
@@ -115,7 +116,7 @@ async def _scenario(path: Path, script: list[Tick], failures: dict[int, Exceptio
         PushTokens([TOKEN]),
         max_body=1 << 24,
         clock=clock.wall,
-        on_request=daemon.on_push_request,
+        on_request=daemon.selfmetrics.push_request,
         commit_timeout=3600,
     )
     app = Starlette(routes=receiver.routes())

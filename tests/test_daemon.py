@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from exporter.committer import STORE_RETRY_MIN
 from exporter.config import read_threads_file
-from exporter.daemon import MIN_PUBLISH_GAP, STORE_RETRY_MIN, Daemon
+from exporter.daemon import MIN_PUBLISH_GAP, Daemon
 from exporter.inbox import Registration, RunItems, StoreUnavailable
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
@@ -563,7 +564,7 @@ def test_poll_failures_are_logged_once_a_minute_per_kind_with_a_count(tmp_path: 
     polls = sum(n for scope, n in source.polls.items() if scope.startswith("m"))
     suppressed = [int(line.split("(")[-1].split()[0]) for line in malformed[1:]]
     # Every failure is either logged, or counted in the next line, or waiting for it.
-    assert sum(suppressed) + len(malformed) + daemon.poll_failure_log.pending("malformed page") == polls
+    assert sum(suppressed) + len(malformed) + daemon.applier.poll_failure_log.pending("malformed page") == polls
     assert all("not logged" in line for line in malformed[1:])
 
 

@@ -9,12 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 from exporter import metrics_spec as m
-from exporter.daemon import FETCH_ATTEMPTS_BEFORE_EVENT, Daemon
+from exporter.daemon import Daemon
 from exporter.inbox import Delivery, Registration, RunItems
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
 from exporter.scheduler import Schedule
 from exporter.sources import FetchResult
+from exporter.sources.webhook_policy import FETCH_ATTEMPTS_BEFORE_EVENT
 from exporter.sources.webhooks import DeliveryLog, event_snapshot
 from exporter.store import Store
 from exporter.tracker import DEDUPE_WINDOW, Tracker

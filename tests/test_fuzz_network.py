@@ -53,8 +53,7 @@ class Pipeline:
         for run in runs:
             assert snapshot_problem(run) is None
             self.tracker.observe_run(run, NOW)
-        counters, histograms = self.tracker.aggregates.take_dirty()
-        self.store.commit(self.tracker.take_changes(), counters, histograms)
+        self.store.commit(self.tracker.take_changes())
         collector = SnapshotCollector()
         collector.update(build_families(self.tracker, ExporterState(), NOW, ("push", "webhooks"), ()))
         registry = CollectorRegistry(auto_describe=False)

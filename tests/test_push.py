@@ -98,7 +98,7 @@ class Running:
                              collector=SnapshotCollector(), schedule=Schedule(1, 10), watchlist=WatchList(),
                              run_sources=("push",))
         self.receiver = PushReceiver(self.daemon.inbox, PushTokens([TOKEN]), max_body=4096, clock=lambda: NOW,
-                                     on_request=self.daemon.on_push_request)
+                                     on_request=self.daemon.selfmetrics.push_request)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=self.receiver.routes())),
                                         base_url="http://127.0.0.1")
 

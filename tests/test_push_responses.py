@@ -50,7 +50,7 @@ def _app(tmp_path: Path, polls: bool) -> tuple[Daemon, httpx.AsyncClient]:
                     tracker=Tracker([], 3600, dedupe_window=DEDUPE_WINDOW), store=Store(tmp_path / "s.db", []),
                     collector=SnapshotCollector(), schedule=Schedule(1, 10), watchlist=WatchList())
     receiver = PushReceiver(daemon.inbox, PushTokens([TOKEN]), max_body=65536, clock=lambda: NOW,
-                            on_request=daemon.on_push_request, polls_responses=polls)
+                            on_request=daemon.selfmetrics.push_request, polls_responses=polls)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=receiver.routes())),
                                base_url="http://127.0.0.1")
     return daemon, client

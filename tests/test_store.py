@@ -28,8 +28,9 @@ def _tracker_with_history(store: Store) -> Tracker:
     ]
     tr.observe_listing("t1", runs, T0 + 10, complete=True, ok=True)
     tr.aggregates.inc("assistants_exporter_api_requests_total", ("threads", "list_runs", "200"), 3)
-    counters, hists = tr.aggregates.take_dirty()
-    store.commit(tr.take_changes(), counters, hists, {"last_poll_success": "123.5"})
+    changes = tr.take_changes()
+    changes.meta["last_poll_success"] = "123.5"
+    store.commit(changes)
     return tr
 
 
@@ -62,10 +63,10 @@ def test_a_failed_commit_writes_nothing(tmp_path: Path) -> None:
     tr.observe_listing("t1", [], T0, complete=True, ok=True)
     tr.observe_listing("t1", [RunSnapshot("r1", "t1", "completed", T0 + 1, assistant_id="a")], T0 + 2,
                complete=True, ok=True)
-    counters, hists = tr.aggregates.take_dirty()
-    counters[("no_such_metric", ())] = 1.0  # fails inside the transaction, after the runs were written
+    changes = tr.take_changes()
+    changes.counters[("no_such_metric", ())] = 1.0  # fails inside the transaction, after the runs were written
     with pytest.raises(KeyError):
-        store.commit(tr.take_changes(), counters, hists)
+        store.commit(changes)
     loaded = store.load()
     assert loaded.runs == [] and loaded.scopes == [] and loaded.aggregates.counters == {}
 

@@ -22,7 +22,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "state-v4.db"
 
 
 def _commit(tracker: Tracker, store: Store) -> None:
-    store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+    store.commit(tracker.take_changes())
 
 
 def _observe(tracker: Tracker, store: Store, snap: RunSnapshot, now: float) -> str:
@@ -165,7 +165,7 @@ def test_a_remembered_run_of_a_commit_that_failed_is_still_recognised(tmp_path: 
         failing[0] = True
         wall[0] += 120  # past retention: the run leaves memory in a commit that fails
         daemon.step()
-        assert daemon._uncommitted is not None and "r1" in daemon._uncommitted.changes.remembered
+        assert daemon.committer.uncommitted is not None and "r1" in daemon.committer.uncommitted.runs.remembered
         second = asyncio.create_task(daemon.inbox.submit(push("completed"), 5))
         await asyncio.sleep(0)
         daemon.step()  # within the backoff: not written, yet known

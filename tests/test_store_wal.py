@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.daemon import STORE_RETRY_MAX, Daemon
+from exporter.committer import STORE_RETRY_MAX
+from exporter.daemon import Daemon
 from exporter.metrics import SnapshotCollector
 from exporter.metrics_spec import API_REQUESTS
 from exporter.model import RunSnapshot
@@ -69,7 +70,7 @@ def test_a_wal_that_filled_a_small_volume_is_emptied_and_never_fills_it_again(sm
         for i in range(20):  # the same 20 counter rows, of about 2 KB each, every time
             daemon.tracker.aggregates.inc(API_REQUESTS.name, ("push", f"endpoint_{i}_" + "e" * 2000, "200"))
         clock[0] += STORE_RETRY_MAX  # past any backoff
-        return daemon.commit()
+        return daemon.committer.commit()
 
     try:
         results = [commit_again() for _ in range(10)]
@@ -115,7 +116,7 @@ def test_a_full_small_volume_recovers_once_space_is_freed(small_volume: Path) ->
             snap = RunSnapshot(f"run_{batch}_{i}_" + "r" * 2000, "", "completed", int(WALL0), source="push")
             daemon.tracker.observe_run(snap, WALL0 + clock[0])
         clock[0] += STORE_RETRY_MAX  # past any backoff
-        return daemon.commit()
+        return daemon.committer.commit()
 
     for _ in range(30):
         if not commit_more():

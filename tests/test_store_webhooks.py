@@ -6,16 +6,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from exporter.runstate import Changes
+from exporter.changeset import ChangeSet
 from exporter.store import SCHEMA_VERSION, Store
 
 
 def test_deliveries_and_held_events_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", [])
     store.load()
-    store.commit(Changes(), {}, {}, deliveries={"m1": 10.0, "m2": 11.0},
-                 pending={"resp_1": ("failed", 100), "resp_2": ("cancelled", 101)})
-    store.commit(Changes(), {}, {}, deliveries={"m1": None}, pending={"resp_1": None})
+    store.commit(ChangeSet(deliveries={"m1": 10.0, "m2": 11.0},
+                           pending={"resp_1": ("failed", 100), "resp_2": ("cancelled", 101)}))
+    store.commit(ChangeSet(deliveries={"m1": None}, pending={"resp_1": None}))
     store.close()
     loaded = Store(tmp_path / "s.db", []).load()
     assert loaded.deliveries == {"m2": 11.0}
@@ -26,7 +26,7 @@ def test_a_schema_3_file_gains_the_webhook_tables(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = Store(path, [])
     store.load()
-    store.commit(Changes(), {}, {}, registrations={"thread_a": "threads"})
+    store.commit(ChangeSet(registrations={"thread_a": "threads"}))
     store.close()
     with sqlite3.connect(path) as db:  # take it back to schema 3, as an older exporter left it
         db.execute("DROP TABLE webhook_deliveries")

@@ -100,8 +100,7 @@ def _new_tracker(store: Store, retention: float, dedupe_window: float = 0.0) -> 
 
 
 def _commit(tracker: Tracker, store: Store) -> None:
-    counters, hists = tracker.aggregates.take_dirty()
-    store.commit(tracker.take_changes(), counters, hists)
+    store.commit(tracker.take_changes())
 
 
 def _poll(tracker: Tracker, listing: list[RunSnapshot], fail_after_pages: int | None) -> tuple[list[RunSnapshot], bool]:

@@ -79,7 +79,7 @@ def test_counters_gauges_and_answers_equal_a_model_that_forgets_nothing(tmp_path
         if kind == "wait":
             now += arg
         elif kind == "restart":
-            store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+            store.commit(tracker.take_changes())
             store.close()
             store = Store(path, [])
             tracker = store.load().tracker((), RETENTION, WINDOW)
@@ -95,7 +95,7 @@ def test_counters_gauges_and_answers_equal_a_model_that_forgets_nothing(tmp_path
                 answer = tracker.observe_run(snap, now, store.recall(tracker.unknown([snap.id])))
                 assert answer == ref.report(snap, now), (run_id, snap.status)
         tracker.expire(now)
-        store.commit(tracker.take_changes(), *tracker.aggregates.take_dirty())
+        store.commit(tracker.take_changes())
         assert tracker.status_counts() == ref.gauges(now)
         if store.remembered_count():
             event("a run was remembered (left memory for the table)")

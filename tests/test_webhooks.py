@@ -142,7 +142,7 @@ def test_the_delivery_log_expires_after_the_window_and_is_bounded() -> None:
     for i in range(4):
         log.add(f"m{i}", 120.0 + i)
     assert len(log) == 3 and "new" not in log and "m0" not in log and "m3" in log
-    changes = log.take_changes()
+    changes = log.take_changes().deliveries
     assert changes["old"] is None and changes["new"] is None and changes["m3"] == 123.0
 
 

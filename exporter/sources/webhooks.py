@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from exporter.changeset import ChangeSet
 from exporter.inbox import Delivery, Inbox, StoreUnavailable
 from exporter.model import SOURCE_WEBHOOKS, RunSnapshot, thread_id_problem
 from exporter.server import read_body
@@ -152,10 +153,6 @@ class DeliveryLog:
         self._pending_changes[response_id] = None
         return event_snapshot(response_id, *held)
 
-    def take_pending_changes(self) -> dict[str, tuple[str, int] | None]:
-        changes, self._pending_changes = self._pending_changes, {}
-        return changes
-
     def __contains__(self, delivery_id: object) -> bool:
         return delivery_id in self._seen
 
@@ -178,8 +175,10 @@ class DeliveryLog:
             del self._seen[oldest]
             self._changes[oldest] = None
 
-    def take_changes(self) -> dict[str, float | None]:
-        changes, self._changes = self._changes, {}
+    def take_changes(self) -> ChangeSet:
+        """Deliveries and held events to write (None: forgotten)."""
+        changes = ChangeSet(deliveries=self._changes, pending=self._pending_changes)
+        self._changes, self._pending_changes = {}, {}
         return changes
 
 
