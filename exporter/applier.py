@@ -14,7 +14,7 @@ from exporter.committer import describe
 from exporter.health import Health
 from exporter.inbox import Delivery, Pending, Registration, RunItems, fail
 from exporter.logs import CountingRateLimiter, RateLimiter
-from exporter.model import SOURCE_RESPONSES
+from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES
 from exporter.runstate import Remembered
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import SelfMetrics
@@ -27,6 +27,7 @@ from exporter.watchlist import WatchList
 
 log = logging.getLogger("exporter.daemon")  # the loop's logger, as before this module split off
 
+THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 INVALID_LOG_INTERVAL = 60.0
 POLL_FAILURE_LOG_INTERVAL = 60.0  # per kind of failure, across threads
 _ATTEMPTS = re.compile(r" after \d+ attempts?")
@@ -49,6 +50,7 @@ class Applier:
         self.mono = mono
         # Per discovery: when its last finished pass started. A scope created after that is new (born watched).
         self.discovered_since: dict[str, float] = dict(discovered_since or {})
+        self._next_file_check = 0.0
         self.poll_failure_log = CountingRateLimiter(POLL_FAILURE_LOG_INTERVAL)
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._apply_log = RateLimiter(INVALID_LOG_INTERVAL)
@@ -128,6 +130,22 @@ class Applier:
     def _reached(self, now: float) -> None:
         self.metrics.api_reached(now)
         self.health.reached_api = True
+
+    # -- the watch list ---------------------------------------------------------------------
+
+    def check_threads_file(self) -> None:
+        now = self.mono()
+        threads_file = self.watchlist.threads_file
+        if threads_file is None or now < self._next_file_check:
+            return
+        self._next_file_check = now + THREADS_FILE_CHECK
+        changed = threads_file.changed()
+        rejected = threads_file.take_rejected()
+        if rejected:
+            self.metrics.invalid(REASON_THREADS_FILE_LINE, rejected)
+        if changed:
+            log.info("threads file %s: %d threads", threads_file.path, len(threads_file.threads))
+            self.sync()
 
     # -- discoveries ------------------------------------------------------------------------
 

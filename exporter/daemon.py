@@ -20,7 +20,7 @@ from exporter.health import Health
 from exporter.inbox import Inbox, Pending, fail, resolve
 from exporter.logs import RateLimiter
 from exporter.metrics import SnapshotCollector, families, snapshot
-from exporter.model import REASON_THREADS_FILE_LINE
+from exporter.publisher import Publisher
 from exporter.scheduler import Schedule, Scheduler
 from exporter.selfmetrics import SelfMetrics
 from exporter.sources import (
@@ -40,12 +40,7 @@ from exporter.watchlist import WatchList
 
 log = logging.getLogger(__name__)
 
-THREADS_FILE_CHECK = 1.0  # seconds; the contract is "picked up within 2 s"
 STALL_LOG_INTERVAL = 60.0
-PUBLISH_INTERVAL = 1.0
-# Building the families costs milliseconds; under a stream of pushes a tick comes every few milliseconds, so
-# changes are published at most this often (a poll's result still reaches /metrics well within a second).
-MIN_PUBLISH_GAP = 0.2
 
 
 class Daemon:
@@ -88,11 +83,8 @@ class Daemon:
         self._wake = asyncio.Event()
         self.inbox = inbox if inbox is not None else Inbox()
         self.inbox.wake = self._wake.set
-        self._next_file_check = 0.0
         self._stall_log = RateLimiter(STALL_LOG_INTERVAL)
-        self._published_at = float("-inf")
-        self._unpublished = False  # something changed since the last publish
-        self._publish_pending = False
+        self.publisher = Publisher(collector, self._snapshot, mono)
         self._answer: list[Pending] = []  # received items whose commit has not succeeded yet
         self.discoveries = tuple(discoveries)
         self.discover_interval = discover_interval
@@ -123,20 +115,6 @@ class Daemon:
             self.tracker.unwatch(scope)
         if added or removed:
             self._wake.set()
-
-    def _check_threads_file(self) -> None:
-        now = self.mono()
-        threads_file = self.watchlist.threads_file
-        if threads_file is None or now < self._next_file_check:
-            return
-        self._next_file_check = now + THREADS_FILE_CHECK
-        changed = threads_file.changed()
-        rejected = threads_file.take_rejected()
-        if rejected:
-            self.selfmetrics.invalid(REASON_THREADS_FILE_LINE, rejected)
-        if changed:
-            log.info("threads file %s: %d threads", threads_file.path, len(threads_file.threads))
-            self.sync_scopes()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -195,8 +173,9 @@ class Daemon:
         retry_in = self.committer.retry_in()
         if retry_in is not None:
             timeout = min(timeout, retry_in)
-        if self._unpublished:
-            timeout = min(timeout, max(0.0, self._published_at + MIN_PUBLISH_GAP - self.mono()))
+        publish_in = self.publisher.wait_limit()
+        if publish_in is not None:
+            timeout = min(timeout, publish_in)
         if not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
@@ -204,7 +183,7 @@ class Daemon:
 
     def step(self) -> None:
         """Apply whatever finished or arrived, commit it, answer the receivers, publish."""
-        self._check_threads_file()
+        self.applier.check_threads_file()
         reaped = self._reap()
         results = [r for r in reaped if isinstance(r, PollResult)]
         fetches = [r for r in reaped if isinstance(r, FetchResult)]
@@ -223,15 +202,7 @@ class Daemon:
         if (received or reaped or dirty) and self.committer.commit():
             answered, self._answer = self._answer, []
             resolve(answered)
-        self._unpublished = self._unpublished or bool(reaped or received)
-        # Ages and windowed ratios move with time alone: refresh at least once a second; changes at most
-        # every MIN_PUBLISH_GAP, and after the answers of this tick have gone out.
-        since = self.mono() - self._published_at
-        if (self._unpublished and since >= MIN_PUBLISH_GAP) or since >= PUBLISH_INTERVAL:
-            if received:
-                self._publish_soon()
-            else:
-                self.publish()
+        self.publisher.after_tick(changed=bool(reaped or received), answered=bool(received))
 
     def _reap(self) -> list[PollResult | FetchResult]:
         results: list[PollResult | FetchResult] = []
@@ -282,27 +253,7 @@ class Daemon:
     # -- publishing ---------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Say the metrics changed. What they show is copied from the state (under a millisecond) only when a
-        scrape asks, and the families (~10,000 series) are then built from the copy off this loop."""
-        self.collector.update_prepared(self._snapshot)
-        self._published_at = self.mono()
-        self._unpublished = False
-
-    def _publish_soon(self) -> None:
-        """Publish after the answered requests have run: building the families takes milliseconds, and a
-        receiver's answer (a webhook sender waits for it) should not wait for them."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.publish()
-            return
-        if not self._publish_pending:
-            self._publish_pending = True
-            loop.call_soon(self._deferred_publish)
-
-    def _deferred_publish(self) -> None:
-        self._publish_pending = False
-        self.publish()
+        self.publisher.publish()
 
     def _snapshot(self) -> Callable[[], list[Metric]]:
         snap = snapshot(self.tracker, self.state, self.wall(), self.run_sources, (*self.sources, *self.by_id))

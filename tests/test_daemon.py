@@ -17,10 +17,11 @@ import pytest
 
 from exporter.committer import STORE_RETRY_MIN
 from exporter.config import read_threads_file
-from exporter.daemon import MIN_PUBLISH_GAP, Daemon
+from exporter.daemon import Daemon
 from exporter.inbox import Registration, RunItems, StoreUnavailable
 from exporter.metrics import SnapshotCollector
 from exporter.model import RunSnapshot
+from exporter.publisher import MIN_PUBLISH_GAP
 from exporter.scheduler import Schedule
 from exporter.sources import DiscoveryResult, PollResult, StopRule
 from exporter.sources.assistants import ApiSettings, AssistantsSource
