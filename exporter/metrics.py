@@ -29,7 +29,7 @@ from exporter.tracker import Tracker
 
 @dataclass(slots=True)
 class ExporterState:
-    """The exporter's own gauges, set by the daemon."""
+    """The exporter's own gauges, set through SelfMetrics (exporter/selfmetrics.py)."""
 
     api_up: dict[str, float] = field(default_factory=dict)  # source -> 0/1
     rate_limit_remaining: float | None = None
