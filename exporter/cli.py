@@ -30,12 +30,10 @@ from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
 from exporter.server import HttpServer, PortInUseError, bind_socket
 from exporter.shards import Sharding
-from exporter.sources import ByIdSource, Discovery
-from exporter.sources.assistants import ApiSettings, AssistantsSource
-from exporter.sources.foundry import ThreadDiscovery
+from exporter.sources import registry
+from exporter.sources.http import ApiSettings
 from exporter.sources.push import PushReceiver, PushTokens
-from exporter.sources.responses import ResponseDiscovery, ResponsesSource
-from exporter.sources.sessions import SessionDiscovery, SessionsSource
+from exporter.sources.spec import ClientFactory, ClientT, SourceContext, SourceSpec
 from exporter.sources.webhooks import DeliveryLog, WebhookReceiver, WebhookSecrets
 from exporter.store import Loaded, Store, StoreError
 from exporter.tracker import DEDUPE_WINDOW
@@ -200,57 +198,27 @@ def _auth(config: Config) -> httpx.Auth | None:
         raise ConfigError(str(exc)) from None
 
 
-ApiSource = AssistantsSource | SessionsSource
+def _client_factory(config: Config, daemon: Callable[[], Daemon], name: str) -> ClientFactory:
+    """HTTP clients for source `name`: the shared settings and auth, its requests counted under its name.
+    The source reports into the daemon, which needs the source: late-bound hooks break the cycle."""
 
-
-def _request_hook(daemon: Callable[[], Daemon], source: str) -> Callable[[str, str], None]:
-    return lambda endpoint, code: daemon().on_request(source, endpoint, code)
-
-
-def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, ApiSource]:
-    sources: dict[str, ApiSource] = {}
-    kinds: dict[str, type[AssistantsSource] | type[SessionsSource]] = {
-        "threads": AssistantsSource, "sessions": SessionsSource}
-    for name, kind in kinds.items():
-        if name not in config.sources:
-            continue
-        # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
-        sources[name] = kind(
+    def make(kind: type[ClientT]) -> ClientT:
+        return kind(
             _api_settings(config),
-            on_request=_request_hook(daemon, name),
+            on_request=lambda endpoint, code: daemon().on_request(name, endpoint, code),
             on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
             auth=_auth(config),
         )
-    return sources
+
+    return make
 
 
-def _responses_client(config: Config, daemon: Callable[[], Daemon]) -> AssistantsSource | None:
-    """The HTTP client of the responses source (its own rate limit and `source` label), when it runs."""
-    if not config.polls_responses:
-        return None
-    return AssistantsSource(
-        _api_settings(config),
-        on_request=lambda endpoint, code: daemon().on_request("responses", endpoint, code),
-        on_rate_limit_remaining=lambda remaining: daemon().on_rate_limit_remaining(remaining),
-        auth=_auth(config),
-    )
+def _build_sources(config: Config, daemon: Callable[[], Daemon]) -> registry.Running:
+    def context(spec: SourceSpec) -> SourceContext:
+        return SourceContext(config.options(spec), _client_factory(config, daemon, spec.name),
+                             config.discover_lookback, config.has_credentials)
 
-
-def _by_id_sources(client: AssistantsSource | None) -> dict[str, ByIdSource]:
-    return {} if client is None else {"responses": ResponsesSource(client)}
-
-
-def _discoveries(config: Config, sources: dict[str, ApiSource],
-                 responses: AssistantsSource | None = None) -> list[Discovery]:
-    found: list[Discovery] = []
-    threads, sessions = sources.get("threads"), sources.get("sessions")
-    if config.discover_threads and isinstance(threads, AssistantsSource):
-        found.append(ThreadDiscovery(threads, config.discover_lookback))
-    if isinstance(sessions, SessionsSource):  # sessions are always discovered: nothing else names them
-        found.append(SessionDiscovery(sessions, config.discover_lookback, config.agent_ids))
-    if config.discover_responses and responses is not None:
-        found.append(ResponseDiscovery(responses, config.discover_lookback, config.agents))
-    return found
+    return registry.build(config.sources, context)
 
 
 def _sharding(config: Config) -> Sharding:
@@ -366,13 +334,12 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
     if threads_file is not None:
         threads_file.changed()  # read now, for the start-up line (the daemon re-checks on its own)
-    sources = _listing_sources(config, lambda: daemon)
-    responses = _responses_client(config, lambda: daemon)
+    running = _build_sources(config, lambda: daemon)
     daemon = Daemon(
-        sources=sources,
-        by_id=_by_id_sources(responses),
+        sources=running.listing,
+        by_id=running.by_id,
         deliveries=DeliveryLog(loaded.deliveries, pending=loaded.pending),
-        discoveries=_discoveries(config, sources, responses),
+        discoveries=running.discoveries,
         discover_interval=config.discover_interval,
         discovered_since={key.split(":", 1)[1]: float(value) for key, value in loaded.meta.items()
                           if key.startswith("discovered_since:")},

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from exporter.config import ThreadsFile
 from exporter.model import SOURCE_THREADS
+from exporter.threadsfile import ThreadsFile
 
 log = logging.getLogger(__name__)
 

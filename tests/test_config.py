@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter import __version__
+from exporter.addresses import format_listen
 from exporter.config import (
     FLAGS,
     NOT_UTF8,
@@ -24,6 +25,7 @@ from exporter.config import (
     parse_threads,
     read_threads_file,
 )
+from exporter.sources.assistants import ThreadsOptions
 from exporter.watchlist import ThreadsFileWatcher
 from tests.helpers import REPO_ROOT
 
@@ -118,8 +120,7 @@ def test_every_flag_parses(env: dict[str, str], tmp_path: Path) -> None:
         idle_poll_interval=30.0,
         max_concurrency=16,
         max_requests_per_second=2.5,
-        listen_host="::1",
-        listen_port=0,
+        listen_address="[::1]:0",
         state_file=tmp_path / "new" / "dir" / "s.db",
         labels=("assistant_id", "model"),
         terminal_retention=0.0,
@@ -129,6 +130,7 @@ def test_every_flag_parses(env: dict[str, str], tmp_path: Path) -> None:
         log_level="debug",
         log_format="json",
         config_file=config_file,
+        source_options={"threads": ThreadsOptions()},
     )
     assert (tmp_path / "new" / "dir").is_dir()  # parent of the state file created at startup
     assert c.listen == "[::1]:0"
@@ -577,7 +579,7 @@ def test_parse_threads_properties(lines: list[str]) -> None:
 
 @given(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)), st.integers(0, 65535))
 def test_listen_round_trips(host: str, port: int) -> None:
-    c = Config(listen_host=host, listen_port=port, state_file=Path("/nonexistent/s.db"))
+    c = Config(listen_address=format_listen(host, port), state_file=Path("/nonexistent/s.db"))
     assert parse_listen(c.listen) == (host, port)
 
 

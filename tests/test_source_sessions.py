@@ -16,7 +16,7 @@ from exporter.model import REASON_MISSING_STATUS, REASON_UNKNOWN_STATUS, REASON_
 from exporter.simulator import FakeClock, Simulator
 from exporter.sources import DiscoveryResult
 from exporter.sources.assistants import ApiSettings
-from exporter.sources.sessions import LIST_SESSIONS, LIST_TURNS, SessionDiscovery, SessionsSource
+from exporter.sources.sessions import LIST_SESSIONS, LIST_TURNS, SPEC, SessionDiscovery, SessionsSource
 from exporter.tracker import Tracker
 
 START = 1_770_000_000.0
@@ -248,7 +248,8 @@ def test_sessions_need_a_key_and_nothing_else(env: dict[str, str]) -> None:
         load_config(["--source", "sessions"], env)
     config = load_config(["--source", "sessions", "--agent-id", "agent_a", "--agent-id", "agent_b"],
                          {**env, "OPENAI_API_KEY": "sk-test"})
-    assert config.sources == ("sessions",) and config.agent_ids == ("agent_a", "agent_b") and config.calls_api
+    assert config.sources == ("sessions",) and config.calls_api
+    assert config.options(SPEC).agent_ids == ("agent_a", "agent_b")
 
 
 def test_agent_id_without_the_sessions_source_is_a_config_error(env: dict[str, str]) -> None:

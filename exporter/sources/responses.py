@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from exporter.flags import ConfigError, option
 from exporter.model import REASON_MALFORMED_PAGE, SOURCE_RESPONSES, parse_response, string_problem, thread_id_problem
 from exporter.sources import DiscoveryResult, FetchResult
-from exporter.sources.http import Got
+from exporter.sources.http import ApiClient, Got
+from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 
 GET_RESPONSE = "get_response"  # api_requests_total{endpoint}
 LIST_RESPONSES = "list_responses"
@@ -136,3 +139,38 @@ def _parse_page(body: bytes) -> tuple[list[tuple[str, int, str | None]], bool, s
     last_id = page.get("last_id")
     cursor = last_id if isinstance(last_id, str) and last_id and string_problem(last_id) is None else None
     return items, page.get("has_more") is True, cursor
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesOptions:
+    discover_responses: bool = option(
+        "--discover-responses", "bool", False,
+        "List the API's responses (GET {api-base}/responses, Azure AI Foundry's new agents) down to "
+        "--discover-lookback and poll the new ones; needs --source responses.")
+    agents: tuple[str, ...] = option(
+        "--agent", "list", (),
+        "With --discover-responses: only this agent's responses (agent_name); repeatable (env: comma-separated; "
+        "YAML: a list).", metavar="NAME", yaml_key_override="agents", repeat=True)
+
+
+def _check(ctx: CheckContext) -> None:
+    options: ResponsesOptions = ctx.options
+    if options.discover_responses and not ctx.has_credentials:
+        raise ConfigError("--discover-responses needs an API key (OPENAI_API_KEY or --api-key-file)")
+    if options.agents and not options.discover_responses:
+        raise ConfigError("--agent needs --discover-responses")
+
+
+def _build(ctx: SourceContext) -> Built:
+    """Responses are polled by id only when the API can be reached; without credentials the source only
+    receives (pushes and webhooks)."""
+    if not ctx.can_call_api:
+        return Built()
+    client = ctx.client(ApiClient)  # its own rate limit, and its requests under source="responses"
+    options: ResponsesOptions = ctx.options
+    found = (ResponseDiscovery(client, ctx.lookback, options.agents),) if options.discover_responses else ()
+    return Built(by_id=ResponsesSource(client), discoveries=found)
+
+
+SPEC = SourceSpec(SOURCE_RESPONSES, "poll Responses API background responses by id", "optional",
+                  ResponsesOptions, _check, _build, receives=True)
