@@ -4,7 +4,6 @@ simulator on loopback (its clock is a FakeClock, so every timestamp is known).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from exporter.sources import DiscoveryResult
 from exporter.sources.assistants import ApiSettings
 from exporter.sources.sessions import LIST_SESSIONS, LIST_TURNS, SPEC, SessionDiscovery, SessionsSource
 from exporter.tracker import Tracker
+from tests.conftest import SimFactory
 
 START = 1_770_000_000.0
 
@@ -79,11 +79,9 @@ def test_bad_turns_are_counted(fields: dict[str, Any], reason: str, kept: bool) 
 
 
 @pytest.fixture
-def sim() -> Iterator[tuple[Simulator, FakeClock]]:
+def sim(make_sim: SimFactory) -> tuple[Simulator, FakeClock]:
     clock = FakeClock(start=START)
-    with Simulator(seed=9, clock=clock) as s:
-        s.engine.set_workload(False)
-        yield s, clock
+    return make_sim(seed=9, clock=clock), clock
 
 
 def _source(sim: Simulator, requests: list[tuple[str, str]], **kwargs: Any) -> SessionsSource:
