@@ -211,6 +211,43 @@ def test_a_server_repeating_a_cursor_cannot_loop_the_pass() -> None:
     assert got.invalid == {"malformed_page": 1}  # counted like any page that cannot be followed
 
 
+def test_has_more_without_last_id_pages_after_the_last_thread() -> None:
+    pages = [
+        {"data": [thread(9), thread(8)], "last_id": None, "has_more": True},
+        {"data": [thread(7)], "last_id": None, "has_more": False},
+    ]
+    afters: list[str | None] = []
+
+    async def fetch(params: dict[str, str]) -> bytes | None:
+        afters.append(params.get("after"))
+        return json.dumps(pages[len(afters) - 1]).encode()
+
+    got = run(discover_threads(fetch, never_known, since=0))
+    assert [t.id for t in got.threads] == ["thread_0009", "thread_0008", "thread_0007"]
+    assert afters == [None, "thread_0008"] and (got.finished, got.stopped) == (True, "end")
+
+
+def test_a_body_too_large_is_a_malformed_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.sources import http as http_client
+    from exporter.sources.assistants import ApiSettings, AssistantsSource
+    from exporter.sources.foundry import ThreadDiscovery
+
+    monkeypatch.setattr(http_client, "MAX_BODY_BYTES", 1000)
+    big = json.dumps({"data": [thread(i) for i in range(50)], "last_id": None, "has_more": False}).encode()
+
+    async def go() -> tuple[list[tuple[str, int]], dict[str, int], str | None]:
+        source = AssistantsSource(ApiSettings(base_url="http://api.test/v1", api_key="k"),
+                                  transport=httpx.MockTransport(lambda r: httpx.Response(200, content=big)))
+        try:
+            found = await ThreadDiscovery(source, 3600.0, clock=lambda: 1000.0).discover(never_known)
+        finally:
+            await source.aclose()
+        assert found.api_reached
+        return found.scopes, found.invalid, found.error
+
+    assert asyncio.run(go()) == ([], {"malformed_page": 1}, "thread discovery stopped early (malformed)")
+
+
 def test_max_pages_bounds_a_pass() -> None:
     listing = FakeListing([thread(i) for i in range(1000)])
     got = run(discover_threads(listing.fetch, never_known, since=0, max_pages=3))
