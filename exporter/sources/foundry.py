@@ -95,7 +95,7 @@ async def discover_threads(
     caller whose last pass did not finish passes `stop_at_known=False` and walks down to `since` again.
     `stop_known_before`: stop only at a known thread created before this time; newer known ones are skipped,
     since a thread created in the same second as a known one may sort after it.
-    `read_item`: how one item of the list is read, for lists of other scopes (sessions, responses).
+    `read_item`: how one item of the list is read (sessions are read as threads; responses are not).
     """
     found: list[ThreadItem] = []
     seen: set[str] = set()
