@@ -10,17 +10,16 @@ from dataclasses import dataclass
 
 from exporter.flags import ConfigError, option
 from exporter.model import SOURCE_THREADS as SOURCE_THREADS
-from exporter.model import ParseResult, parse_run
+from exporter.model import ParseResult, RunSnapshot, parse_run
 from exporter.sources.http import (
     ApiClient,
     ApiSettings,
-    Page,
     backoff_delay,
     build_headers,
     parse_remaining,
     parse_retry_after,
 )
-from exporter.sources.http import parse_page as _parse_page
+from exporter.sources.listing import ListPage, parse_list, read_runs
 from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 
 __all__ = [
@@ -40,9 +39,9 @@ def _parse_run(item: object, scope: str) -> ParseResult:
     return parse_run(item, scope)
 
 
-def parse_page(body: bytes, thread_id: str) -> Page | None:
+def parse_page(body: bytes, thread_id: str) -> ListPage[RunSnapshot] | None:
     """Validate one runs listing page; None when it is malformed as a whole."""
-    return _parse_page(body, thread_id, _parse_run)
+    return parse_list(body, read_runs(_parse_run, thread_id))
 
 
 class AssistantsSource(ApiClient):
