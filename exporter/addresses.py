@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from exporter.flags import ConfigError, Flag, Raw, as_str, fail
+from exporter.flags import ConfigError, Flag, Raw, as_list, as_str, fail
+
+# Paths the exporter serves itself: the metrics cannot move onto one of them.
+RESERVED_PATHS = ("/", "/healthz", "/readyz")
+RESERVED_PREFIXES = ("/api/", "/webhooks/")
 
 
 def api_url(flag: Flag, raw: Raw) -> str:
@@ -72,3 +76,23 @@ def listen_address(flag: Flag, raw: Raw) -> str:
 
 def format_listen(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_addresses(flag: Flag, raw: Raw) -> tuple[str, ...]:
+    """One or more HOST:PORT; each is served."""
+    addresses = tuple(listen_address(flag, Raw(text, raw.origin)) for text in as_list(flag, raw))
+    if not addresses:
+        fail(flag, raw, "expected at least one HOST:PORT")
+    return addresses
+
+
+def telemetry_path(flag: Flag, raw: Raw) -> str:
+    """An absolute URL path for /metrics, not one the exporter serves for something else."""
+    path = as_str(flag, raw) or ""
+    if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", path) or "//" in path:
+        fail(flag, raw, "expected an absolute URL path such as /metrics")
+    taken = [p for p in RESERVED_PATHS if path.rstrip("/") == p.rstrip("/")]
+    taken += [p for p in RESERVED_PREFIXES if path.startswith(p) or path == p.rstrip("/")]
+    if taken:
+        fail(flag, raw, f"{taken[0]} is served by the exporter itself; choose another path")
+    return path

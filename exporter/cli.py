@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -26,9 +25,10 @@ from exporter.config import Config, ConfigError, default_state_file, load_config
 from exporter.daemon import Daemon
 from exporter.gctune import tune_after_load
 from exporter.inbox import Inbox
+from exporter.listeners import ListenerError, Listeners, open_listeners
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
-from exporter.server import HttpServer, PortInUseError, bind_socket
+from exporter.server import HttpServer
 from exporter.shards import Sharding
 from exporter.sources import registry
 from exporter.sources.http import ApiSettings
@@ -71,11 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     probes = Probes()
     # Bind first: a taken port is a configuration error, reported before anything else starts.
     try:
-        sock = bind_socket(config.listen_host, config.listen_port)
-    except PortInUseError as exc:
+        listeners = open_listeners(config.listen_addresses, config.systemd_socket, config.probe_listen_address,
+                                   os.environ)
+    except ListenerError as exc:
         return _config_error(str(exc))
-    except OSError as exc:
-        return _config_error(exc.strerror or str(exc))
     inbox = Inbox()
     # Built here so that SIGHUP can re-read them (Reloadable).
     tokens = PushTokens(config.push_tokens, config.push_token_file) if config.push_tokens else None
@@ -84,18 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = HttpServer(registry, probes.healthy, probes.ready,
                         routes=_receiver_routes(config, inbox, probes, tokens, hooks),
                         ssl_context=build_ssl_context(web) if web else None,
-                        basic_auth_users=web.users if web else None, prepare=collector.prepare)
+                        basic_auth_users=web.users if web else None, prepare=collector.prepare,
+                        telemetry_path=config.telemetry_path)
     collector.add_listener(server.metrics_changed)
     try:
         with _demo(config) as effective:
             reloadable = Reloadable(effective, server, tokens, hooks)
-            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox, reloadable))
+            return asyncio.run(_serve(effective, collector, probes, server, listeners, inbox, reloadable))
     except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
         return 0
     finally:
-        sock.close()  # already closed when the server ran; not when startup failed before it
+        listeners.close()  # already closed when the server ran; not when startup failed before it
 
 
 class Probes:
@@ -278,7 +278,7 @@ class Reloadable:
 
 
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
-                 sock: socket.socket, inbox: Inbox, reloadable: Reloadable) -> int:
+                 listeners: Listeners, inbox: Inbox, reloadable: Reloadable) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -293,7 +293,7 @@ async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, s
     with suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, reloadable.reload)
     # The HTTP server runs beside the poll loop on this event loop; either one ending stops the other.
-    http = asyncio.create_task(server.serve(sock), name="http")
+    http = asyncio.create_task(server.serve(listeners.main, listeners.probe), name="http")
     http.add_done_callback(lambda _: stop.set())
     try:
         return await _run_daemon(config, collector, probes, stop, inbox, reloadable)
@@ -314,10 +314,16 @@ def startup_line(config: Config, watchlist: WatchList, runs: int) -> str:
     push = f"on ({len(config.push_tokens)} tokens)" if config.push_tokens else "off"
     parts += [threads,
               f"push endpoints {push}",
-              f"listening on {config.listen}",
+              _listening(config),
               config.web_config.describe() if config.web_config else "tls off, basic auth off",
               f"state {config.state_file} ({runs} runs)"]
     return "starting: " + "; ".join(parts)
+
+
+def _listening(config: Config) -> str:
+    where = "systemd's sockets" if config.systemd_socket else ", ".join(config.listen_addresses)
+    probes = f" (probes also on {config.probe_listen_address})" if config.probe_listen_address else ""
+    return f"listening on {where}{probes}, metrics at {config.telemetry_path}"
 
 
 def _redacted_url(url: str) -> str:

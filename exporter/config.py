@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.addresses import api_url, listen_address, parse_listen, peer_url
+from exporter.addresses import api_url, listen_address, listen_addresses, parse_listen, peer_url, telemetry_path
 from exporter.cardinality import DEFAULT_LIMITS
 from exporter.flags import ConfigError, Flag, Raw, as_str, convert_all, fail, flags_of, id_list, option
 from exporter.metrics_spec import RUN_LABELS_CHOICES
@@ -169,9 +169,23 @@ class Config:
         "URL of a shard's write endpoints, with {shard} for its number, e.g. "
         "http://assistants-exporter-{shard}.assistants-exporter:9788; writes for another shard go there.",
         metavar="TEMPLATE", convert=peer_url)
-    listen_address: str = option("--listen", "str", "0.0.0.0:9788",
-                                 "Address for /metrics, /healthz, /readyz; HOST:PORT or [V6]:PORT.",
-                                 metavar="HOST:PORT", convert=listen_address)
+    listen_addresses: tuple[str, ...] = option(
+        "--web.listen-address", "list", ("0.0.0.0:9788",),
+        "Address for /metrics, /healthz, /readyz and the write endpoints; HOST:PORT or [V6]:PORT; repeatable: "
+        "every address is served (alias --listen).", metavar="HOST:PORT", aliases=("--listen",),
+        env_aliases=("ASSISTANTS_EXPORTER_LISTEN",), yaml_aliases=("listen",), repeat=True,
+        convert=listen_addresses)
+    telemetry_path: str = option("--web.telemetry-path", "str", "/metrics", "Path under which the metrics are "
+                                 "served.", metavar="PATH", convert=telemetry_path)
+    systemd_socket: bool = option(
+        "--web.systemd-socket", "bool", False,
+        "Serve on the listening sockets systemd passes (socket activation: LISTEN_FDS, LISTEN_PID) instead of "
+        "binding --web.listen-address.")
+    probe_listen_address: str | None = option(
+        "--probe-listen-address", "str", None,
+        "Also serve /healthz and /readyz (only those) on this address over plain HTTP, without basic auth: for "
+        "liveness and readiness probes when the web config turns on TLS or basic auth; HOST:PORT.",
+        metavar="HOST:PORT", convert=listen_address)
     state_file: Path = option("--state-file", "path", None,
                               f"SQLite state file; default {DEFAULT_STATE_FILE_DOC}.", metavar="PATH",
                               factory=lambda: default_state_file(os.environ))
@@ -195,9 +209,9 @@ class Config:
         "File of webhook signing secrets (whsec_...), one a line; enables POST /webhooks/openai.",
         metavar="PATH")
     web_config_file: Path | None = option(
-        "--web-config-file", "path", None,
-        "exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints; re-read on SIGHUP.",
-        metavar="PATH")
+        "--web.config.file", "path", None,
+        "exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints; re-read on SIGHUP (alias "
+        "--web-config-file).", metavar="PATH", aliases=("--web-config-file",))
     # Read from env or files, never from a flag; kept out of repr.
     api_key: str | None = field(default=None, repr=False)
     push_tokens: tuple[str, ...] = field(default=(), repr=False)
@@ -211,6 +225,11 @@ class Config:
     def options(self, spec: SourceSpec) -> Any:
         """The options of one source: as configured when it runs, else its defaults."""
         return self.source_options.get(spec.name) or spec.options()
+
+    @property
+    def listen_address(self) -> str:
+        """The first --web.listen-address (the one the start-up line and the demo name)."""
+        return self.listen_addresses[0]
 
     @property
     def listen_host(self) -> str:
@@ -263,7 +282,7 @@ CONFIG_FLAGS: tuple[Flag, ...] = flags_of(Config)
 SOURCE_FLAGS: dict[str, tuple[Flag, ...]] = registry.source_flags()
 FLAGS: tuple[Flag, ...] = CONFIG_FLAGS + tuple(f for flags in SOURCE_FLAGS.values() for f in flags)
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
-YAML_KEYS: dict[str, Flag] = {f.yaml_key: f for f in FLAGS if f.yaml_key is not None}
+YAML_KEYS: dict[str, Flag] = {key: f for f in FLAGS for key in f.yaml_keys}
 
 
 def build_parser() -> Any:

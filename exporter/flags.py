@@ -52,6 +52,9 @@ class Flag:
     env_aliases: tuple[str, ...] = ()  # extra env vars, consulted after the ASSISTANTS_EXPORTER_ one
     yaml: bool = True  # False for --config itself
     yaml_key_override: str | None = None  # "threads" for --thread
+    # Earlier names kept working (users' manifests use them): flags, and YAML keys.
+    aliases: tuple[str, ...] = ()
+    yaml_aliases: tuple[str, ...] = ()
     repeat: bool = False  # the flag may be given more than once (a list kind)
     convert: Convert | None = None  # replaces the kind's conversion (it may validate too)
     low: float | None = None  # numbers: the smallest value allowed
@@ -63,7 +66,8 @@ class Flag:
 
     @property
     def dest(self) -> str:
-        return self.name.lstrip("-").replace("-", "_")
+        """--web.listen-address -> web_listen_address: the env var and YAML key are made from it."""
+        return self.name.lstrip("-").replace("-", "_").replace(".", "_")
 
     @property
     def env(self) -> str:
@@ -74,6 +78,11 @@ class Flag:
         if not self.yaml:
             return None
         return self.yaml_key_override or self.dest
+
+    @property
+    def yaml_keys(self) -> tuple[str, ...]:
+        """The YAML key and its aliases."""
+        return () if self.yaml_key is None else (self.yaml_key, *self.yaml_aliases)
 
     def value(self, raw: Raw | None) -> Any:
         """The converted, checked value; the default (converted the same way) when not set."""

@@ -38,12 +38,13 @@ def build_parser(flags: Sequence[Flag]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"assistants-exporter {__version__}")
     for flag in flags:
         help_text = flag.help + ("" if flag.kind == "bool" else _default_help(flag))
+        names = (flag.name, *flag.aliases)
         if flag.kind == "bool":
-            parser.add_argument(flag.name, action="store_true", help=help_text)
+            parser.add_argument(*names, dest=flag.dest, action="store_true", help=help_text)
         elif flag.repeat:
-            parser.add_argument(flag.name, action="append", metavar=flag.metavar, help=help_text)
+            parser.add_argument(*names, dest=flag.dest, action="append", metavar=flag.metavar, help=help_text)
         else:
-            parser.add_argument(flag.name, metavar=flag.metavar, help=help_text)
+            parser.add_argument(*names, dest=flag.dest, metavar=flag.metavar, help=help_text)
     return parser
 
 
@@ -87,7 +88,7 @@ def env_values(flags: Sequence[Flag], env: Mapping[str, str]) -> dict[str, Raw]:
 
 
 def env_warnings(flags: Sequence[Flag], env: Mapping[str, str], other_known: Sequence[str]) -> tuple[str, ...]:
-    known = {f.env for f in flags} | set(other_known)
+    known = {name for f in flags for name in (f.env, *f.env_aliases)} | set(other_known)
     prefix = "ASSISTANTS_EXPORTER_"
     return tuple(
         f"ignoring unknown environment variable {name}" for name in sorted(env)
@@ -111,7 +112,7 @@ def load_yaml(flags: Sequence[Flag], path_text: str) -> dict[str, Raw]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {str(path)!r} must be a YAML mapping of settings, "
                           f"not a {type(data).__name__}")
-    keys = {f.yaml_key: f for f in flags if f.yaml_key is not None}
+    keys = {key: f for f in flags for key in f.yaml_keys}
     out: dict[str, Raw] = {}
     unknown: list[str] = []
     for key, value in data.items():
@@ -127,6 +128,9 @@ def load_yaml(flags: Sequence[Flag], path_text: str) -> dict[str, Raw]:
             unknown.append(f"{key!r} (did you mean {hint!r}?)" if hint in keys else repr(key))
             continue
         if value is not None:  # `key:` with no value means "not set"
+            if flag.dest in out:
+                raise ConfigError(f"--config: {str(path)!r} sets {flag.name} twice (keys "
+                                  f"{' and '.join(repr(k) for k in flag.yaml_keys if k in data)}); keep one")
             out[flag.dest] = Raw(value, f"{path.name}")
     if unknown:
         raise ConfigError(f"--config: unknown key(s) in {str(path)!r}: {', '.join(unknown)}")

@@ -58,7 +58,7 @@ def final_env() -> dict[str, str]:
 
 
 def default_port() -> int:
-    return parse_listen(str(FLAGS_BY_DEST["listen"].default))[1]
+    return parse_listen(str(FLAGS_BY_DEST["web_listen_address"].default[0]))[1]
 
 
 def test_multi_stage_wheel_built_then_installed_with_a_defined_extra() -> None:

@@ -152,7 +152,7 @@ def test_probes_ask_the_health_endpoints_on_the_metrics_port(overlay: str) -> No
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ports_agree_with_the_exporter_default_and_the_config(overlay: str) -> None:
     docs = render(overlay)
-    default_port = parse_listen(str(FLAGS_BY_DEST["listen"].default))[1]
+    default_port = parse_listen(str(FLAGS_BY_DEST["web_listen_address"].default[0]))[1]
     container_port = {p["name"]: p["containerPort"] for p in exporter_container(docs)["ports"]}
     assert container_port["http-metrics"] == default_port
     assert parse_listen(config_yaml(docs)["listen"])[1] == default_port
