@@ -143,3 +143,18 @@ def test_compose_builds_this_dockerfile() -> None:
     compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
     build = compose["services"]["exporter"]["build"]
     assert (REPO_ROOT / "deploy" / build["context"] / build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE
+
+
+def test_readme_offline_build_passes_the_dockerfiles_arguments_and_a_directory_in_the_context() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Building without a registry or PyPI") :].split("\n## ")[0]
+    (build,) = (line for line in section.splitlines() if line.startswith("docker build "))
+    passed = dict(re.findall(r"--build-arg (\w+)=(\S+)", build))
+    builder_args = {a.partition("=")[0] for stage in stages() for a in stage.args("ARG")}
+    assert set(passed) == {"BASE", "WHEELS"} and "WHEELS" in builder_args
+    assert f"`BASE`, `{global_args()['BASE']}` by default" in " ".join(section.split())
+    # The wheels are written where WHEELS points, and .dockerignore keeps that directory in the context.
+    assert f"--wheel-dir {passed['WHEELS']}\n" in section
+    ignored = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert not any(PurePosixPath(passed["WHEELS"]).match(pattern) for pattern in ignored)
+    assert "python3-venv" in section and "python3-venv" in (REPO_ROOT / ".ci" / "debian-base").read_text()
