@@ -169,10 +169,22 @@ def container(docker: str, image: str) -> Iterator[Container]:
     """The image run as users run it (README, "Docker"), in demo mode, its state file on a volume."""
     volume = f"assistants-exporter-test-{uuid.uuid4().hex[:12]}"
     run(docker, "volume", "create", volume)
+    name = f"assistants-exporter-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield _start(docker, image, name, volume)
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True, timeout=60)
+        subprocess.run([docker, "volume", "rm", "-f", volume], capture_output=True, timeout=60)
+
+
+def _start(docker: str, image: str, name: str, volume: str) -> Container:
+    """Starts the container and waits for /healthz."""
     cid = run(
         docker,
         "run",
         "--detach",
+        "--name",
+        name,
         "--read-only",
         "--tmpfs",
         "/tmp",
@@ -187,15 +199,11 @@ def container(docker: str, image: str) -> Iterator[Container]:
         "--state-file",
         f"{STATE_DIR}/demo.db",
     ).strip()
-    try:
-        published = run(docker, "port", cid, f"{CONTAINER_PORT}/tcp").split()
-        assert published and all(p.startswith("127.0.0.1:") for p in published), published
-        started = Container(docker, cid, int(published[0].rpartition(":")[2]))
-        wait_until(lambda: _healthy_now(started), timeout=60, what=started.logs)
-        yield started
-    finally:
-        subprocess.run([docker, "rm", "-f", cid], capture_output=True, timeout=60)
-        subprocess.run([docker, "volume", "rm", "-f", volume], capture_output=True, timeout=60)
+    published = run(docker, "port", cid, f"{CONTAINER_PORT}/tcp").split()
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published
+    started = Container(docker, cid, int(published[0].rpartition(":")[2]))
+    wait_until(lambda: _healthy_now(started), timeout=60, what=started.logs)
+    return started
 
 
 def _healthy_now(container: Container) -> bool:
