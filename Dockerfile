@@ -32,9 +32,12 @@ ENV PATH=/opt/assistants-exporter/bin:$PATH \
     HOME=/var/lib/assistants-exporter \
     XDG_STATE_HOME=/var/lib \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    ASSISTANTS_EXPORTER_PROBE_LISTEN_ADDRESS=127.0.0.1:9789
 VOLUME ["/var/lib/assistants-exporter"]
 EXPOSE 9788
+# The probe-only listener (plain HTTP, /healthz and /readyz only, on loopback): the check keeps working when a
+# web config turns on TLS, client certificates or basic auth on 9788 (docs/web-config.md).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9788/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9789/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["assistants-exporter"]

@@ -124,7 +124,8 @@ def test_nothing_writes_outside_the_state_volume() -> None:
     # The exporter's own default state file, computed from the image's environment, is on the volume.
     state = PurePosixPath(default_state_file(env))
     assert PurePosixPath(volume) in state.parents, state
-    assert not any(k.startswith("ASSISTANTS_EXPORTER_") for k in env), "image env would override --config"
+    # Image env would override --config; the one exception is the loopback probe listener the HEALTHCHECK asks.
+    assert [k for k in env if k.startswith("ASSISTANTS_EXPORTER_")] == ["ASSISTANTS_EXPORTER_PROBE_LISTEN_ADDRESS"]
     mounts = yaml.safe_load(STATEFULSET.read_text())["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert volume in {m["mountPath"] for m in mounts}
 
@@ -134,7 +135,10 @@ def test_exposed_port_and_healthcheck_match_the_server() -> None:
     assert final.args("EXPOSE") == [str(default_port())]
     (check,) = final.args("HEALTHCHECK")
     url = urlsplit(re.search(r"http://[^'\" ]+", check).group(0))  # type: ignore[union-attr]
-    assert url.port == default_port()
+    # The check asks the probe-only listener the image turns on, so TLS or basic auth on the main port
+    # cannot fail it.
+    probe_host, probe_port = parse_listen(final_env()["ASSISTANTS_EXPORTER_PROBE_LISTEN_ADDRESS"])
+    assert (url.hostname, url.port) == (probe_host, probe_port) == ("127.0.0.1", 9789)
     assert url.path in served_paths()
     assert url.path == "/healthz"
 
