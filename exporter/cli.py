@@ -83,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = HttpServer(registry, probes.healthy, probes.ready,
                         routes=_receiver_routes(config, inbox, probes, tokens, hooks),
                         ssl_context=build_ssl_context(web) if web else None,
-                        basic_auth_users=web.users if web else None, prepare=collector.prepare,
-                        telemetry_path=config.telemetry_path)
+                        web_config=web, prepare=collector.prepare, telemetry_path=config.telemetry_path)
     collector.add_listener(server.metrics_changed)
     try:
         with _demo(config) as effective:

@@ -32,7 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exporter.connections import Limits, RequestSlots, protocol_class
 from exporter.logs import RateLimiter
 from exporter.pages import MetricsPages
-from exporter.webconfig import CLIENT_AUTH, TLS_VERSIONS, BasicAuth, WebConfig, WebConfigError, load_tls_files
+from exporter.web_http import RateLimit, ResponseHeaders
+from exporter.web_tls import ReloadableTls
+from exporter.webconfig import BasicAuth, WebConfig, WebConfigError, build_ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -284,23 +286,31 @@ class HttpServer:
     `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
     Call metrics_changed() (from any thread) whenever the registry's content changes; `prepare` runs on the
     loop before each page is built in a worker thread (SnapshotCollector.prepare). `ssl_context` serves
-    HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints.
+    HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints;
+    `web_config` brings the rest of the web config file (response headers, rate_limit, and its users when
+    basic_auth_users is not given).
     """
 
     def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
                  routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools",
                  ssl_context: ssl.SSLContext | None = None,
                  basic_auth_users: Mapping[str, bytes] | None = None,
-                 prepare: Callable[[], None] | None = None, telemetry_path: str = "/metrics") -> None:
+                 prepare: Callable[[], None] | None = None, web_config: WebConfig | None = None,
+                 telemetry_path: str = "/metrics") -> None:
         limits = limits or Limits()
+        web = web_config or WebConfig()
         self.pages = MetricsPages(registry, prepare)
-        self.auth = BasicAuth(make_app(self.pages, health, ready, routes, telemetry_path), basic_auth_users)
+        self.auth = BasicAuth(make_app(self.pages, health, ready, routes, telemetry_path),
+                              web.users if basic_auth_users is None else basic_auth_users)
+        self.rate_limit = RateLimit(self.auth, web.rate_limit)  # before basic auth, as in exporter-toolkit
         self._probe_app = make_probe_app(health, ready)
         self._limits = limits
         self._probe_server: _Server | None = None
         # Requests in flight are capped here, not by uvicorn, which counts every open socket (idle ones too).
-        self.app: ASGIApp = RequestSlots(self.auth, limits.max_connections, limits.reserve)
-        self._ssl = ssl_context
+        self.slots = RequestSlots(self.rate_limit, limits.max_connections, limits.reserve)
+        self.headers = ResponseHeaders(self.slots, web.headers)
+        self.app: ASGIApp = self.headers
+        self._ssl = None if ssl_context is None else ReloadableTls(ssl_context)
         # Only the httptools protocol gets the connection accounting; "h11" is for comparison benchmarks.
         protocol: type[asyncio.Protocol] | str = protocol_class(limits) if http == "httptools" else http
         config = uvicorn.Config(
@@ -309,7 +319,7 @@ class HttpServer:
             backlog=limits.backlog, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
         config.load()
-        config.ssl = ssl_context  # uvicorn takes TLS from here; our own context, so a reload can reach it
+        config.ssl = self._ssl  # uvicorn takes TLS from here; each connection gets the latest context
         self._server = _Server(config)
 
     @property
@@ -317,17 +327,18 @@ class HttpServer:
         return self._ssl is not None
 
     def reload_web_config(self, web: WebConfig) -> None:
-        """Apply a re-read web config: new users at once; new certificate files for new connections.
+        """Apply a re-read web config: users, headers and rate limit at once; TLS for new connections.
 
         Turning TLS on or off needs a restart (the listener is already up); raises WebConfigError then.
         """
         if (web.tls is not None) != self.tls:
             raise WebConfigError("turning TLS on or off needs a restart; keeping the web config in force")
-        if web.tls is not None and self._ssl is not None:
-            load_tls_files(self._ssl, web.tls, "--web-config-file")  # checked by load_web_config already
-            self._ssl.minimum_version = TLS_VERSIONS[web.tls.min_version]
-            self._ssl.verify_mode = CLIENT_AUTH[web.tls.client_auth_type]
+        context = build_ssl_context(web)  # a whole new context: files, CAs and every setting
+        if context is not None and self._ssl is not None:
+            self._ssl.use(context)
         self.auth.set_users(web.users)
+        self.rate_limit.configure(web.rate_limit)
+        self.headers.configure(web.headers)
 
     def metrics_changed(self) -> None:
         self.pages.changed()
@@ -355,6 +366,7 @@ class HttpServer:
         finally:
             for sock in [*sockets, *([probe] if probe else [])]:
                 sock.close()
+            self.auth.close()
 
     def _probe_config(self) -> uvicorn.Config:
         config = uvicorn.Config(
