@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -26,16 +25,15 @@ from exporter.config import Config, ConfigError, default_state_file, load_config
 from exporter.daemon import Daemon
 from exporter.gctune import tune_after_load
 from exporter.inbox import Inbox
+from exporter.listeners import ListenerError, Listeners, open_listeners
 from exporter.metrics import SnapshotCollector
 from exporter.scheduler import Schedule
-from exporter.server import HttpServer, PortInUseError, bind_socket
+from exporter.server import HttpServer
 from exporter.shards import Sharding
-from exporter.sources import ByIdSource, Discovery
-from exporter.sources.assistants import ApiSettings, AssistantsSource
-from exporter.sources.foundry import ThreadDiscovery
+from exporter.sources import registry
+from exporter.sources.http import ApiSettings
 from exporter.sources.push import PushReceiver, PushTokens
-from exporter.sources.responses import ResponseDiscovery, ResponsesSource
-from exporter.sources.sessions import SessionDiscovery, SessionsSource
+from exporter.sources.spec import ClientFactory, ClientT, SourceContext, SourceSpec
 from exporter.sources.webhooks import DeliveryLog, WebhookReceiver, WebhookSecrets
 from exporter.store import Loaded, Store, StoreError
 from exporter.tracker import DEDUPE_WINDOW
@@ -73,11 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     probes = Probes()
     # Bind first: a taken port is a configuration error, reported before anything else starts.
     try:
-        sock = bind_socket(config.listen_host, config.listen_port)
-    except PortInUseError as exc:
+        listeners = open_listeners(config.listen_addresses, config.systemd_socket, config.probe_listen_address,
+                                   os.environ)
+    except ListenerError as exc:
         return _config_error(str(exc))
-    except OSError as exc:
-        return _config_error(exc.strerror or str(exc))
     inbox = Inbox()
     # Built here so that SIGHUP can re-read them (Reloadable).
     tokens = PushTokens(config.push_tokens, config.push_token_file) if config.push_tokens else None
@@ -86,18 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = HttpServer(registry, probes.healthy, probes.ready,
                         routes=_receiver_routes(config, inbox, probes, tokens, hooks),
                         ssl_context=build_ssl_context(web) if web else None,
-                        basic_auth_users=web.users if web else None, prepare=collector.prepare)
+                        web_config=web, prepare=collector.prepare, telemetry_path=config.telemetry_path)
     collector.add_listener(server.metrics_changed)
     try:
         with _demo(config) as effective:
             reloadable = Reloadable(effective, server, tokens, hooks)
-            return asyncio.run(_serve(effective, collector, probes, server, sock, inbox, reloadable))
+            return asyncio.run(_serve(effective, collector, probes, server, listeners, inbox, reloadable))
     except (ConfigError, StoreError) as exc:
         return _config_error(str(exc))
     except KeyboardInterrupt:
         return 0
     finally:
-        sock.close()  # already closed when the server ran; not when startup failed before it
+        listeners.close()  # already closed when the server ran; not when startup failed before it
 
 
 class Probes:
@@ -200,57 +197,27 @@ def _auth(config: Config) -> httpx.Auth | None:
         raise ConfigError(str(exc)) from None
 
 
-ApiSource = AssistantsSource | SessionsSource
+def _client_factory(config: Config, daemon: Callable[[], Daemon], name: str) -> ClientFactory:
+    """HTTP clients for source `name`: the shared settings and auth, its requests counted under its name.
+    The source reports into the daemon, which needs the source: late-bound hooks break the cycle."""
 
-
-def _request_hook(daemon: Callable[[], Daemon], source: str) -> Callable[[str, str], None]:
-    return lambda endpoint, code: daemon().selfmetrics.api_request(source, endpoint, code)
-
-
-def _listing_sources(config: Config, daemon: Callable[[], Daemon]) -> dict[str, ApiSource]:
-    sources: dict[str, ApiSource] = {}
-    kinds: dict[str, type[AssistantsSource] | type[SessionsSource]] = {
-        "threads": AssistantsSource, "sessions": SessionsSource}
-    for name, kind in kinds.items():
-        if name not in config.sources:
-            continue
-        # The source reports into the daemon, which needs the source: late-bound hooks break the cycle.
-        sources[name] = kind(
+    def make(kind: type[ClientT]) -> ClientT:
+        return kind(
             _api_settings(config),
-            on_request=_request_hook(daemon, name),
+            on_request=lambda endpoint, code: daemon().selfmetrics.api_request(name, endpoint, code),
             on_rate_limit_remaining=lambda remaining: daemon().selfmetrics.rate_limit_remaining(remaining),
             auth=_auth(config),
         )
-    return sources
+
+    return make
 
 
-def _responses_client(config: Config, daemon: Callable[[], Daemon]) -> AssistantsSource | None:
-    """The HTTP client of the responses source (its own rate limit and `source` label), when it runs."""
-    if not config.polls_responses:
-        return None
-    return AssistantsSource(
-        _api_settings(config),
-        on_request=lambda endpoint, code: daemon().selfmetrics.api_request("responses", endpoint, code),
-        on_rate_limit_remaining=lambda remaining: daemon().selfmetrics.rate_limit_remaining(remaining),
-        auth=_auth(config),
-    )
+def _build_sources(config: Config, daemon: Callable[[], Daemon]) -> registry.Running:
+    def context(spec: SourceSpec) -> SourceContext:
+        return SourceContext(config.options(spec), _client_factory(config, daemon, spec.name),
+                             config.discover_lookback, config.has_credentials)
 
-
-def _by_id_sources(client: AssistantsSource | None) -> dict[str, ByIdSource]:
-    return {} if client is None else {"responses": ResponsesSource(client)}
-
-
-def _discoveries(config: Config, sources: dict[str, ApiSource],
-                 responses: AssistantsSource | None = None) -> list[Discovery]:
-    found: list[Discovery] = []
-    threads, sessions = sources.get("threads"), sources.get("sessions")
-    if config.discover_threads and isinstance(threads, AssistantsSource):
-        found.append(ThreadDiscovery(threads, config.discover_lookback))
-    if isinstance(sessions, SessionsSource):  # sessions are always discovered: nothing else names them
-        found.append(SessionDiscovery(sessions, config.discover_lookback, config.agent_ids))
-    if config.discover_responses and responses is not None:
-        found.append(ResponseDiscovery(responses, config.discover_lookback, config.agents))
-    return found
+    return registry.build(config.sources, context)
 
 
 def _sharding(config: Config) -> Sharding:
@@ -310,7 +277,7 @@ class Reloadable:
 
 
 async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, server: HttpServer,
-                 sock: socket.socket, inbox: Inbox, reloadable: Reloadable) -> int:
+                 listeners: Listeners, inbox: Inbox, reloadable: Reloadable) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -325,7 +292,7 @@ async def _serve(config: Config, collector: SnapshotCollector, probes: Probes, s
     with suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, reloadable.reload)
     # The HTTP server runs beside the poll loop on this event loop; either one ending stops the other.
-    http = asyncio.create_task(server.serve(sock), name="http")
+    http = asyncio.create_task(server.serve(listeners.main, listeners.probe), name="http")
     http.add_done_callback(lambda _: stop.set())
     try:
         return await _run_daemon(config, collector, probes, stop, inbox, reloadable)
@@ -346,10 +313,16 @@ def startup_line(config: Config, watchlist: WatchList, runs: int) -> str:
     push = f"on ({len(config.push_tokens)} tokens)" if config.push_tokens else "off"
     parts += [threads,
               f"push endpoints {push}",
-              f"listening on {config.listen}",
+              _listening(config),
               config.web_config.describe() if config.web_config else "tls off, basic auth off",
               f"state {config.state_file} ({runs} runs)"]
     return "starting: " + "; ".join(parts)
+
+
+def _listening(config: Config) -> str:
+    where = "systemd's sockets" if config.systemd_socket else ", ".join(config.listen_addresses)
+    probes = f" (probes also on {config.probe_listen_address})" if config.probe_listen_address else ""
+    return f"listening on {where}{probes}, metrics at {config.telemetry_path}"
 
 
 def _redacted_url(url: str) -> str:
@@ -366,13 +339,12 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
     threads_file = ThreadsFileWatcher(config.threads_file, read_threads_file) if config.threads_file else None
     if threads_file is not None:
         threads_file.changed()  # read now, for the start-up line (the daemon re-checks on its own)
-    sources = _listing_sources(config, lambda: daemon)
-    responses = _responses_client(config, lambda: daemon)
+    running = _build_sources(config, lambda: daemon)
     daemon = Daemon(
-        sources=sources,
-        by_id=_by_id_sources(responses),
+        sources=running.listing,
+        by_id=running.by_id,
         deliveries=DeliveryLog(loaded.deliveries, pending=loaded.pending),
-        discoveries=_discoveries(config, sources, responses),
+        discoveries=running.discoveries,
         discover_interval=config.discover_interval,
         discovered_since={key.split(":", 1)[1]: float(value) for key, value in loaded.meta.items()
                           if key.startswith("discovered_since:")},

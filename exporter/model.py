@@ -129,17 +129,26 @@ class ParseResult:
     invalid_reason: str | None = None
 
 
+def json_int(value: object) -> int | None:
+    """A JSON number as an int (floats truncated), or None when it is not a number or not a usable one.
+
+    JSON may hold NaN, Infinity or a 400-digit integer: int() of the first two raises, and the third would
+    overflow the float arithmetic of durations and counters (and SQLite's integers) later."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not -_MAX_JSON_INT <= value <= _MAX_JSON_INT:  # False for NaN too
+        return None
+    return int(value)
+
+
 def _opt_int(obj: dict[str, Any], key: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    number = json_int(value)
+    if number is None:  # the wrong type
         raise TypeError(key)
-    # JSON may hold NaN, Infinity or a 400-digit integer: int() of the first two raises, and the third
-    # would overflow the float arithmetic of durations and counters later. Both are the wrong type.
-    if not -_MAX_JSON_INT <= value <= _MAX_JSON_INT:
-        raise TypeError(key)
-    return int(value)
+    return number
 
 
 def _opt_str(value: object) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hmac
+import html
 import logging
 import socket
 import ssl
@@ -31,7 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exporter.connections import Limits, RequestSlots, protocol_class
 from exporter.logs import RateLimiter
 from exporter.pages import MetricsPages
-from exporter.webconfig import CLIENT_AUTH, TLS_VERSIONS, BasicAuth, WebConfig, WebConfigError, load_tls_files
+from exporter.web_http import RateLimit, ResponseHeaders
+from exporter.web_tls import ReloadableTls
+from exporter.webconfig import BasicAuth, WebConfig, WebConfigError, build_ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ _INDEX = """<!doctype html>
 <html><head><meta charset="utf-8"><title>assistants-exporter</title></head>
 <body><h1>assistants-exporter</h1>
 <ul>
-<li><a href="/metrics">/metrics</a></li>
+<li><a href="{metrics}">{metrics}</a></li>
 <li><a href="/healthz">/healthz</a></li>
 <li><a href="/readyz">/readyz</a></li>
 </ul></body></html>
@@ -200,8 +203,9 @@ class _DebugAccessLog:
 
 
 def make_app(pages: MetricsPages, health: Check, ready: Check,
-             routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+             routes: Sequence[BaseRoute] = (), telemetry_path: str = "/metrics") -> ASGIApp:
     """The ASGI app: the read-only endpoints plus the extra (write) routes other modules provide."""
+    index_page = _INDEX.format(metrics=html.escape(telemetry_path))
 
     async def metrics(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
@@ -226,15 +230,34 @@ def make_app(pages: MetricsPages, health: Check, ready: Check,
         return _probe(ready, "readyz")
 
     async def index(request: Request) -> Response:
-        return Response(_INDEX, 200, headers=_NO_STORE, media_type="text/html; charset=utf-8")
+        return Response(index_page, 200, headers=_NO_STORE, media_type="text/html; charset=utf-8")
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _text(404, "not found\n")
 
     own = [Route(path, _read_only(handler), methods=_ALL_METHODS)
-           for path, handler in (("/", index), ("/metrics", metrics), ("/healthz", healthz), ("/readyz", readyz))]
+           for path, handler in (("/", index), (telemetry_path, metrics), ("/healthz", healthz),
+                                 ("/readyz", readyz))]
     app = Starlette(routes=[*own, *routes], exception_handlers={404: not_found, HTTPException: _http_error})
     return _DebugAccessLog(app)
+
+
+def make_probe_app(health: Check, ready: Check) -> ASGIApp:
+    """/healthz and /readyz alone, for --probe-listen-address: plain HTTP, no basic auth, nothing else served
+    (the probes say only whether the exporter is alive and ready; no metric, no write endpoint)."""
+
+    async def healthz(request: Request) -> Response:
+        return _probe(health, "healthz")
+
+    async def readyz(request: Request) -> Response:
+        return _probe(ready, "readyz")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _text(404, "not found\n")
+
+    own = [Route(path, _read_only(handler), methods=_ALL_METHODS)
+           for path, handler in (("/healthz", healthz), ("/readyz", readyz))]
+    return Starlette(routes=own, exception_handlers={404: not_found, HTTPException: _http_error})
 
 
 def _probe(check: Check, name: str) -> Response:
@@ -263,20 +286,31 @@ class HttpServer:
     `routes` are extra starlette routes (write endpoints); use read_body() and require_bearer() in them.
     Call metrics_changed() (from any thread) whenever the registry's content changes; `prepare` runs on the
     loop before each page is built in a worker thread (SnapshotCollector.prepare). `ssl_context` serves
-    HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints.
+    HTTPS only; `basic_auth_users` (user -> bcrypt hash) guards every path but the write endpoints;
+    `web_config` brings the rest of the web config file (response headers, rate_limit, and its users when
+    basic_auth_users is not given).
     """
 
     def __init__(self, registry: CollectorRegistry, health: Check, ready: Check,
                  routes: Sequence[BaseRoute] = (), limits: Limits | None = None, http: str = "httptools",
                  ssl_context: ssl.SSLContext | None = None,
                  basic_auth_users: Mapping[str, bytes] | None = None,
-                 prepare: Callable[[], None] | None = None) -> None:
+                 prepare: Callable[[], None] | None = None, web_config: WebConfig | None = None,
+                 telemetry_path: str = "/metrics") -> None:
         limits = limits or Limits()
+        web = web_config or WebConfig()
         self.pages = MetricsPages(registry, prepare)
-        self.auth = BasicAuth(make_app(self.pages, health, ready, routes), basic_auth_users)
+        self.auth = BasicAuth(make_app(self.pages, health, ready, routes, telemetry_path),
+                              web.users if basic_auth_users is None else basic_auth_users)
+        self.rate_limit = RateLimit(self.auth, web.rate_limit)  # before basic auth, as in exporter-toolkit
+        self._probe_app = make_probe_app(health, ready)
+        self._limits = limits
+        self._probe_server: _Server | None = None
         # Requests in flight are capped here, not by uvicorn, which counts every open socket (idle ones too).
-        self.app: ASGIApp = RequestSlots(self.auth, limits.max_connections, limits.reserve)
-        self._ssl = ssl_context
+        self.slots = RequestSlots(self.rate_limit, limits.max_connections, limits.reserve)
+        self.headers = ResponseHeaders(self.slots, web.headers)
+        self.app: ASGIApp = self.headers
+        self._ssl = None if ssl_context is None else ReloadableTls(ssl_context)
         # Only the httptools protocol gets the connection accounting; "h11" is for comparison benchmarks.
         protocol: type[asyncio.Protocol] | str = protocol_class(limits) if http == "httptools" else http
         config = uvicorn.Config(
@@ -285,7 +319,7 @@ class HttpServer:
             backlog=limits.backlog, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
         config.load()
-        config.ssl = ssl_context  # uvicorn takes TLS from here; our own context, so a reload can reach it
+        config.ssl = self._ssl  # uvicorn takes TLS from here; each connection gets the latest context
         self._server = _Server(config)
 
     @property
@@ -293,32 +327,61 @@ class HttpServer:
         return self._ssl is not None
 
     def reload_web_config(self, web: WebConfig) -> None:
-        """Apply a re-read web config: new users at once; new certificate files for new connections.
+        """Apply a re-read web config: users, headers and rate limit at once; TLS for new connections.
 
         Turning TLS on or off needs a restart (the listener is already up); raises WebConfigError then.
         """
         if (web.tls is not None) != self.tls:
             raise WebConfigError("turning TLS on or off needs a restart; keeping the web config in force")
-        if web.tls is not None and self._ssl is not None:
-            load_tls_files(self._ssl, web.tls, "--web-config-file")  # checked by load_web_config already
-            self._ssl.minimum_version = TLS_VERSIONS[web.tls.min_version]
-            self._ssl.verify_mode = CLIENT_AUTH[web.tls.client_auth_type]
+        context = build_ssl_context(web)  # a whole new context: files, CAs and every setting
+        if context is not None and self._ssl is not None:
+            self._ssl.use(context)
         self.auth.set_users(web.users)
+        self.rate_limit.configure(web.rate_limit)
+        self.headers.configure(web.headers)
 
     def metrics_changed(self) -> None:
         self.pages.changed()
 
-    async def serve(self, sock: socket.socket) -> None:
-        """Serve until stop(); closes the socket on the way out."""
+    async def serve(self, listen: socket.socket | Sequence[socket.socket], probe: socket.socket | None = None) -> None:
+        """Serve every socket until stop(), and the probe-only app on `probe` (plain HTTP, its own small
+        server so that TLS, basic auth and the request cap of the main one never stand in a probe's way).
+        Closes the sockets on the way out."""
+        sockets = [listen] if isinstance(listen, socket.socket) else list(listen)
         _quiet_uvicorn()
         try:
-            await self._server.serve(sockets=[sock])
+            if probe is None:
+                await self._server.serve(sockets=sockets)
+                return
+            probe_server = self._probe_server = _Server(self._probe_config())
+            probe_server.should_exit = self._server.should_exit  # stop() may have come first
+
+            async def main_then_probe() -> None:
+                try:
+                    await self._server.serve(sockets=sockets)
+                finally:
+                    probe_server.should_exit = True  # the probes say nothing once the exporter stops serving
+
+            await asyncio.gather(main_then_probe(), probe_server.serve(sockets=[probe]))
         finally:
-            sock.close()
+            for sock in [*sockets, *([probe] if probe else [])]:
+                sock.close()
+            self.auth.close()
+
+    def _probe_config(self) -> uvicorn.Config:
+        config = uvicorn.Config(
+            self._probe_app, http="httptools", ws="none", lifespan="off", log_config=None, access_log=False,
+            server_header=False, timeout_keep_alive=self._limits.keep_alive, backlog=64,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN, limit_concurrency=64,
+        )
+        config.load()
+        return config
 
     def stop(self) -> None:
         """Ask serve() to return (within ~0.1 s, plus up to GRACEFUL_SHUTDOWN for responses in flight)."""
         self._server.should_exit = True
+        if self._probe_server is not None:
+            self._probe_server.should_exit = True
 
     @property
     def started(self) -> bool:

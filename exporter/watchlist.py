@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from exporter.changeset import ChangeSet
-from exporter.config import ThreadsFile
 from exporter.model import SOURCE_THREADS
+from exporter.threadsfile import ThreadsFile
 
 log = logging.getLogger(__name__)
 

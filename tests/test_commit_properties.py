@@ -28,7 +28,7 @@ from exporter.sources.push import PushReceiver, PushTokens
 from exporter.store import Store
 from exporter.tracker import DEDUPE_WINDOW, Tracker
 from exporter.watchlist import WatchList
-from tests.test_daemon import Clock
+from tests.conftest import FakeTime as Clock
 
 TOKEN = "push-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}

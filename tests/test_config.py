@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter import __version__
+from exporter.addresses import format_listen
 from exporter.config import (
     FLAGS,
     NOT_UTF8,
@@ -24,6 +26,7 @@ from exporter.config import (
     parse_threads,
     read_threads_file,
 )
+from exporter.sources.assistants import ThreadsOptions
 from exporter.watchlist import ThreadsFileWatcher
 from tests.helpers import REPO_ROOT
 
@@ -118,8 +121,7 @@ def test_every_flag_parses(env: dict[str, str], tmp_path: Path) -> None:
         idle_poll_interval=30.0,
         max_concurrency=16,
         max_requests_per_second=2.5,
-        listen_host="::1",
-        listen_port=0,
+        listen_addresses=("[::1]:0",),
         state_file=tmp_path / "new" / "dir" / "s.db",
         labels=("assistant_id", "model"),
         terminal_retention=0.0,
@@ -129,6 +131,7 @@ def test_every_flag_parses(env: dict[str, str], tmp_path: Path) -> None:
         log_level="debug",
         log_format="json",
         config_file=config_file,
+        source_options={"threads": ThreadsOptions()},
     )
     assert (tmp_path / "new" / "dir").is_dir()  # parent of the state file created at startup
     assert c.listen == "[::1]:0"
@@ -137,10 +140,44 @@ def test_every_flag_parses(env: dict[str, str], tmp_path: Path) -> None:
 def test_parser_is_built_from_flags() -> None:
     options = {s for a in build_parser()._actions for s in a.option_strings}
     assert {f.name for f in FLAGS} <= options
-    assert options - {f.name for f in FLAGS} == {"-h", "--help", "--version"}
+    aliases = {alias for f in FLAGS for alias in f.aliases}
+    assert aliases == {"--listen", "--web-config-file"}  # the names before exporter-toolkit's
+    assert options - {f.name for f in FLAGS} == {"-h", "--help", "--version", *aliases}
     envs = [f.env for f in FLAGS]
     assert "ASSISTANTS_EXPORTER_POLL_INTERVAL" in envs and len(set(envs)) == len(envs)
     assert {f.name: f.yaml_key for f in FLAGS}["--thread"] == "threads"
+
+
+def test_exporter_toolkit_names_and_the_earlier_ones_set_the_same_thing(env: dict[str, str], tmp_path: Path) -> None:
+    both = load_config(["--thread", "t", "--listen", "127.0.0.1:1", "--web.listen-address", "[::1]:2"], env)
+    assert both.listen_addresses == ("127.0.0.1:1", "[::1]:2") and both.listen == "127.0.0.1:1"
+    old_env = load_config(["--thread", "t"], {**env, "ASSISTANTS_EXPORTER_LISTEN": "127.0.0.1:3"})
+    assert old_env.listen_addresses == ("127.0.0.1:3",) and not old_env.warnings
+    new_env = load_config(["--thread", "t"], {**env, "ASSISTANTS_EXPORTER_LISTEN": "127.0.0.1:3",
+                                               "ASSISTANTS_EXPORTER_WEB_LISTEN_ADDRESS": "127.0.0.1:4,127.0.0.1:5"})
+    assert new_env.listen_addresses == ("127.0.0.1:4", "127.0.0.1:5")
+    old_yaml = write(tmp_path / "old.yaml", "threads: [t]\nlisten: 127.0.0.1:6\n")
+    assert load_config(["--config", str(old_yaml)], env).listen_addresses == ("127.0.0.1:6",)
+    twice = write(tmp_path / "twice.yaml", "threads: [t]\nlisten: 127.0.0.1:6\nweb_listen_address: [127.0.0.1:7]\n")
+    with pytest.raises(ConfigError, match=r"sets --web\.listen-address twice"):
+        load_config(["--config", str(twice)], env)
+    assert load_config(["--thread", "t", "--web-config-file", ""], env).web_config_file is None
+
+
+@pytest.mark.parametrize(("path", "problem"), [
+    ("/", "/ is served by the exporter itself"),
+    ("/healthz", "/healthz is served by the exporter itself"),
+    ("/readyz/", "/readyz is served by the exporter itself"),
+    ("/api/v1/runs", "/api/ is served by the exporter itself"),
+    ("/webhooks/openai", "/webhooks/ is served by the exporter itself"),
+    ("metrics", "expected an absolute URL path"),
+    ("/a b", "expected an absolute URL path"),
+])
+def test_a_telemetry_path_the_exporter_serves_itself_is_refused(path: str, problem: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="--web.telemetry-path: " + re.escape(problem)):
+        load_config(["--thread", "t", "--web.telemetry-path", path], env)
+    moved = load_config(["--thread", "t", "--web.telemetry-path", "/prom/metrics"], env)
+    assert moved.telemetry_path == "/prom/metrics"
 
 
 def test_version(capsys: pytest.CaptureFixture[str], env: dict[str, str]) -> None:
@@ -268,10 +305,11 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
     (["--terminal-retention", "-1"], "--terminal-retention"),
     (["--demo-speed", "0"], "--demo-speed"),
     (["--labels", "assistant_id,thread_id"], "--labels"),
-    (["--listen", "9788"], "--listen"),
-    (["--listen", "::1:9788"], "--listen"),
-    (["--listen", "host:99999"], "--listen"),
-    (["--listen", "[::1]"], "--listen"),
+    (["--listen", "9788"], "--web.listen-address"),
+    (["--listen", "::1:9788"], "--web.listen-address"),
+    (["--listen", "host:99999"], "--web.listen-address"),
+    (["--listen", "[::1]"], "--web.listen-address"),
+    (["--web.listen-address", "127.0.0.1:1", "--web.listen-address", "nope"], "--web.listen-address"),
     (["--api-base", "ftp://example.com"], "--api-base"),
     (["--api-base", "not a url"], "--api-base"),
     (["--auth-header", "basic"], "--auth-header"),
@@ -577,7 +615,7 @@ def test_parse_threads_properties(lines: list[str]) -> None:
 
 @given(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)), st.integers(0, 65535))
 def test_listen_round_trips(host: str, port: int) -> None:
-    c = Config(listen_host=host, listen_port=port, state_file=Path("/nonexistent/s.db"))
+    c = Config(listen_addresses=(format_listen(host, port),), state_file=Path("/nonexistent/s.db"))
     assert parse_listen(c.listen) == (host, port)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.config import load_config
+from exporter.sources import responses
 from tests.test_config import error_of, write
 
 KEY = "sk-test-DISTINCTIVE-0123456789abcdef"
@@ -31,7 +32,7 @@ def test_responses_without_a_key_receives_webhooks_only(env: dict[str, str], tmp
     assert c.webhook_secrets == (SECRET, "plain-old-secret") and not c.polls_responses and c.receives
     assert SECRET not in repr(c) and SECRET in c.secrets()
     with_key = load_config(["--source", "responses", "--discover-responses", "--agent", "a", "--agent", "b"], env)
-    assert with_key.polls_responses and with_key.agents == ("a", "b") and with_key.calls_api
+    assert with_key.polls_responses and with_key.options(responses.SPEC).agents == ("a", "b") and with_key.calls_api
 
 
 @pytest.mark.parametrize(("args", "expected"), [

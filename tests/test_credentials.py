@@ -23,23 +23,16 @@ from exporter.sources.credentials import (
     default_credential,
     plan_refresh,
 )
+from tests.conftest import FakeTime
 
 T0 = 1_760_000_000.0
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FpLmF6dXJlLmNvbSJ9.c2lnbmF0dXJl"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class FakeCredential:
     """A TokenCredential with get_token only: tok-1, tok-2, ... each living `lifetime` seconds."""
 
-    def __init__(self, clock: Clock, lifetime: float = 3600.0) -> None:
+    def __init__(self, clock: FakeTime, lifetime: float = 3600.0) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self.calls: list[tuple[str, ...]] = []
@@ -66,7 +59,7 @@ class FakeCredential:
 class FakeInfoCredential(FakeCredential):
     """A credential that also has get_token_info, with refresh_on `refresh_in` seconds after issue."""
 
-    def __init__(self, clock: Clock, lifetime: float = 3600.0, refresh_in: float | None = None) -> None:
+    def __init__(self, clock: FakeTime, lifetime: float = 3600.0, refresh_in: float | None = None) -> None:
         super().__init__(clock, lifetime)
         self.refresh_in = refresh_in
 
@@ -132,7 +125,7 @@ def test_a_token_handed_back_already_due_is_asked_about_again_after_a_few_second
 
 
 def test_the_same_token_handed_back_when_due_is_asked_about_again_soon() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock, lifetime=310)
     repeat = {"left": 1}
     original = cred.get_token
@@ -163,7 +156,7 @@ def test_the_same_token_handed_back_when_due_is_asked_about_again_soon() -> None
 
 
 def test_the_token_is_cached_and_sent_as_a_bearer_for_the_default_scope() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock)
 
     async def go() -> list[str]:
@@ -175,7 +168,7 @@ def test_the_token_is_cached_and_sent_as_a_bearer_for_the_default_scope() -> Non
 
 
 def test_get_token_refreshes_300_s_before_expires_on() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock, lifetime=3600)
 
     async def go() -> list[str]:
@@ -192,7 +185,7 @@ def test_get_token_refreshes_300_s_before_expires_on() -> None:
 
 
 def test_get_token_info_refresh_on_is_honoured() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeInfoCredential(clock, lifetime=86_400, refresh_in=100)
 
     async def go() -> list[str]:
@@ -208,7 +201,7 @@ def test_get_token_info_refresh_on_is_honoured() -> None:
 
 
 def test_a_401_forces_one_refresh_and_one_retry_with_the_body() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock)
 
     sent: list[tuple[str, bytes]] = []
@@ -228,7 +221,7 @@ def test_a_401_forces_one_refresh_and_one_retry_with_the_body() -> None:
 
 
 def test_a_second_401_is_returned_not_retried_again() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock)
 
     async def go() -> tuple[int, int]:
@@ -241,7 +234,7 @@ def test_a_second_401_is_returned_not_retried_again() -> None:
 
 
 def test_concurrent_requests_share_one_refresh_which_runs_off_the_event_loop() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock)
     cred.gate = threading.Event()
     loop_thread = threading.get_ident()
@@ -264,7 +257,7 @@ def test_concurrent_requests_share_one_refresh_which_runs_off_the_event_loop() -
 
 
 def test_a_failure_raises_token_unavailable_without_any_token_in_the_message() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock, lifetime=3600)
     auth = AzureTokenAuth(cred, clock=clock)
 
@@ -292,7 +285,7 @@ def test_a_failure_raises_token_unavailable_without_any_token_in_the_message() -
 
 
 def test_a_first_failure_is_token_unavailable_too() -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     cred = FakeCredential(clock)
     cred.fail_with = RuntimeError("no identity available")
 
@@ -309,7 +302,7 @@ def test_sync_clients_are_refused() -> None:
         httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as client,
         pytest.raises(RuntimeError, match="AsyncClient"),
     ):
-        client.get("http://127.0.0.1:9/", auth=AzureTokenAuth(FakeCredential(Clock())))
+        client.get("http://127.0.0.1:9/", auth=AzureTokenAuth(FakeCredential(FakeTime(T0))))
 
 
 # ----- building the credential -------------------------------------------------------------------------

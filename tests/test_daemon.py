@@ -28,22 +28,10 @@ from exporter.sources.assistants import ApiSettings, AssistantsSource
 from exporter.store import Store
 from exporter.tracker import Tracker
 from exporter.watchlist import ThreadsFileWatcher, WatchList
+from tests.conftest import WALL0
+from tests.conftest import FakeTime as Clock
 
 Behaviour = Callable[[str], Awaitable[PollResult]]
-WALL0 = 1_800_000_000.0
-
-
-class Clock:
-    """Monotonic and wall time that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.mono = 1000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def wall(self) -> float:
-        return WALL0 + self.mono
 
 
 class FakeSource:

@@ -20,7 +20,9 @@ from exporter.sources.webhooks import DeliveryLog, event_snapshot
 from exporter.store import Store
 from exporter.tracker import DEDUPE_WINDOW, Tracker
 from exporter.watchlist import WatchList
-from tests.test_daemon import WALL0, Clock, _drive
+from tests.conftest import WALL0
+from tests.conftest import FakeTime as Clock
+from tests.test_daemon import _drive
 
 
 class FakeById:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter import statuses
 from exporter.simulator import Simulator
+from tests.conftest import SimFactory
 from tests.exporter_process import ExporterProcess, by_label, total
 from tests.helpers import wait_until
 from tests.simulator_support import quiesce
@@ -26,11 +26,8 @@ POLL, IDLE, DISCOVER = 0.2, 0.5, 1.0
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(scenario="discovery", seed=11, speed=SPEED, flavor="foundry", token_lifetime=TOKEN_LIFETIME).start()
-    s.engine.set_workload(False)
-    yield s
-    s.stop()
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(scenario="discovery", seed=11, speed=SPEED, flavor="foundry", token_lifetime=TOKEN_LIFETIME)
 
 
 def _env(sim: Simulator) -> dict[str, str]:

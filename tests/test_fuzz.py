@@ -1,8 +1,10 @@
 """Fuzz tests of every parser that reads the network or a file, with generated JSON and raw bytes.
 
 Parsers: run pages (`exporter.sources.assistants.parse_page`), single runs (`exporter.model.parse_run`), Agents
-API turn pages and turns (`exporter.sources.http.parse_page` with `exporter.model.parse_turn`), Responses
-(`exporter.model.parse_response`), push bodies (`exporter.sources.push.split_body` and `parse_items`),
+API turn pages and turns (`exporter.sources.listing.parse_list` with `exporter.model.parse_turn`), Responses
+(`exporter.model.parse_response`), the discovery pages of threads and sessions
+(`exporter.sources.foundry.parse_threads_page`) and of responses (`exporter.sources.responses.parse_responses_page`),
+push bodies (`exporter.sources.push.split_body` and `parse_items`),
 webhook deliveries (`exporter.sources.webhooks.verify` and `parse_event`), the threads file
 (`exporter.config.parse_threads` / `read_threads_file`) and the YAML config (`load_config` with `--config`).
 Each must never raise (a ConfigError is the expected answer to bad configuration), and every item it rejects
@@ -16,6 +18,7 @@ values of 200 KB) and the page and push bodies include 100,000-deep nesting.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -43,10 +46,13 @@ from exporter.model import (
     parse_run,
     parse_turn,
     snapshot_problem,
+    string_problem,
     thread_id_problem,
 )
-from exporter.sources import http
 from exporter.sources.assistants import parse_page
+from exporter.sources.foundry import discover_threads, parse_threads_page, read_thread
+from exporter.sources.listing import ListPage, ReadItem, parse_list, read_runs
+from exporter.sources.responses import parse_responses_page, read_response_item
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 settings.register_profile(
@@ -113,15 +119,22 @@ run_objects = st.fixed_dictionaries(
     {}, optional={key: plausible.get(key, json_values) for key in RUN_FIELDS}
 )
 items = st.one_of(run_objects, json_values)
-pages = st.fixed_dictionaries(
-    {"data": st.one_of(st.lists(items, max_size=8), json_values)},
-    optional={
-        "object": st.just("list"),
-        "has_more": st.one_of(st.booleans(), json_values),
-        "first_id": json_values,
-        "last_id": st.one_of(st.text(max_size=10), json_values),
-    },
-)
+
+
+def envelopes(item_strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """List pages of these items, with every envelope field right, wrong or missing."""
+    return st.fixed_dictionaries(
+        {"data": st.one_of(st.lists(item_strategy, max_size=8), json_values)},
+        optional={
+            "object": st.just("list"),
+            "has_more": st.one_of(st.booleans(), json_values),
+            "first_id": json_values,
+            "last_id": st.one_of(st.text(max_size=10), hostile_strings, json_values),
+        },
+    )
+
+
+pages = envelopes(items)
 
 
 def encode(obj: Any) -> bytes:
@@ -139,16 +152,29 @@ def mutations(body: bytes) -> st.SearchStrategy[bytes]:
     return st.one_of(cut, flip)
 
 
-page_bodies = st.one_of(
-    pages.map(encode),
-    pages.map(encode).flatmap(mutations),
-    json_values.map(encode),
-    st.binary(max_size=200),
-    st.sampled_from([b'{"data": [', b"[" * 100_000, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                     b'{"data": [{"id": "r\\ud800", "created_at": 1, "status": "completed"}]}',
-                     b'{"data": [{"id": "r", "created_at": 1e999}]}',
-                     b'{"data": [{"id": "r", "created_at": NaN}]}', b"\xef\xbb\xbf{}"]),
-)
+HOSTILE_BODIES = [
+    b'{"data": [', b"[" * 100_000, b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    *(b'{"data": [{"id": "x", "created_at": 1, "deep": ' + b"[" * n + b"]" * n + b"}, 7]}" for n in (500, 5_000)),
+    b'{"data": [{"id": "r\\ud800", "created_at": 1, "status": "completed"}]}',
+    b'{"data": [{"id": "r", "created_at": 1e999}]}', b'{"data": [{"id": "r", "created_at": -1e999}]}',
+    b'{"data": [{"id": "r", "created_at": NaN}]}', b'{"data": [{"id": "r", "created_at": ' + b"9" * 5000 + b"}]}",
+    b'{"data": [], "has_more": true, "last_id": "\\udfff"}', b"\xef\xbb\xbf{}",
+]
+
+
+def list_bodies(item_strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    """Bodies of a list endpoint: pages of these items as sent, damaged in transit, other JSON, other bytes."""
+    pages = envelopes(item_strategy)
+    return st.one_of(
+        pages.map(encode),
+        pages.map(encode).flatmap(mutations),
+        json_values.map(encode),
+        st.binary(max_size=200),
+        st.sampled_from(HOSTILE_BODIES),
+    )
+
+
+page_bodies = list_bodies(items)
 
 # ------------------------------------------------------------------------------------------ checks
 
@@ -159,6 +185,18 @@ def check_accounting(data: list[Any], runs: int, invalid: dict[str, int]) -> Non
     assert all(count > 0 for count in invalid.values())
     assert runs + sum(invalid.get(r, 0) for r in DROPPED) == len(data)
     assert sum(invalid.get(r, 0) for r in KEPT) <= runs
+
+
+def check_envelope(body: bytes, page: ListPage[Any]) -> None:
+    """Every item accounted for; a next page only after a cursor a query string can carry, and only when the
+    page did not say the list ended."""
+    envelope = json.loads(body)  # the parser accepted it, so this is a JSON object with a list
+    check_accounting(envelope["data"], len(page.items), page.invalid)
+    if page.cursor is not None:
+        assert page.cursor and string_problem(page.cursor) is None  # it goes into a query string
+        assert envelope.get("has_more") is not False
+    elif envelope.get("has_more") is True:
+        pytest.fail("more pages without a cursor must be malformed")
 
 
 def check_snapshot_types(obj: Any) -> None:
@@ -186,11 +224,8 @@ def test_parse_page_never_raises_and_counts_every_item(body: bytes) -> None:
     page = parse_page(body, THREAD)
     if page is None:
         return  # the caller counts it as malformed_page and retries
-    data = json.loads(body)["data"]  # parse_page accepted it, so this is a JSON object with a list
-    check_accounting(data, len(page.runs), page.invalid)
-    assert all(run.scope for run in page.runs)
-    if page.has_more:
-        assert page.last_id
+    check_envelope(body, page)
+    assert all(run.scope for run in page.items)
 
 
 @FUZZ
@@ -260,13 +295,10 @@ def test_parse_turn_survives_the_wire(obj: Any) -> None:
 @FUZZ
 @given(turn_page_bodies)
 def test_turn_pages_never_raise_and_count_every_item(body: bytes) -> None:
-    page = http.parse_page(body, SESSION, parse_turn)
+    page = parse_list(body, read_runs(parse_turn, SESSION))
     if page is None:
         return
-    data = json.loads(body)["data"]
-    check_accounting(data, len(page.runs), page.invalid)
-    if page.has_more:
-        assert page.last_id
+    check_envelope(body, page)
 
 
 # ------------------------------------------------------------------------------------------ threads file
@@ -469,3 +501,66 @@ def test_webhook_bodies_and_headers_never_raise(body: bytes, headers: dict[str, 
     event = parse_event(body)
     if event is not None and event[1] is not None:
         assert event[1].terminal and event[1].source == "webhooks"
+
+
+# ------------------------------------------------------------------------------------------ discovery pages
+
+thread_objects = st.fixed_dictionaries(
+    {}, optional={"id": plausible["id"], "object": st.just("thread"),
+                  "created_at": st.one_of(st.integers(0, 2**40), json_values,
+                                          st.sampled_from([math.nan, math.inf, -math.inf, 10**400, 2**53 + 1]))},
+)
+
+
+def check_scopes(body: bytes, read: ReadItem[Any], page: ListPage[Any] | None) -> None:
+    """A discovery page: every item a usable scope or counted as dropped, and the envelope's rules."""
+    if page is None:
+        return  # the pass counts it as malformed_page and stops unfinished
+    check_envelope(body, page)
+    for raw in json.loads(body)["data"]:
+        read(raw)  # the page would count a reader's exception as wrong_type: it must not raise at all
+    assert not set(page.invalid) & set(KEPT)  # a scope is found or not: nothing is kept and counted
+    for found in page.items:
+        assert thread_id_problem(found.id) is None  # it goes into a URL path
+        assert type(found.created_at) is int and abs(found.created_at) <= 2**53
+
+
+@FUZZ
+@given(list_bodies(st.one_of(thread_objects, json_values)))
+def test_threads_pages_never_raise_and_count_every_item(body: bytes) -> None:
+    check_scopes(body, read_thread, parse_threads_page(body))
+
+
+@FUZZ
+@given(list_bodies(st.one_of(response_objects, json_values)))
+def test_responses_pages_never_raise_and_count_every_item(body: bytes) -> None:
+    check_scopes(body, read_response_item, parse_responses_page(body))
+
+
+@FUZZ
+@given(st.lists(list_bodies(st.one_of(thread_objects, response_objects)), min_size=1, max_size=4),
+       st.sampled_from(["threads", "responses"]))
+def test_discovery_passes_never_raise(bodies: list[bytes], kind: str) -> None:
+    served = iter(bodies)
+
+    async def fetch(params: dict[str, str]) -> bytes | None:
+        return next(served, None)
+
+    reader = read_thread if kind == "threads" else read_response_item
+    got = asyncio.run(discover_threads(fetch, lambda _: False, 0.0, read_item=reader))
+    assert 1 <= got.requests <= len(bodies) + 1
+    assert set(got.invalid) <= set(INVALID_REASONS) and all(n > 0 for n in got.invalid.values())
+    assert got.finished == (got.stopped in ("since", "known", "end"))
+    assert (got.invalid.get("malformed_page", 0) == 1) == (got.stopped in ("malformed", "loop"))
+    assert len({t.id for t in got.threads}) == len(got.threads)
+
+
+@FUZZ
+@given(st.one_of(thread_objects, response_objects, json_values))
+def test_discovery_items_survive_the_wire(obj: Any) -> None:
+    # The item readers on their own: the page parser would count a reader's exception as wrong_type.
+    wire = json.loads(encode(obj))
+    for read in (read_thread, read_response_item):
+        found, reason = read(wire)
+        assert (found is None) != (reason is None)
+        assert reason is None or reason in DROPPED

@@ -26,9 +26,9 @@ from exporter.model import (
     string_problem,
     thread_id_problem,
 )
-from exporter.sources import http
+from exporter.sources.assistants import parse_page
 from exporter.sources.foundry import parse_threads_page
-from exporter.sources.responses import _parse_page as parse_listing
+from exporter.sources.responses import parse_responses_page as parse_listing
 from exporter.sources.webhooks import parse_event
 from exporter.store import Store
 from tests.test_push import AUTH, NOW, Running
@@ -75,8 +75,8 @@ def test_responses_and_turns_are_checked(value: str, reason: str) -> None:
 def test_a_listing_page_counts_the_bad_item_and_keeps_its_neighbours() -> None:
     body = json.dumps({"data": [{**GOOD, "id": SURROGATE}, {**GOOD, "assistant_id": HUGE}, GOOD],
                        "has_more": False}).encode()
-    page = http.parse_page(body, "thread_1", parse_run)
-    assert page is not None and [r.id for r in page.runs] == ["run_ok"]
+    page = parse_page(body, "thread_1")
+    assert page is not None and [r.id for r in page.items] == ["run_ok"]
     assert page.invalid == {REASON_BAD_STRING: 1, REASON_TOO_LONG: 1}
 
 
@@ -85,14 +85,13 @@ def test_discovery_listings_refuse_bad_ids() -> None:
     threads = json.dumps({"data": [{"id": SURROGATE, "created_at": 1}, {"id": HUGE, "created_at": 1},
                                    {"id": "thread_ok", "created_at": 1}], "has_more": False}).encode()
     page = parse_threads_page(threads)
-    assert [t.id for t in page.threads] == ["thread_ok"]
+    assert page is not None and [t.id for t in page.items] == ["thread_ok"]
     assert page.invalid == {REASON_BAD_STRING: 1, REASON_TOO_LONG: 1}
     responses = json.dumps({"data": [{"id": SURROGATE, "created_at": 1}, {"id": "resp_ok", "created_at": 1}],
                             "has_more": False}).encode()
     listing = parse_listing(responses)
-    assert listing is not None
-    ok = [rid for rid, _, reason in listing[0] if reason is None]
-    assert ok == ["resp_ok"]
+    assert listing is not None and [r.id for r in listing.items] == ["resp_ok"]
+    assert listing.invalid == {REASON_BAD_STRING: 1}
 
 
 def test_a_webhook_with_a_bad_data_id_is_not_an_event() -> None:
@@ -199,15 +198,17 @@ async def test_registration_paths_that_are_not_utf8_or_too_long_are_400(running:
 def test_deep_nesting_in_a_listing_is_a_malformed_page_not_a_crash() -> None:
     """Regression: the Foundry threads listing let RecursionError out of json.loads."""
     deep = b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    assert parse_threads_page(deep).malformed
-    assert parse_threads_page(b"[" * 100_000).malformed
-    assert http.parse_page(deep, "thread_1", parse_run) is None
+    assert parse_threads_page(deep) is None
+    assert parse_threads_page(b"[" * 100_000) is None
+    assert parse_page(deep, "thread_1") is None
     assert parse_listing(deep) is None
 
 
-def test_a_cursor_with_a_surrogate_ends_the_listing() -> None:
+def test_a_cursor_with_a_surrogate_is_a_malformed_page_unless_the_list_ends() -> None:
     body = json.dumps({"data": [GOOD], "has_more": True, "last_id": SURROGATE}).encode()
-    assert http.parse_page(body, "thread_1", parse_run) is None
-    assert parse_threads_page(body).last_id is None
-    listing = parse_listing(body)
-    assert listing is not None and listing[2] is None
+    assert parse_page(body, "thread_1") is None  # more pages, but no cursor a query string can carry
+    assert parse_threads_page(body) is None
+    assert parse_listing(body) is None
+    last = json.dumps({"data": [GOOD], "has_more": False, "last_id": SURROGATE}).encode()
+    page = parse_page(last, "thread_1")
+    assert page is not None and page.cursor is None and [r.id for r in page.items] == ["run_ok"]

@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter import statuses
 from exporter.simulator import Simulator
+from tests.conftest import ExporterStarter
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import require_binary, wait_until
 from tests.simulator_support import quiesce
 
 pytestmark = pytest.mark.slow
 
-SPEED = 40  # scenario durations / 40: the API's 10-minute expiry takes 15 s
+SPEED = 40  # scenario durations / 40: the API's 10-minute expiry takes 15 s (conftest's sim runs at 40 too)
 FINISHED = "assistants_runs_finished_total"
 
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(scenario="steady", seed=7, speed=SPEED).start()
-    s.engine.set_workload(False)
-    yield s
-    s.stop()
-
-
-
-
-def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str]) -> ExporterProcess:
-    threads_file = tmp_path / "threads.txt"
-    if not threads_file.exists():
-        threads_file.write_text("# watched threads\n" + "\n".join(threads) + "\n")
-    args = ["--api-base", sim.base_url, "--threads-file", str(threads_file), "--state-file", str(tmp_path / "state.db"),
-            "--poll-interval", "0.2", "--idle-poll-interval", "0.5", "--max-requests-per-second", "500",
-            "--log-level", "info"]
-    return ExporterProcess(args, {"OPENAI_API_KEY": "sk-test-integration"}, tmp_path / "exporter.log").start()
+EXPORTER_FLAGS = ("--poll-interval", "0.2", "--idle-poll-interval", "0.5", "--max-requests-per-second", "500",
+                  "--log-level", "info")
 
 
 def _swept(exporter: ExporterProcess, sim: Simulator) -> None:
@@ -81,9 +64,9 @@ def _assert_totals_match(exporter: ExporterProcess, sim: Simulator, since: int) 
     return samples
 
 
-def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> None:
+def test_numbers_equal_the_simulators_truth(sim: Simulator, start_exporter: ExporterStarter) -> None:
     quiesce(sim)
-    exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=sim.thread_ids())
     try:
         exporter.wait_ready()
         _swept(exporter, sim)
@@ -110,9 +93,9 @@ def test_numbers_equal_the_simulators_truth(sim: Simulator, tmp_path: Path) -> N
         exporter.stop()
 
 
-def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> None:
+def test_kill_9_midway_keeps_totals_exact(sim: Simulator, start_exporter: ExporterStarter) -> None:
     quiesce(sim)
-    exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=sim.thread_ids())
     try:
         exporter.wait_ready()
         _swept(exporter, sim)
@@ -122,7 +105,7 @@ def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> Non
         # Runs keep ending while the exporter is down; they must be counted once after the restart.
         down_until = _finished(sim, since) + 15
         wait_until(lambda: _finished(sim, since) >= down_until, 60, 0.2, "downtime")
-        exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+        exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=sim.thread_ids())
         exporter.wait_ready()
         wait_until(lambda: _finished(sim, since) >= down_until + 40, 60, 0.2, "workload")
         sim.engine.set_workload(False)
@@ -132,7 +115,8 @@ def test_kill_9_midway_keeps_totals_exact(sim: Simulator, tmp_path: Path) -> Non
         exporter.stop()
 
 
-def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_path: Path) -> None:
+def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_path: Path,
+                                                         start_exporter: ExporterStarter) -> None:
     quiesce(sim)
     sim.faults.error_rate = 0.05
     sim.faults.malformed_rate = 0.2
@@ -140,7 +124,7 @@ def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_pat
     sim.faults.rate_limit_rps = 25.0
     sim.faults.rate_limit_burst = 5
     threads = sim.thread_ids()
-    exporter = _start_exporter(sim, tmp_path, threads)
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=threads)
     try:
         exporter.wait_ready()
         _swept(exporter, sim)
@@ -174,9 +158,9 @@ def test_faults_threads_file_changes_and_deleted_threads(sim: Simulator, tmp_pat
         exporter.stop()
 
 
-def test_promtool_accepts_a_real_scrape(sim: Simulator, tmp_path: Path) -> None:
+def test_promtool_accepts_a_real_scrape(sim: Simulator, start_exporter: ExporterStarter) -> None:
     promtool = require_binary("promtool")
-    exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=sim.thread_ids())
     try:
         exporter.wait_ready()
         text = exporter.scrape_text()
@@ -187,12 +171,12 @@ def test_promtool_accepts_a_real_scrape(sim: Simulator, tmp_path: Path) -> None:
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
 
 
-def test_history_is_read_once_never_counted_and_later_polls_are_one_request(tmp_path: Path) -> None:
+def test_history_is_read_once_never_counted_and_later_polls_are_one_request(start_exporter: ExporterStarter) -> None:
     sim = Simulator(scenario="history", seed=3, speed=SPEED).start()
     try:
         sim.engine.set_workload(False)
         quiesce(sim)
-        exporter = _start_exporter(sim, tmp_path, sim.thread_ids())
+        exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=sim.thread_ids())
         try:
             exporter.wait_ready()
             history_pages = sum(1500 // 100 + 1 for _ in range(3))  # the seeded threads, 1,500 runs each

@@ -6,7 +6,6 @@ copies and a `kill -9` midway."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from exporter.simulator import Simulator
 from exporter.simulator.responses import TERMINAL
 from exporter.simulator.webhooks import WebhookFaults, WebhookSender
+from tests.conftest import SimFactory
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import wait_until
 
@@ -28,10 +28,8 @@ WEBHOOKS = "assistants_exporter_webhooks_total"
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(seed=9, speed=SPEED).start()
-    yield s
-    s.stop()
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(workload=True, seed=9, speed=SPEED)
 
 
 def _exporter(tmp_path: Path, args: list[str], env: dict[str, str] | None = None) -> ExporterProcess:

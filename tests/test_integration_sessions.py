@@ -4,13 +4,11 @@ sessions created while it runs and a `kill -9` midway. Also the economy of a ste
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from exporter.model import TURN_STATUSES
 from exporter.simulator import Simulator
+from tests.conftest import ExporterStarter, SimFactory
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import wait_until
 
@@ -24,11 +22,8 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(seed=11, speed=SPEED, sessions_scenario="sessions").start()
-    s.engine.set_workload(False)  # only the Agents API is busy
-    yield s
-    s.stop()
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(seed=11, speed=SPEED, sessions_scenario="sessions")  # only the Agents API is busy
 
 
 def _quiesce(sim: Simulator, timeout: float = 30) -> None:
@@ -41,11 +36,10 @@ def _finished(sim: Simulator, since: int) -> int:
     return sum(sim.sessions.truth(since).finished.values())
 
 
-def _start_exporter(sim: Simulator, tmp_path: Path) -> ExporterProcess:
-    args = ["--source", "sessions", "--api-base", sim.base_url, "--state-file", str(tmp_path / "state.db"),
-            "--discover-interval", str(DISCOVER_INTERVAL), "--poll-interval", str(POLL),
-            "--idle-poll-interval", str(IDLE_POLL), "--max-requests-per-second", "1000", "--max-concurrency", "16"]
-    return ExporterProcess(args, {"OPENAI_API_KEY": "sk-test-sessions"}, tmp_path / "exporter.log").start()
+EXPORTER_FLAGS = ("--source", "sessions", "--discover-interval", str(DISCOVER_INTERVAL), "--poll-interval", str(POLL),
+                  "--idle-poll-interval", str(IDLE_POLL), "--max-requests-per-second", "1000",
+                  "--max-concurrency", "16")
+EXPORTER_ENV = {"OPENAI_API_KEY": "sk-test-sessions"}
 
 
 def _start_workload(sim: Simulator) -> int:
@@ -86,14 +80,14 @@ def _assert_totals_match(exporter: ExporterProcess, sim: Simulator, since: int) 
 
 
 def test_discovered_sessions_equal_the_truth_across_new_sessions_and_a_kill_9(sim: Simulator,
-                                                                             tmp_path: Path) -> None:
+                                                                             start_exporter: ExporterStarter) -> None:
     # History: sessions and turns that finished before the exporter started are never counted.
     sim.sessions.set_workload(True)
     wait_until(lambda: _finished(sim, 0) >= 15, 30, 0.1, "some history")
     sim.sessions.set_workload(False)
     _quiesce(sim)
     history_sessions = len(sim.sessions.session_ids())
-    exporter = _start_exporter(sim, tmp_path)
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, env=EXPORTER_ENV)
     try:
         exporter.wait_ready()
         want = sum(sim.sessions.truth().by_status.values())
@@ -106,7 +100,7 @@ def test_discovered_sessions_equal_the_truth_across_new_sessions_and_a_kill_9(si
         # Turns keep ending, and sessions keep opening, while the exporter is down.
         down_until = _finished(sim, since) + 20
         wait_until(lambda: _finished(sim, since) >= down_until, 60, 0.1, "downtime")
-        exporter = _start_exporter(sim, tmp_path)
+        exporter = start_exporter(sim, *EXPORTER_FLAGS, env=EXPORTER_ENV)
         exporter.wait_ready()
         wait_until(lambda: _finished(sim, since) >= down_until + 40, 60, 0.1, "more workload")
         sim.sessions.set_workload(False)
@@ -123,13 +117,14 @@ def test_discovered_sessions_equal_the_truth_across_new_sessions_and_a_kill_9(si
         exporter.stop()
 
 
-def test_steady_state_requests_are_within_a_quarter_of_the_ideal(sim: Simulator, tmp_path: Path) -> None:
+def test_steady_state_requests_are_within_a_quarter_of_the_ideal(sim: Simulator,
+                                                                 start_exporter: ExporterStarter) -> None:
     sim.sessions.set_workload(True)
     wait_until(lambda: len(sim.sessions.session_ids()) >= 12, 30, 0.1, "a dozen sessions")
     sim.sessions.set_workload(False)
     _quiesce(sim)
     sessions = len(sim.sessions.session_ids())
-    exporter = _start_exporter(sim, tmp_path)
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, env=EXPORTER_ENV)
     try:
         exporter.wait_ready()
         wait_until(lambda: total(exporter.scrape(), "assistants_exporter_threads", state="idle") == sessions, 30,
@@ -163,7 +158,7 @@ def test_steady_state_requests_are_within_a_quarter_of_the_ideal(sim: Simulator,
         exporter.stop()
 
 
-def test_faults_and_deleted_sessions(tmp_path: Path) -> None:
+def test_faults_and_deleted_sessions(start_exporter: ExporterStarter) -> None:
     sim = Simulator(seed=12, speed=SPEED, sessions_scenario="sessions-churn").start()
     try:
         sim.engine.set_workload(False)
@@ -172,7 +167,7 @@ def test_faults_and_deleted_sessions(tmp_path: Path) -> None:
         sim.faults.truncate_rate = 0.03
         sim.faults.rate_limit_rps = 15.0
         sim.faults.rate_limit_burst = 3
-        exporter = _start_exporter(sim, tmp_path)
+        exporter = start_exporter(sim, *EXPORTER_FLAGS, env=EXPORTER_ENV)
         try:
             exporter.wait_ready()
             wait_until(lambda: len(sim.sessions.deleted) >= 5, 60, 0.1, "sessions to be deleted")

@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import bcrypt
 import kubernetes_validate
 import pytest
 import yaml
 
 from exporter.config import FLAGS_BY_DEST, YAML_KEYS, parse_listen
+from exporter.webconfig import load_web_config
 from mixin.config import EXPORTER_JOB_REGEX
 from tests.helpers import REPO_ROOT, require_binary, served_paths
+from tests.tls_support import make_pki
 
 KUBERNETES_VERSION = "1.32"  # the oldest release the manifests are validated for; stated in the README
 K8S = REPO_ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("single", "sharded")
+OVERLAYS = ("single", "sharded", "tls")
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 Doc = dict[str, Any]
 
@@ -152,10 +155,10 @@ def test_probes_ask_the_health_endpoints_on_the_metrics_port(overlay: str) -> No
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ports_agree_with_the_exporter_default_and_the_config(overlay: str) -> None:
     docs = render(overlay)
-    default_port = parse_listen(str(FLAGS_BY_DEST["listen"].default))[1]
+    default_port = parse_listen(str(FLAGS_BY_DEST["web_listen_address"].default[0]))[1]
     container_port = {p["name"]: p["containerPort"] for p in exporter_container(docs)["ports"]}
     assert container_port["http-metrics"] == default_port
-    assert parse_listen(config_yaml(docs)["listen"])[1] == default_port
+    assert [parse_listen(a)[1] for a in config_yaml(docs)["web_listen_address"]] == [default_port]
     service = one(docs, "Service")
     (port,) = service["spec"]["ports"]
     assert (port["name"], port["port"], port["targetPort"]) == ("http-metrics", default_port, "http-metrics")
@@ -185,7 +188,7 @@ def test_replicas_equal_total_shards(overlay: str) -> None:
     docs = render(overlay)
     replicas = one(docs, "StatefulSet")["spec"]["replicas"]
     assert flag(exporter_container(docs)["args"], "--total-shards") == str(replicas)
-    assert replicas == {"single": 1, "sharded": 3}[overlay]
+    assert replicas == {"single": 1, "sharded": 3, "tls": 1}[overlay]
 
 
 def test_sharded_pods_take_their_shard_from_the_hostname_and_reach_peers_by_the_headless_service() -> None:
@@ -259,3 +262,36 @@ def test_generator_concatenates_the_groups_of_every_rules_file(tmp_path: Path) -
     (tmp_path / "ignored.yml").write_text(yaml.safe_dump({"groups": [{"name": "c", "rules": []}]}))
     out = yaml.safe_load(generator.render(tmp_path))
     assert out["kind"] == "PrometheusRule" and out["spec"]["groups"] == a["groups"] + b["groups"]
+
+
+def test_tls_overlay_probes_the_probe_listener_and_scrapes_https_with_basic_auth(tmp_path: Path) -> None:
+    docs = render("tls")
+    container, pod = exporter_container(docs), pod_spec(docs)
+    args = container["args"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert parse_listen(flag(args, "--probe-listen-address") or "")[1] == ports["http-probes"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http-probes", probe
+    # The web config file is the one the overlay's ConfigMap mounts, and it is valid.
+    path = Path(flag(args, "--web.config.file") or "")
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"])
+    web: Doc = yaml.safe_load(cm["data"][path.name])
+    tls_volume = next(v for v in pod["volumes"] if "secret" in v)
+    tls_mount = next(m for m in container["volumeMounts"] if m["name"] == tls_volume["name"])
+    assert Path(web["tls_server_config"]["cert_file"]).parent == Path(tls_mount["mountPath"])
+    assert bcrypt.checkpw(b"change-me", web["basic_auth_users"]["prometheus"].encode())  # as its comment says
+    pki = make_pki(tmp_path)
+    web["tls_server_config"].update(cert_file=str(pki.server_cert), key_file=str(pki.server_key))
+    local = tmp_path / "web-config.yml"
+    local.write_text(yaml.safe_dump(web))
+    load_web_config(local)
+    promtool = require_binary("promtool")
+    check = subprocess.run([promtool, "check", "web-config", str(local)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Prometheus scrapes over HTTPS, trusting the CA of the pod's certificate Secret, with basic auth.
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["port"] == "http-metrics"
+    assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == tls_volume["secret"]["secretName"]
+    assert {endpoint["basicAuth"][k]["key"] for k in ("username", "password")} == {"username", "password"}

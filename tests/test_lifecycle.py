@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from exporter.simulator import Simulator
 from exporter.store import Store
+from tests.conftest import SimFactory
 from tests.exporter_process import ExporterProcess, total
 from tests.helpers import wait_until
 from tests.tls_support import bcrypt_hash
@@ -192,11 +192,8 @@ def test_sighup_rereads_the_web_config(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(scenario="steady", seed=7, speed=20).start()
-    s.engine.set_workload(False)
-    yield s
-    s.stop()
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(scenario="steady", seed=7, speed=20)
 
 
 def test_sighup_rereads_the_threads_file(tmp_path: Path, sim: Simulator) -> None:

@@ -25,9 +25,7 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,13 +34,13 @@ import pytest
 from exporter import statuses
 from exporter.simulator import Simulator
 from exporter.sources.push import ENUM_BY_VALUE
-from tests.exporter_process import ExporterProcess, Samples, by_label, total
+from tests.conftest import ExporterStarter
+from tests.exporter_process import Samples, by_label, total
 from tests.helpers import wait_until
 from tests.simulator_support import quiesce
 
 pytestmark = pytest.mark.slow
 
-SPEED = 40
 FINISHED = "assistants_runs_finished_total"
 TOKEN = "push-token-integration-0123456789"
 PUSH_ASSISTANT = "asst_push"
@@ -236,26 +234,9 @@ class SimulatorPusher(threading.Thread):
 
 # -- the test ------------------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(scenario="steady", seed=7, speed=SPEED).start()
-    s.engine.set_workload(False)
-    yield s
-    s.stop()
-
-
-
-
-def _start_exporter(sim: Simulator, tmp_path: Path, threads: list[str]) -> ExporterProcess:
-    threads_file = tmp_path / "threads.txt"
-    if not threads_file.exists():
-        threads_file.write_text("\n".join(threads) + "\n")
-    args = ["--source", "threads", "--source", "push", "--api-base", sim.base_url,
-            "--threads-file", str(threads_file), "--state-file", str(tmp_path / "state.db"),
-            "--poll-interval", "0.2", "--idle-poll-interval", "0.5", "--max-requests-per-second", "500"]
-    env = {"OPENAI_API_KEY": "sk-test-integration", "ASSISTANTS_EXPORTER_PUSH_TOKEN": TOKEN}
-    return ExporterProcess(args, env, tmp_path / "exporter.log").start()
+EXPORTER_FLAGS = ("--source", "threads", "--source", "push", "--poll-interval", "0.2", "--idle-poll-interval", "0.5",
+                  "--max-requests-per-second", "500")
+EXPORTER_ENV = {"ASSISTANTS_EXPORTER_PUSH_TOKEN": TOKEN}
 
 
 def _push_only_finished(samples: Samples) -> float:
@@ -309,10 +290,10 @@ def _expected(sim: Simulator, since: int, truth: PushTruth) -> dict[str, dict[st
     }
 
 
-def test_pushed_and_polled_runs_equal_the_truth_across_kill_9(sim: Simulator, tmp_path: Path) -> None:
+def test_pushed_and_polled_runs_equal_the_truth_across_kill_9(sim: Simulator, start_exporter: ExporterStarter) -> None:
     quiesce(sim)
     threads = sim.thread_ids()
-    exporter = _start_exporter(sim, tmp_path, threads)
+    exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=threads, env=EXPORTER_ENV)
     stop = threading.Event()
     clients: list[PushOnlyClient] = []
     pusher: SimulatorPusher | None = None
@@ -342,7 +323,7 @@ def test_pushed_and_polled_runs_equal_the_truth_across_kill_9(sim: Simulator, tm
         # kill -9 while the clients push; they hold what got no answer until the exporter is back.
         target.up.clear()
         exporter.kill9()
-        exporter = _start_exporter(sim, tmp_path, threads)
+        exporter = start_exporter(sim, *EXPORTER_FLAGS, threads=threads, env=EXPORTER_ENV)
         exporter.wait_ready()
         samples = exporter.scrape()
         with target.lock:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from exporter.sources.ratelimit import TokenBucket
-from tests.helpers import FakeTime
+from tests.conftest import FakeTime
 
 
 def make(rate: float, burst: float, t: FakeTime, **kw: float) -> TokenBucket:

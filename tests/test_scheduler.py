@@ -6,29 +6,22 @@ import random
 
 from exporter.scheduler import BREAKER_THRESHOLD, PROBE_MAX, Schedule, Scheduler
 from exporter.sources import PollResult
+from tests.conftest import FakeTime
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _scheduler(n: int = 5) -> tuple[Scheduler, Clock]:
-    clock = Clock()
+def _scheduler(n: int = 5) -> tuple[Scheduler, FakeTime]:
+    clock = FakeTime(100.0)
     sched = Scheduler(Schedule(poll_interval=1.0, idle_poll_interval=10.0), clock, random.Random(1))
     sched.sync({f"t{i}": "threads" for i in range(n)})
     return sched, clock
 
 
-def _finish(sched: Scheduler, clock: Clock, scope: str, reached: bool) -> None:
+def _finish(sched: Scheduler, clock: FakeTime, scope: str, reached: bool) -> None:
     sched.finished(PollResult(scope, "ok" if reached else "error", api_reached=reached, started=clock.now),
                    active=False)
 
 
-def _refused(sched: Scheduler, clock: Clock, scopes: list[str]) -> None:
+def _refused(sched: Scheduler, clock: FakeTime, scopes: list[str]) -> None:
     for scope in scopes:
         _finish(sched, clock, scope, reached=False)
 
@@ -94,7 +87,7 @@ def test_a_probe_whose_scope_leaves_or_whose_task_raises_does_not_wedge_the_brea
 
 
 def test_each_source_has_its_own_breaker() -> None:
-    clock = Clock()
+    clock = FakeTime(100.0)
     sched = Scheduler(Schedule(poll_interval=1.0, idle_poll_interval=10.0), clock, random.Random(1))
     sched.sync({"a1": "a", "a2": "a", "a3": "a", "b1": "b"})
     _refused(sched, clock, ["a1", "a2", "a3"])

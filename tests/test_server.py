@@ -408,7 +408,7 @@ def test_requests_in_flight_over_the_limit_get_503_and_probes_keep_a_reserve(
         try:
             for writer in writers:
                 writer.start()
-            slots = srv.server.app
+            slots = srv.server.slots
             assert isinstance(slots, RequestSlots)
             wait_until(lambda: slots.active == 2, what="two writes in flight")
             assert [request(srv.port, "POST", "/slow")[0] for _ in range(3)] == [503] * 3  # writes: full

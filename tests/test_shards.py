@@ -7,7 +7,6 @@ import logging
 import random
 import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from exporter.inbox import Inbox
 from exporter.shards import Sharding, ordinal, run_key
 from exporter.simulator import Simulator
 from exporter.sources.push import PushReceiver, PushTokens
+from tests.conftest import SimFactory
 from tests.exporter_process import ExporterProcess, Samples, by_label, total
 from tests.helpers import free_port, wait_until
 from tests.simulator_support import quiesce
@@ -61,11 +61,8 @@ def _ports(n: int) -> tuple[str, list[int]]:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    s = Simulator(scenario="steady", seed=5, speed=40).start()
-    s.engine.set_workload(False)
-    yield s
-    s.stop()
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(scenario="steady", seed=5, speed=40)
 
 
 

@@ -6,13 +6,13 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from exporter.model import INVALID_REASONS, parse_run
 from exporter.simulator import FakeClock, Faults, Simulator
+from tests.conftest import SimFactory
 from tests.simulator_support import API_HEADERS, client
 
 RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
@@ -35,10 +35,8 @@ def _assert_common_headers(resp: httpx.Response) -> None:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(seed=0, clock=FakeClock(), api_key="sk-secret-123") as s:
-        s.engine.set_workload(False)
-        yield s
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(seed=0, clock=FakeClock(), api_key="sk-secret-123")
 
 
 def test_auth(sim: Simulator) -> None:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 from exporter.simulator import FakeClock, Simulator
 from exporter.simulator.cli import main as simulate_main
 from exporter.statuses import TERMINAL
+from tests.conftest import SimFactory
 from tests.helpers import REPO_ROOT
 from tests.test_simulator_cli import LAUNCH, _first_line
 
@@ -47,11 +47,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def sim(clock: FakeClock) -> Iterator[Simulator]:
-    with Simulator(
-        scenario="discovery", seed=3, clock=clock, speed=10, flavor="foundry", identity_header=IDENTITY_HEADER
-    ) as s:
-        yield s
+def sim(make_sim: SimFactory, clock: FakeClock) -> Simulator:
+    return make_sim(
+        workload=True,
+        scenario="discovery",
+        seed=3,
+        clock=clock,
+        speed=10,
+        flavor="foundry",
+        identity_header=IDENTITY_HEADER,
+    )
 
 
 def list_threads(http: httpx.Client, order: str, limit: int) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from exporter.sources import PollResult
 from exporter.sources import http as http_client
 from exporter.sources.assistants import ApiSettings, AssistantsSource, backoff_delay, parse_retry_after
 from exporter.sources.http import STALL_AFTER
-from tests.helpers import FakeTime
+from tests.conftest import FakeTime
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 BASE = "http://api.test/v1"

@@ -83,9 +83,9 @@ def test_a_page_keeps_good_items_and_counts_bad_ones() -> None:
         {"data": [thread(1), 5, {"id": "x"}, {"created_at": 1}, thread(2)], "last_id": "thread_0002", "has_more": True}
     ).encode()
     page = parse_threads_page(body)
-    assert [t.id for t in page.threads] == ["thread_0001", "thread_0002"]
+    assert page is not None and [t.id for t in page.items] == ["thread_0001", "thread_0002"]
     assert page.invalid == {"not_object": 1, "wrong_type": 1, "missing_id": 1}
-    assert page.next_cursor == "thread_0002" and not page.malformed
+    assert page.cursor == "thread_0002"
 
 
 @pytest.mark.parametrize(
@@ -93,9 +93,7 @@ def test_a_page_keeps_good_items_and_counts_bad_ones() -> None:
     [b"", b"not json", b'{"data": [', b"[]", b'{"data": {}}', b'{"last_id": null}', b"\xff\xfe"],
 )
 def test_malformed_pages(body: bytes) -> None:
-    page = parse_threads_page(body)
-    assert page.malformed and page.threads == []
-    assert page.invalid == {"malformed_page": 1}
+    assert parse_threads_page(body) is None
 
 
 @pytest.mark.parametrize(
@@ -105,12 +103,26 @@ def test_malformed_pages(body: bytes) -> None:
         ({"last_id": "t", "has_more": False}, None),  # OpenAI's last page names its last item
         ({"last_id": "t", "has_more": True}, "t"),
         ({"last_id": "t"}, "t"),  # no has_more: follow last_id, as the official pager does
-        ({"last_id": 5, "has_more": True}, None),
-        ({"last_id": "", "has_more": True}, None),
+        ({"last_id": 5}, None),  # no has_more and no usable last_id: the end
+        ({"last_id": None, "has_more": None}, None),
     ],
 )
 def test_next_cursor(envelope: dict[str, Any], cursor: str | None) -> None:
-    assert parse_threads_page(json.dumps({"data": [], **envelope}).encode()).next_cursor == cursor
+    page = parse_threads_page(json.dumps({"data": [], **envelope}).encode())
+    assert page is not None and page.cursor == cursor
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"last_id": 5, "has_more": True},
+        {"last_id": "", "has_more": True},
+        {"last_id": None, "has_more": True},  # and no item to page after
+        {"last_id": "t", "has_more": "yes"},
+    ],
+)
+def test_more_pages_without_a_cursor_are_malformed(envelope: dict[str, Any]) -> None:
+    assert parse_threads_page(json.dumps({"data": [], **envelope}).encode()) is None
 
 
 # ----- paging rules --------------------------------------------------------------------------------
@@ -196,6 +208,44 @@ def test_a_server_repeating_a_cursor_cannot_loop_the_pass() -> None:
     got = run(discover_threads(fetch, never_known, since=0))
     assert [t.id for t in got.threads] == ["thread_0001"]  # the repeat is not reported twice
     assert (got.requests, got.finished, got.stopped) == (2, False, "loop")
+    assert got.invalid == {"malformed_page": 1}  # counted like any page that cannot be followed
+
+
+def test_has_more_without_last_id_pages_after_the_last_thread() -> None:
+    pages = [
+        {"data": [thread(9), thread(8)], "last_id": None, "has_more": True},
+        {"data": [thread(7)], "last_id": None, "has_more": False},
+    ]
+    afters: list[str | None] = []
+
+    async def fetch(params: dict[str, str]) -> bytes | None:
+        afters.append(params.get("after"))
+        return json.dumps(pages[len(afters) - 1]).encode()
+
+    got = run(discover_threads(fetch, never_known, since=0))
+    assert [t.id for t in got.threads] == ["thread_0009", "thread_0008", "thread_0007"]
+    assert afters == [None, "thread_0008"] and (got.finished, got.stopped) == (True, "end")
+
+
+def test_a_body_too_large_is_a_malformed_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.sources import http as http_client
+    from exporter.sources.assistants import ApiSettings, AssistantsSource
+    from exporter.sources.foundry import ThreadDiscovery
+
+    monkeypatch.setattr(http_client, "MAX_BODY_BYTES", 1000)
+    big = json.dumps({"data": [thread(i) for i in range(50)], "last_id": None, "has_more": False}).encode()
+
+    async def go() -> tuple[list[tuple[str, int]], dict[str, int], str | None]:
+        source = AssistantsSource(ApiSettings(base_url="http://api.test/v1", api_key="k"),
+                                  transport=httpx.MockTransport(lambda r: httpx.Response(200, content=big)))
+        try:
+            found = await ThreadDiscovery(source, 3600.0, clock=lambda: 1000.0).discover(never_known)
+        finally:
+            await source.aclose()
+        assert found.api_reached
+        return found.scopes, found.invalid, found.error
+
+    assert asyncio.run(go()) == ([], {"malformed_page": 1}, "thread discovery stopped early (malformed)")
 
 
 def test_max_pages_bounds_a_pass() -> None:

@@ -94,6 +94,32 @@ def test_discovery_pages_newest_first_and_stops_at_the_lookback_or_a_known_respo
     assert found.scopes == [("r5", int(now - 1))] and len(stub.params) == 1
 
 
+def test_discovery_stops_at_a_repeated_cursor_or_a_malformed_page_and_counts_it() -> None:
+    now = 1_790_000_000.0
+    same = _page([("r5", now - 1), ("r4", now - 2)], True)
+    stub = _Stub(Got(None, False, False, None), [same, same, same])
+    found = asyncio.run(ResponseDiscovery(stub, 100.0, wall=lambda: now).discover(lambda _: False))
+    assert found.scopes == [("r5", int(now - 1)), ("r4", int(now - 2))] and len(stub.params) == 2
+    assert found.invalid == {"malformed_page": 1} and found.error == "response discovery stopped early (loop)"
+    stub = _Stub(Got(None, False, False, None), [b'{"data": [' + b"[" * 100_000])
+    found = asyncio.run(ResponseDiscovery(stub, 100.0, ("a", "b"), wall=lambda: now).discover(lambda _: False))
+    assert found.invalid == {"malformed_page": 1} and found.api_reached
+    assert found.error == "response discovery stopped early (malformed, error)"  # b's request found no page
+
+
+def test_discovery_skips_a_bad_item_between_good_ones() -> None:
+    import json
+
+    now = 1_790_000_000.0
+    good = {"object": "response", "status": "completed", "created_at": now - 1}
+    data = [{**good, "id": "r3"}, {**good, "id": "r/2"}, {**good, "id": "r1", "created_at": float("nan")},
+            {**good, "id": "r0", "status": "paused"}]
+    stub = _Stub(Got(None, False, False, None), [json.dumps({"data": data, "has_more": False}).encode()])
+    found = asyncio.run(ResponseDiscovery(stub, 100.0, wall=lambda: now).discover(lambda _: False))
+    assert [i for i, _ in found.scopes] == ["r3", "r0"]  # the status is judged when fetched by id
+    assert found.invalid == {"wrong_type": 2} and found.error is None
+
+
 def test_discovery_filters_by_each_agent_on_the_simulator() -> None:
     clock = FakeClock()
     with Simulator(seed=3, clock=clock, flavor="foundry") as sim:

@@ -4,7 +4,6 @@ simulator on loopback (its clock is a FakeClock, so every timestamp is known).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ from exporter.model import REASON_MISSING_STATUS, REASON_UNKNOWN_STATUS, REASON_
 from exporter.simulator import FakeClock, Simulator
 from exporter.sources import DiscoveryResult
 from exporter.sources.assistants import ApiSettings
-from exporter.sources.sessions import LIST_SESSIONS, LIST_TURNS, SessionDiscovery, SessionsSource
+from exporter.sources.sessions import LIST_SESSIONS, LIST_TURNS, SPEC, SessionDiscovery, SessionsSource
 from exporter.tracker import Tracker
+from tests.conftest import SimFactory
 
 START = 1_770_000_000.0
 
@@ -79,11 +79,9 @@ def test_bad_turns_are_counted(fields: dict[str, Any], reason: str, kept: bool) 
 
 
 @pytest.fixture
-def sim() -> Iterator[tuple[Simulator, FakeClock]]:
+def sim(make_sim: SimFactory) -> tuple[Simulator, FakeClock]:
     clock = FakeClock(start=START)
-    with Simulator(seed=9, clock=clock) as s:
-        s.engine.set_workload(False)
-        yield s, clock
+    return make_sim(seed=9, clock=clock), clock
 
 
 def _source(sim: Simulator, requests: list[tuple[str, str]], **kwargs: Any) -> SessionsSource:
@@ -248,7 +246,8 @@ def test_sessions_need_a_key_and_nothing_else(env: dict[str, str]) -> None:
         load_config(["--source", "sessions"], env)
     config = load_config(["--source", "sessions", "--agent-id", "agent_a", "--agent-id", "agent_b"],
                          {**env, "OPENAI_API_KEY": "sk-test"})
-    assert config.sources == ("sessions",) and config.agent_ids == ("agent_a", "agent_b") and config.calls_api
+    assert config.sources == ("sessions",) and config.calls_api
+    assert config.options(SPEC).agent_ids == ("agent_a", "agent_b")
 
 
 def test_agent_id_without_the_sessions_source_is_a_config_error(env: dict[str, str]) -> None:

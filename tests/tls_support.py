@@ -1,10 +1,11 @@
-"""Certificates made by the tests (a CA, a server certificate for 127.0.0.1, a client certificate) and bcrypt
-hashes, written to a temporary directory."""
+"""Certificates made by the tests (a CA, a server certificate for 127.0.0.1, client certificates with the SANs a
+test asks for, signed by the CA or by themselves) and bcrypt hashes, written to a temporary directory."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    ca_key: Path
 
 
 def _name(common: str) -> x509.Name:
@@ -33,8 +35,20 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
                                        serialization.NoEncryption()))
 
 
+def san(value: str) -> x509.GeneralName:
+    """A SAN of the kind its text looks like: a URI (scheme://), an e-mail (@), an IP, else a DNS name."""
+    if "://" in value:
+        return x509.UniformResourceIdentifier(value)
+    if "@" in value:
+        return x509.RFC822Name(value)
+    try:
+        return x509.IPAddress(ipaddress.ip_address(value))
+    except ValueError:
+        return x509.DNSName(value)
+
+
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issuer_key: ec.EllipticCurvePrivateKey,
-          ca: bool, usage: x509.ObjectIdentifier | None) -> x509.Certificate:
+          ca: bool, usage: x509.ObjectIdentifier | None, sans: Sequence[str] = ()) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -45,6 +59,8 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issu
     if usage == ExtendedKeyUsageOID.SERVER_AUTH:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+    elif sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName([san(s) for s in sans]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -53,8 +69,9 @@ def make_pki(directory: Path, prefix: str = "") -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _cert("test CA", ca_key, _name("test CA"), ca_key, True, None)
     pki = Pki(*(directory / f"{prefix}{n}" for n in ("ca.crt", "server.crt", "server.key", "client.crt",
-                                                        "client.key")))
+                                                        "client.key", "ca.key")))
     pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(ca_key, pki.ca_key)
     for cert_path, key_path, common, usage in (
             (pki.server_cert, pki.server_key, "127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH),
             (pki.client_cert, pki.client_key, "prometheus", ExtendedKeyUsageOID.CLIENT_AUTH)):
@@ -63,6 +80,24 @@ def make_pki(directory: Path, prefix: str = "") -> Pki:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, key_path)
     return pki
+
+
+def client_cert(pki: Pki, directory: Path, name: str, sans: Sequence[str],
+                self_signed: bool = False) -> tuple[Path, Path]:
+    """A client certificate (and its key) with these SANs, signed by the CA of `pki` or by itself."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    if self_signed:
+        issuer, issuer_key = _name(name), key
+    else:
+        ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+        loaded = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        issuer, issuer_key = ca.subject, loaded
+    cert = _cert(name, key, issuer, issuer_key, False, ExtendedKeyUsageOID.CLIENT_AUTH, sans)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_path)
+    return cert_path, key_path
 
 
 def bcrypt_hash(password: str, rounds: int = 4) -> str:

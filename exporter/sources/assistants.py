@@ -6,18 +6,21 @@ exporter/sources/http.py; this module says where the runs of a thread are and ho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from exporter.flags import ConfigError, option
 from exporter.model import SOURCE_THREADS as SOURCE_THREADS
-from exporter.model import ParseResult, parse_run
+from exporter.model import ParseResult, RunSnapshot, parse_run
 from exporter.sources.http import (
     ApiClient,
     ApiSettings,
-    Page,
     backoff_delay,
     build_headers,
     parse_remaining,
     parse_retry_after,
 )
-from exporter.sources.http import parse_page as _parse_page
+from exporter.sources.listing import ListPage, parse_list, read_runs
+from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 
 __all__ = [
     "ApiSettings",
@@ -36,9 +39,9 @@ def _parse_run(item: object, scope: str) -> ParseResult:
     return parse_run(item, scope)
 
 
-def parse_page(body: bytes, thread_id: str) -> Page | None:
+def parse_page(body: bytes, thread_id: str) -> ListPage[RunSnapshot] | None:
     """Validate one runs listing page; None when it is malformed as a whole."""
-    return _parse_page(body, thread_id, _parse_run)
+    return parse_list(body, read_runs(_parse_run, thread_id))
 
 
 class AssistantsSource(ApiClient):
@@ -50,3 +53,28 @@ class AssistantsSource(ApiClient):
     list_endpoint = ENDPOINT
     scope_kind = "thread"
     parse_item = staticmethod(_parse_run)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadsOptions:
+    discover_threads: bool = option(
+        "--discover-threads", "bool", False,
+        "List the API's threads (GET {api-base}/threads) and watch the new ones (Azure AI Foundry).")
+
+
+def _check(ctx: CheckContext) -> None:
+    if not (ctx.demo or ctx.has_scopes or ctx.has_push_tokens or ctx.options.discover_threads):
+        raise ConfigError("--thread, --threads-file or --discover-threads is required (or a push token, to "
+                          "register threads over the API; or run with --demo)")
+
+
+def _build(ctx: SourceContext) -> Built:
+    source = ctx.client(AssistantsSource)
+    if not ctx.options.discover_threads:
+        return Built(listing=source)
+    from exporter.sources.foundry import ThreadDiscovery  # foundry builds on this module's client
+
+    return Built(listing=source, discoveries=(ThreadDiscovery(source, ctx.lookback),))
+
+
+SPEC = SourceSpec(SOURCE_THREADS, "poll threads", "required", ThreadsOptions, _check, _build)

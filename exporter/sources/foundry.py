@@ -7,25 +7,24 @@ supplies `fetch_page`, so auth, rate limits, retries and request metrics stay in
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from exporter.model import (
-    REASON_MALFORMED_PAGE,
     REASON_MISSING_ID,
     REASON_NOT_OBJECT,
     REASON_WRONG_TYPE,
     SOURCE_THREADS,
+    json_int,
     string_problem,
     thread_id_problem,
 )
 from exporter.sources import DiscoveryResult
 from exporter.sources.assistants import AssistantsSource
+from exporter.sources.listing import ListPage, ReadItem, page_through, parse_list
 
 PAGE_LIMIT = 100
 MAX_PAGES = 1000  # 100,000 threads in one pass; a server whose cursors never end cannot keep us busy forever
@@ -41,22 +40,6 @@ StopReason = Literal["since", "known", "end", "error", "malformed", "loop", "max
 class ThreadItem:
     id: str
     created_at: int  # epoch seconds
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadsPage:
-    """One parsed listing page. `malformed` pages carry nothing else; the pass stops there."""
-
-    threads: list[ThreadItem] = field(default_factory=list)
-    last_id: str | None = None
-    has_more: bool | None = None  # None when the page did not say
-    invalid: dict[str, int] = field(default_factory=dict)  # invalid_objects_total reason -> count
-    malformed: bool = False
-
-    @property
-    def next_cursor(self) -> str | None:
-        """Where the next page starts, or None at the end: Foundry nulls last_id on the last page."""
-        return None if self.has_more is False else self.last_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,36 +63,19 @@ def parse_thread(obj: object) -> ThreadItem | str:
     if not isinstance(thread_id, str) or thread_id_problem(thread_id) is not None:
         # It goes into a URL path, so a bad id must not be used.
         return (string_problem(thread_id) if isinstance(thread_id, str) else None) or REASON_WRONG_TYPE
-    created_at = obj.get("created_at")
-    if isinstance(created_at, bool) or not isinstance(created_at, int | float):
-        return REASON_WRONG_TYPE
-    return ThreadItem(thread_id, int(created_at))
+    created_at = json_int(obj.get("created_at"))  # NaN, Infinity and 400-digit numbers are the wrong type
+    return REASON_WRONG_TYPE if created_at is None else ThreadItem(thread_id, created_at)
 
 
-def parse_threads_page(body: bytes) -> ThreadsPage:
-    """Parse a threads listing page. Never raises: bad items are counted, a bad page is `malformed`."""
-    try:
-        page: Any = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, bad UTF-8, absurdly nested
-        page = None
-    if not isinstance(page, dict) or not isinstance(page.get("data"), list):
-        return ThreadsPage(invalid={REASON_MALFORMED_PAGE: 1}, malformed=True)
-    threads: list[ThreadItem] = []
-    invalid: Counter[str] = Counter()
-    for item in page["data"]:
-        parsed = parse_thread(item)
-        if isinstance(parsed, str):
-            invalid[parsed] += 1
-        else:
-            threads.append(parsed)
-    last_id = page.get("last_id")
-    has_more = page.get("has_more")
-    return ThreadsPage(
-        threads=threads,
-        last_id=last_id if isinstance(last_id, str) and last_id and string_problem(last_id) is None else None,
-        has_more=has_more if isinstance(has_more, bool) else None,
-        invalid=dict(invalid),
-    )
+def read_thread(obj: object) -> tuple[ThreadItem | None, str | None]:
+    """parse_thread as a list item reader."""
+    parsed = parse_thread(obj)
+    return (None, parsed) if isinstance(parsed, str) else (parsed, None)
+
+
+def parse_threads_page(body: bytes) -> ListPage[ThreadItem] | None:
+    """One threads listing page; None when it is malformed. Without `has_more` it goes on after `last_id`."""
+    return parse_list(body, read_thread, follow_last_id=True)
 
 
 async def discover_threads(
@@ -120,6 +86,7 @@ async def discover_threads(
     stop_at_known: bool = True,
     stop_known_before: float | None = None,
     max_pages: int = MAX_PAGES,
+    read_item: ReadItem[ThreadItem] = read_thread,
 ) -> Discovered:
     """List threads newest first and return the unknown ones created at or after `since`.
 
@@ -128,44 +95,37 @@ async def discover_threads(
     caller whose last pass did not finish passes `stop_at_known=False` and walks down to `since` again.
     `stop_known_before`: stop only at a known thread created before this time; newer known ones are skipped,
     since a thread created in the same second as a known one may sort after it.
+    `read_item`: how one item of the list is read (sessions are read as threads; responses are not).
     """
     found: list[ThreadItem] = []
     seen: set[str] = set()
-    invalid: Counter[str] = Counter()
-    cursors: set[str] = set()
-    params = {"order": "desc", "limit": str(PAGE_LIMIT)}
-    requests = 0
+    reached: list[StopReason] = []  # "since" or "known", once an item says the rest is older or known
 
-    def result(finished: bool, stopped: StopReason) -> Discovered:
-        return Discovered(found, requests, finished, stopped, dict(invalid))
-
-    while requests < max_pages:
-        body = await fetch_page(dict(params))
-        requests += 1
-        if body is None:
-            return result(False, "error")
-        page = parse_threads_page(body)
-        invalid.update(page.invalid)
-        if page.malformed:
-            return result(False, "malformed")
-        for thread in page.threads:
+    def on_page(threads: list[ThreadItem]) -> bool:
+        for thread in threads:
             if thread.created_at < since:
-                return result(True, "since")
+                reached.append("since")
+                return True
             if is_known(thread.id):
                 if stop_at_known and (stop_known_before is None or thread.created_at < stop_known_before):
-                    return result(True, "known")
+                    reached.append("known")
+                    return True
                 continue
             if thread.id not in seen:
                 seen.add(thread.id)
                 found.append(thread)
-        cursor = page.next_cursor
-        if cursor is None:
-            return result(True, "end")
-        if cursor in cursors:  # the server sent a cursor twice: it would loop forever
-            return result(False, "loop")
-        cursors.add(cursor)
-        params["after"] = cursor
-    return result(False, "max_pages")
+        return False
+
+    async def fetch(after: str | None) -> bytes | None:
+        params = {"order": "desc", "limit": str(PAGE_LIMIT)}
+        if after is not None:
+            params["after"] = after
+        return await fetch_page(params)
+
+    listed = await page_through(fetch, read_item, on_page, max_pages=max_pages, follow_last_id=True)
+    stopped: StopReason = reached[0] if reached else "end" if listed.stopped == "hook" else listed.stopped
+    finished = stopped in ("since", "known", "end")
+    return Discovered(found, listed.requests, finished, stopped, listed.invalid)
 
 
 class ThreadDiscovery:

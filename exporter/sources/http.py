@@ -9,7 +9,6 @@ Subclasses say which `OpenAI-Beta` header they send and how list items become ru
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -17,15 +16,16 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 
 import httpx
 
 from exporter import __version__
-from exporter.model import REASON_MALFORMED_PAGE, ParseResult, RunSnapshot, string_problem, thread_id_problem
+from exporter.model import ParseResult, RunSnapshot, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
+from exporter.sources.listing import ParseItem, add_counts, page_through, read_runs
 from exporter.sources.ratelimit import TokenBucket
 from exporter.sources.transport import NoCookies, Urls
 from exporter.sources.transport import transport as fast_transport
@@ -125,18 +125,6 @@ class _Fetch:
     gone: bool = False  # 404: the thread no longer exists
 
 
-@dataclass(slots=True)
-class Page:
-    runs: list[RunSnapshot]
-    invalid: dict[str, int]
-    has_more: bool
-    last_id: str | None
-
-
-# One list item -> a snapshot and/or an invalid-object reason; the second argument is the scope listed.
-ParseItem = Callable[[object, str], ParseResult]
-
-
 def build_headers(settings: ApiSettings, beta: str = "assistants=v2") -> dict[str, str]:
     headers = {
         "OpenAI-Beta": beta,
@@ -189,41 +177,6 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Full jitter: uniform over [0, min(cap, base * 2**(attempt-1))]."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt - 1, 30))
     return rng.uniform(0.0, ceiling)
-
-
-def parse_page(body: bytes, scope: str, parse_item: ParseItem) -> Page | None:
-    """Validate one listing page; None when it is malformed as a whole."""
-    try:
-        obj: Any = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, truncated, bad UTF-8, absurdly nested
-        return None
-    if not isinstance(obj, dict):
-        return None
-    data = obj.get("data")
-    if not isinstance(data, list):
-        return None
-    has_more = obj.get("has_more", False)  # some compatible servers omit it on the last page
-    if not isinstance(has_more, bool):
-        return None
-    last_id = obj.get("last_id")
-    if last_id is None and data and isinstance(data[-1], dict):
-        last_id = data[-1].get("id")  # a cursor page may leave it out: the SDK pages after the last item
-    if has_more and (not isinstance(last_id, str) or not last_id or string_problem(last_id) is not None):
-        return None  # we could not ask for the next page (a surrogate cannot go into a query string)
-    cursor = last_id if isinstance(last_id, str) else None
-    page = Page(runs=[], invalid={}, has_more=has_more, last_id=cursor)
-    for item in data:
-        parsed = parse_item(item, scope)
-        if parsed.invalid_reason is not None:
-            page.invalid[parsed.invalid_reason] = page.invalid.get(parsed.invalid_reason, 0) + 1
-        if parsed.snapshot is not None:
-            page.runs.append(parsed.snapshot)
-    return page
-
-
-def _add_counts(into: dict[str, int], more: dict[str, int]) -> None:
-    for reason, count in more.items():
-        into[reason] = into.get(reason, 0) + count
 
 
 def _attempts(n: int) -> str:
@@ -319,41 +272,40 @@ class ApiClient:
                          endpoint: str, what: str) -> None:
         """Page through GET {base}{path} newest first until `stop` says the rest is known, into `result`."""
         url = self._settings.base_url.rstrip("/") + path
-        cursors: set[str] = set()
-        after: str | None = None
-        for _ in range(self._settings.max_pages):
+
+        async def fetch(after: str | None) -> bytes | None:
             fetch = await self._fetch(url, self._params(after), f"{what} {scope!r}", endpoint)
             result.api_reached = result.api_reached or fetch.api_reached
             if fetch.reply is None:
                 result.outcome = "gone" if fetch.gone else "error"
                 result.error = fetch.error
-                return
-            page = None if fetch.reply.too_large else parse_page(fetch.reply.body, scope, parse_item)
-            if page is None or (page.has_more and page.last_id in cursors):
-                result.invalid[REASON_MALFORMED_PAGE] = result.invalid.get(REASON_MALFORMED_PAGE, 0) + 1
-                result.outcome, result.error = "error", "malformed page"
-                return
-            result.runs.extend(page.runs)
-            _add_counts(result.invalid, page.invalid)
-            stop_now = stop(result.runs)
-            if not page.has_more:
-                result.complete = True
-                return
-            if stop_now:
-                return
-            assert page.last_id is not None  # parse_page guarantees a cursor when has_more
-            cursors.add(page.last_id)
-            after = page.last_id
-        logger.warning("%s %r: stopped after %d pages", what, scope, self._settings.max_pages)
+                return None
+            return b"" if fetch.reply.too_large else fetch.reply.body  # too large: a malformed page
+
+        def on_page(runs: list[RunSnapshot]) -> bool:
+            result.runs.extend(runs)
+            return stop(result.runs)
+
+        listed = await page_through(fetch, read_runs(parse_item, scope), on_page, max_pages=self._settings.max_pages)
+        add_counts(result.invalid, listed.invalid)
+        if listed.stopped == "end":
+            result.complete = True
+        elif listed.stopped in ("malformed", "loop"):
+            result.outcome, result.error = "error", "malformed page"
+        elif listed.stopped == "max_pages":
+            logger.warning("%s %r: stopped after %d pages", what, scope, self._settings.max_pages)
 
     async def get_page(self, path: str, params: dict[str, str], endpoint: str) -> bytes | None:
         """GET {base}{path} with paging `params` (api-version added), retried like a runs page; the body of a
-        2xx answer, or None. For other listings than runs: threads (discovery)."""
+        2xx answer (empty when it passed MAX_BODY_BYTES: a malformed page), or None. For other listings than
+        runs: threads, sessions, responses (discovery)."""
         if self._settings.api_version:
             params = {**params, "api-version": self._settings.api_version}
         fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, params, path, endpoint)
         self.last_reached = fetch.api_reached
-        return None if fetch.reply is None or fetch.reply.too_large else fetch.reply.body
+        if fetch.reply is None:
+            return None
+        return b"" if fetch.reply.too_large else fetch.reply.body
 
     async def get_object(self, path: str, endpoint: str) -> Got:
         """GET {base}{path} (api-version added), retried like a runs page: one object by id (a response)."""

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from exporter.flags import ConfigError
 from exporter.inbox import Inbox, Item, PushOutcome, Registration, RunItems, StoreUnavailable
 from exporter.logs import CountingRateLimiter
 from exporter.model import (
@@ -46,10 +47,13 @@ from exporter.model import (
 )
 from exporter.server import read_body, require_bearer
 from exporter.shards import Sharding, run_key
+from exporter.sources.spec import CheckContext, SourceSpec
 
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 1000
+PUSH_TOKEN_ENV = "ASSISTANTS_EXPORTER_PUSH_TOKEN"
+MIN_PUSH_TOKEN = 16  # characters; a guessable token would open the write endpoints
 # Marks a request one replica forwards to the owner of its items: the owner takes them, never forwards again.
 FORWARDED_HEADER = "X-Assistants-Exporter-Forwarded-By"
 COMMIT_TIMEOUT = 10.0  # seconds a request waits for its commit before answering 503
@@ -351,3 +355,13 @@ class PushReceiver:
             return await self.inbox.submit(item, self.commit_timeout)
         except StoreUnavailable:
             return _error(503, "the state file cannot be written right now; retry", {"Retry-After": "1"})
+
+
+def _check(ctx: CheckContext) -> None:
+    if not ctx.has_push_tokens:
+        raise ConfigError(f"--source push needs a token: --push-token-file or env {PUSH_TOKEN_ENV}")
+
+
+# The write endpoints exist whenever a token is set (registrations need them too); `--source push` says that
+# runs arrive that way, so it needs a token and remembers finished runs to dedupe them.
+SPEC = SourceSpec("push", "accept runs on /api/v1/runs", "none", check=_check, receives=True)

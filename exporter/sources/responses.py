@@ -11,16 +11,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.model import REASON_MALFORMED_PAGE, SOURCE_RESPONSES, parse_response, string_problem, thread_id_problem
+from exporter.flags import ConfigError, option
+from exporter.model import (
+    REASON_MALFORMED_PAGE,
+    REASON_WRONG_TYPE,
+    SOURCE_RESPONSES,
+    parse_response,
+    thread_id_problem,
+)
 from exporter.sources import DiscoveryResult, FetchResult
-from exporter.sources.http import Got
+from exporter.sources.foundry import ThreadItem, discover_threads
+from exporter.sources.http import ApiClient, Got
+from exporter.sources.listing import ListPage, add_counts, parse_list
+from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 
 GET_RESPONSE = "get_response"  # api_requests_total{endpoint}
 LIST_RESPONSES = "list_responses"
-PAGE_LIMIT = 100
-MAX_PAGES = 1000
 
 
 class ObjectClient(Protocol):
@@ -85,54 +94,72 @@ class ResponseDiscovery:
     async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
         result = DiscoveryResult()
         since = self.wall() - self.lookback
+        stopped: list[str] = []
         for agent in self.agents or (None,):
-            params = {"order": "desc", "limit": str(PAGE_LIMIT)}
-            if agent is not None:
-                params["agent_name"] = agent
-            await self._pass(params, since, is_known, result)
+            async def fetch_page(params: dict[str, str], agent: str | None = agent) -> bytes | None:
+                if agent is not None:
+                    params = {**params, "agent_name": agent}
+                body = await self.client.get_page("/responses", params, LIST_RESPONSES)
+                result.api_reached = result.api_reached or body is not None
+                return body
+
+            # Always down to the first known response: ids leave the watch list once terminal, not by age.
+            found = await discover_threads(fetch_page, is_known, since, read_item=read_response_item)
+            result.scopes.extend((r.id, r.created_at) for r in found.threads)
+            add_counts(result.invalid, found.invalid)
+            if not found.finished:
+                stopped.append(found.stopped)
+        if stopped:
+            result.error = f"response discovery stopped early ({', '.join(stopped)})"
         return result
 
-    async def _pass(self, params: dict[str, str], since: float, is_known: Callable[[str], bool],
-                    result: DiscoveryResult) -> None:
-        for _ in range(MAX_PAGES):
-            body = await self.client.get_page("/responses", params, LIST_RESPONSES)
-            if body is None:
-                result.error = "listing responses failed"
-                return
-            result.api_reached = True
-            page = _parse_page(body)
-            if page is None:
-                result.invalid[REASON_MALFORMED_PAGE] = result.invalid.get(REASON_MALFORMED_PAGE, 0) + 1
-                return
-            items, has_more, last_id = page
-            for response_id, created_at, reason in items:
-                if reason is not None:
-                    result.invalid[reason] = result.invalid.get(reason, 0) + 1
-                    continue
-                if created_at < since or is_known(response_id):
-                    return  # newest first: everything further down is older or known
-                result.scopes.append((response_id, created_at))
-            if not has_more or last_id is None:
-                return
-            params = {**params, "after": last_id}
+
+def read_response_item(obj: object) -> tuple[ThreadItem | None, str | None]:
+    """One item of the response listing: its id and creation time, or the reason it is skipped. Its status is
+    not judged here: the fetch by id does that."""
+    parsed = parse_response(obj, SOURCE_RESPONSES)
+    if parsed.snapshot is None:
+        return None, parsed.invalid_reason or REASON_WRONG_TYPE
+    if response_id_problem(parsed.snapshot.id) is not None:
+        return None, REASON_WRONG_TYPE  # the id goes into a URL path
+    return ThreadItem(parsed.snapshot.id, parsed.snapshot.created_at), None
 
 
-def _parse_page(body: bytes) -> tuple[list[tuple[str, int, str | None]], bool, str | None] | None:
-    """(id, created_at, invalid reason) items, has_more, last_id; None when the page is malformed."""
-    try:
-        page = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(page, dict) or not isinstance(page.get("data"), list):
-        return None
-    items: list[tuple[str, int, str | None]] = []
-    for obj in page["data"]:
-        parsed = parse_response(obj, SOURCE_RESPONSES)
-        snap = parsed.snapshot
-        if snap is None or response_id_problem(snap.id) is not None:
-            items.append(("", 0, parsed.invalid_reason or "wrong_type"))
-        else:
-            items.append((snap.id, snap.created_at, None))
-    last_id = page.get("last_id")
-    cursor = last_id if isinstance(last_id, str) and last_id and string_problem(last_id) is None else None
-    return items, page.get("has_more") is True, cursor
+def parse_responses_page(body: bytes) -> ListPage[ThreadItem] | None:
+    """One page of the response listing; None when it is malformed."""
+    return parse_list(body, read_response_item, follow_last_id=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesOptions:
+    discover_responses: bool = option(
+        "--discover-responses", "bool", False,
+        "List the API's responses (GET {api-base}/responses, Azure AI Foundry's new agents) down to "
+        "--discover-lookback and poll the new ones; needs --source responses.")
+    agents: tuple[str, ...] = option(
+        "--agent", "list", (),
+        "With --discover-responses: only this agent's responses (agent_name); repeatable (env: comma-separated; "
+        "YAML: a list).", metavar="NAME", yaml_key_override="agents", repeat=True)
+
+
+def _check(ctx: CheckContext) -> None:
+    options: ResponsesOptions = ctx.options
+    if options.discover_responses and not ctx.has_credentials:
+        raise ConfigError("--discover-responses needs an API key (OPENAI_API_KEY or --api-key-file)")
+    if options.agents and not options.discover_responses:
+        raise ConfigError("--agent needs --discover-responses")
+
+
+def _build(ctx: SourceContext) -> Built:
+    """Responses are polled by id only when the API can be reached; without credentials the source only
+    receives (pushes and webhooks)."""
+    if not ctx.can_call_api:
+        return Built()
+    client = ctx.client(ApiClient)  # its own rate limit, and its requests under source="responses"
+    options: ResponsesOptions = ctx.options
+    found = (ResponseDiscovery(client, ctx.lookback, options.agents),) if options.discover_responses else ()
+    return Built(by_id=ResponsesSource(client), discoveries=found)
+
+
+SPEC = SourceSpec(SOURCE_RESPONSES, "poll Responses API background responses by id", "optional",
+                  ResponsesOptions, _check, _build, receives=True)

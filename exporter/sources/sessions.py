@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from exporter.flags import id_list, option
 from exporter.model import SOURCE_SESSIONS, ParseResult, parse_turn
 from exporter.sources import DiscoveryResult
 from exporter.sources.foundry import discover_threads
 from exporter.sources.http import ApiClient
+from exporter.sources.spec import Built, SourceContext, SourceSpec
 
 LIST_TURNS = "list_turns"  # api_requests_total{endpoint}
 LIST_SESSIONS = "list_sessions"
@@ -79,3 +82,21 @@ class SessionDiscovery:
         if stopped:
             result.error = f"session discovery stopped early ({', '.join(stopped)})"
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsOptions:
+    agent_ids: tuple[str, ...] = option(
+        "--agent-id", "list", (),
+        "With --source sessions, discover only the sessions of this agent; repeatable (env: comma-separated; "
+        "YAML: a list).", metavar="ID", yaml_key_override="agent_ids", repeat=True, convert=id_list("agent id"))
+
+
+def _build(ctx: SourceContext) -> Built:
+    source = ctx.client(SessionsSource)
+    # Sessions are always discovered: nothing else names them.
+    return Built(listing=source, discoveries=(SessionDiscovery(source, ctx.lookback, ctx.options.agent_ids),))
+
+
+SPEC = SourceSpec(SOURCE_SESSIONS, "discover and poll Agents API sessions", "required", SessionsOptions,
+                  build=_build)
