@@ -13,7 +13,7 @@ from typing import NoReturn
 import yaml
 
 from exporter import __version__
-from exporter.flags import ConfigError, Flag, Raw
+from exporter.flags import ENV_PREFIX, ConfigError, Flag, Raw
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,10 +89,9 @@ def env_values(flags: Sequence[Flag], env: Mapping[str, str]) -> dict[str, Raw]:
 
 def env_warnings(flags: Sequence[Flag], env: Mapping[str, str], other_known: Sequence[str]) -> tuple[str, ...]:
     known = {name for f in flags for name in (f.env, *f.env_aliases)} | set(other_known)
-    prefix = "ASSISTANTS_EXPORTER_"
     return tuple(
         f"ignoring unknown environment variable {name}" for name in sorted(env)
-        if name.startswith(prefix) and name not in known
+        if name.startswith(ENV_PREFIX) and name not in known
     )
 
 

@@ -223,28 +223,23 @@ def make_app(pages: MetricsPages, health: Check, ready: Check,
             headers["Content-Encoding"] = "gzip"
         return Response(body, 200, headers=headers, media_type=content_type)
 
-    async def healthz(request: Request) -> Response:
-        return _probe(health, "healthz")
-
-    async def readyz(request: Request) -> Response:
-        return _probe(ready, "readyz")
-
     async def index(request: Request) -> Response:
         return Response(index_page, 200, headers=_NO_STORE, media_type="text/html; charset=utf-8")
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return _text(404, "not found\n")
-
     own = [Route(path, _read_only(handler), methods=_ALL_METHODS)
-           for path, handler in (("/", index), (telemetry_path, metrics), ("/healthz", healthz),
-                                 ("/readyz", readyz))]
-    app = Starlette(routes=[*own, *routes], exception_handlers={404: not_found, HTTPException: _http_error})
+           for path, handler in (("/", index), (telemetry_path, metrics))]
+    app = Starlette(routes=[*own, *_probe_routes(health, ready), *routes], exception_handlers=_ERRORS)
     return _DebugAccessLog(app)
 
 
 def make_probe_app(health: Check, ready: Check) -> ASGIApp:
     """/healthz and /readyz alone, for --probe-listen-address: plain HTTP, no basic auth, nothing else served
     (the probes say only whether the exporter is alive and ready; no metric, no write endpoint)."""
+    return Starlette(routes=_probe_routes(health, ready), exception_handlers=_ERRORS)
+
+
+def _probe_routes(health: Check, ready: Check) -> list[BaseRoute]:
+    """/healthz and /readyz, the same on the main listener and the probe-only one."""
 
     async def healthz(request: Request) -> Response:
         return _probe(health, "healthz")
@@ -252,12 +247,15 @@ def make_probe_app(health: Check, ready: Check) -> ASGIApp:
     async def readyz(request: Request) -> Response:
         return _probe(ready, "readyz")
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return _text(404, "not found\n")
+    return [Route(path, _read_only(handler), methods=_ALL_METHODS)
+            for path, handler in (("/healthz", healthz), ("/readyz", readyz))]
 
-    own = [Route(path, _read_only(handler), methods=_ALL_METHODS)
-           for path, handler in (("/healthz", healthz), ("/readyz", readyz))]
-    return Starlette(routes=own, exception_handlers={404: not_found, HTTPException: _http_error})
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _text(404, "not found\n")
+
+
+_ERRORS: dict[Any, Any] = {404: _not_found, HTTPException: _http_error}
 
 
 def _probe(check: Check, name: str) -> Response:
