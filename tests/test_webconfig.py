@@ -16,19 +16,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.registry import CollectorRegistry
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from exporter import cli, web_basic_auth, web_openssl
 from exporter.server import HttpServer, bind_socket
 from exporter.web_basic_auth import CHECKS_AT_ONCE, CHECKS_WAITING, CLIENT_BURST, BasicAuth
 from exporter.web_http import go_duration
-from exporter.webconfig import WebConfigError, build_ssl_context, load_web_config
+from exporter.webconfig import WebConfigError, load_web_config
 from tests.conftest import FakeTime
-from tests.tls_support import Pki, bcrypt_hash, make_pki
+from tests.tls_support import Pki, bcrypt_hash, make_pki, server_with_push_route
 
 pytestmark = pytest.mark.anyio
 
@@ -347,13 +344,7 @@ def trusting(pki: Pki, client_cert: bool = False) -> ssl.SSLContext:
 async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[str, Pki, HttpServer]]:
     pki = make_pki(tmp_path)
     web = load_web_config(_write_config(tmp_path / "web.yml", pki, "right"))
-
-    async def push(request: Request) -> Response:
-        return Response("pushed")
-
-    server = HttpServer(CollectorRegistry(), lambda: (True, "ok"), lambda: (True, "ok"),
-                        routes=[Route("/api/v1/runs", push, methods=["POST"])],
-                        ssl_context=build_ssl_context(web), web_config=web)
+    server = server_with_push_route(web)
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     task = asyncio.create_task(server.serve(sock))

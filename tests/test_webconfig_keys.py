@@ -17,15 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.registry import CollectorRegistry
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from exporter.server import HttpServer, bind_socket
-from exporter.webconfig import build_ssl_context, load_web_config
+from exporter.webconfig import load_web_config
 from tests.helpers import wait_until
-from tests.tls_support import Pki, bcrypt_hash, client_cert, make_pki
+from tests.tls_support import Pki, bcrypt_hash, client_cert, make_pki, server_with_push_route
 
 REFUSED = "refused"
 
@@ -52,13 +48,7 @@ def serving(tmp_path: Path, text: str) -> Iterator[Served]:
     """The server with this web config ({cert}, {key} and {ca} filled in), on its own loop in a thread."""
     pki = make_pki(tmp_path)
     web = load_web_config(_write(tmp_path, pki, text))
-
-    async def push(request: Request) -> Response:
-        return Response("pushed")
-
-    server = HttpServer(CollectorRegistry(), lambda: (True, "ok"), lambda: (True, "ok"),
-                        routes=[Route("/api/v1/runs", push, methods=["POST"])],
-                        ssl_context=build_ssl_context(web), web_config=web)
+    server = server_with_push_route(web)
     sock = bind_socket("127.0.0.1", 0)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve(sock)), daemon=True)

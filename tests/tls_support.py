@@ -14,6 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prometheus_client.registry import CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from exporter.server import HttpServer
+from exporter.webconfig import WebConfig, build_ssl_context
 
 
 @dataclass(frozen=True)
@@ -103,3 +110,15 @@ def client_cert(pki: Pki, directory: Path, name: str, sans: Sequence[str],
 def bcrypt_hash(password: str, rounds: int = 4) -> str:
     """Low cost by default: tests check behaviour, not bcrypt's slowness."""
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+
+
+def server_with_push_route(web: WebConfig) -> HttpServer:
+    """An HttpServer under this web config, always healthy, with a stand-in write endpoint (POST
+    /api/v1/runs answers "pushed"): what the web config tests serve."""
+
+    async def push(request: Request) -> Response:
+        return Response("pushed")
+
+    return HttpServer(CollectorRegistry(), lambda: (True, "ok"), lambda: (True, "ok"),
+                      routes=[Route("/api/v1/runs", push, methods=["POST"])],
+                      ssl_context=build_ssl_context(web), web_config=web)
