@@ -21,6 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 from starlette.routing import BaseRoute
 
 from exporter import logs
+from exporter.committer import ThreadWriter
 from exporter.config import Config, ConfigError, default_state_file, load_config, read_threads_file
 from exporter.daemon import Daemon
 from exporter.gctune import tune_after_load
@@ -357,6 +358,7 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
                             loaded.discovered, _sharding(config).owns),
         run_sources=(*config.sources, *(("webhooks",) if config.webhook_secrets else ())),
         inbox=inbox,
+        writer=ThreadWriter(),  # commits off the event loop (exporter/committer.py)
     )
     daemon.state.last_poll_success = float(loaded.meta.get("last_poll_success", "0") or 0)
     daemon.state.shard = (config.shard, config.total_shards)

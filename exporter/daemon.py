@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.applier import Applier
 from exporter.changeset import ChangeSet
-from exporter.committer import Committer
+from exporter.committer import Committer, Writer
 from exporter.health import Health
 from exporter.inbox import Inbox, Pending, fail, resolve
 from exporter.logs import RateLimiter
@@ -62,6 +62,7 @@ class Daemon:
         deliveries: DeliveryLog | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        writer: Writer | None = None,
     ) -> None:
         self.sources = dict(sources)
         # By-id sources poll one run per slot (the slot's scope is the run id) until the run ends.
@@ -86,6 +87,7 @@ class Daemon:
         self._stall_log = RateLimiter(STALL_LOG_INTERVAL)
         self.publisher = Publisher(collector, self._snapshot, mono)
         self._answer: list[Pending] = []  # received items whose commit has not succeeded yet
+        self._committing: list[Pending] = []  # received items the write in flight answers
         self.discoveries = tuple(discoveries)
         self.discover_interval = discover_interval
         self._next_discovery = float("-inf")
@@ -93,7 +95,7 @@ class Daemon:
         self.deliveries = deliveries if deliveries is not None else DeliveryLog()
         # Every owner of persisted state hands its changes to the committer.
         self.committer = Committer(store, (tracker.take_changes, self.watchlist.take_changes, self._delivery_changes,
-                                           self._meta), self.selfmetrics, self.health, wall, mono)
+                                           self._meta), self.selfmetrics, self.health, wall, mono, writer)
         self.applier = Applier(tracker=tracker, scheduler=self.scheduler, watchlist=self.watchlist,
                                metrics=self.selfmetrics, health=self.health, recall=self.committer.recall,
                                deliveries=self.deliveries, by_id=self.by_id, sync=self.sync_scopes, mono=mono,
@@ -124,6 +126,11 @@ class Daemon:
         self.sync_scopes()
         self.publish()
         self.health.started = True
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # from the writer thread
+            loop.call_soon_threadsafe(self._wake.set)
+        self.committer.on_done = wake
         stopper = asyncio.create_task(stop.wait(), name="stop")
         stopper.add_done_callback(lambda _: self._wake.set())
         try:
@@ -198,11 +205,26 @@ class Daemon:
         self._note_stalls()
         self._answer += [pending for pending in received if self.applier.received(pending, now)]
         self.tracker.expire(now)
+        answered = self._collect_commit()
         dirty = self.tracker.changes or self.tracker.aggregates.dirty or self.committer.uncommitted
-        if (received or reaped or dirty) and self.committer.commit():
-            answered, self._answer = self._answer, []
-            resolve(answered)
-        self.publisher.after_tick(changed=bool(reaped or received), answered=bool(received))
+        if (received or reaped or dirty) and self.committer.start():
+            self._committing, self._answer = self._answer, []
+            answered = self._collect_commit() or answered  # a write that ran at once (InlineWriter)
+        self.publisher.after_tick(changed=bool(reaped or received), answered=answered)
+
+    def _collect_commit(self) -> bool:
+        """Answer the requests of a write that has ended: 200 once written; refused, they wait for the retry.
+        True when some were answered."""
+        ended = self.committer.collect()
+        waiting, self._committing = self._committing, []
+        if ended:
+            resolve(waiting)
+            return bool(waiting)
+        if ended is None:
+            self._committing = waiting
+        else:
+            self._answer[:0] = waiting
+        return False
 
     def _reap(self) -> list[PollResult | FetchResult]:
         results: list[PollResult | FetchResult] = []
@@ -267,6 +289,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.step_final()
+        self.committer.close()
         for source in self.sources.values():
             await source.aclose()
         for by_id in self.by_id.values():
@@ -276,6 +299,8 @@ class Daemon:
         """Commit what arrived before the stop. Requests still waiting are answered 200 only if this commit
         wrote their items, else 503 at once (never an answer for what is not in the state file)."""
         now = self.wall()
+        self.committer.wait()  # the write in flight ends first
+        self._collect_commit()
         self._answer += [pending for pending in self.inbox.drain() if self.applier.received(pending, now)]
         waiting, self._answer = self._answer, []
         if self.committer.commit(now_or_never=True):

@@ -12,15 +12,16 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
+from exporter import storewrites as writes
+from exporter.aggregates import Aggregates, Histogram, LabelValues
 from exporter.changeset import ChangeSet
-from exporter.metrics_spec import SOURCE_LABEL, spec
+from exporter.metrics_spec import SOURCE_LABEL
 from exporter.model import SOURCE_THREADS
-from exporter.runstate import STATUS_CODES, STATUS_NAMES, Changes, Finish, Remembered, RunState, ScopeState
+from exporter.runstate import STATUS_NAMES, Changes, Finish, Remembered, RunState, ScopeState
 from exporter.statefile import empty_file, write_problem, wrong_type
 from exporter.tracker import Tracker
 
@@ -125,11 +126,6 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "webhook_pending": ("id", "status", "ended_at"),
     "remembered": ("id", "source", "status", "ended_at"),
 }
-# ChangeSet fields written as rows keyed by their first column -> (table, key column).
-_KEYED: dict[str, tuple[str, str]] = {
-    "registrations": ("registrations", "scope"), "discovered": ("discovered", "scope"),
-    "deliveries": ("webhook_deliveries", "id"), "pending": ("webhook_pending", "id"),
-}
 
 
 class StoreError(Exception):
@@ -153,14 +149,6 @@ class Loaded:
         tracker = Tracker(extra_labels, retention, self.aggregates, dedupe_window)
         tracker.restore(self.scopes, self.runs, self.finishes)
         return tracker
-
-
-def label_names(name: str, extra_labels: Sequence[str]) -> tuple[str, ...]:
-    return spec(name).label_names(tuple(extra_labels))
-
-
-def _encode(names: Sequence[str], values: LabelValues) -> str:
-    return json.dumps(dict(zip(names, values, strict=True)), sort_keys=True)
 
 
 def _project(names: Sequence[str], encoded: str) -> LabelValues:
@@ -196,6 +184,9 @@ class Store:
         except (sqlite3.Error, ValueError, UnicodeError, OSError) as exc:
             self._db.close()
             raise StoreError(f"cannot use state file {path}: {exc}; {_RESTART_HINT}") from exc
+        # Look-ups from the loop use their own connection: in WAL mode it reads the last commit while the
+        # writer thread writes the next one on `_db`, and never waits for it.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
     def _open(self) -> None:
         db = self._db
@@ -272,6 +263,7 @@ class Store:
             raise
 
     def close(self) -> None:
+        self._reader.close()
         self._db.close()
 
     # -- reading -----------------------------------------------------------------------------
@@ -287,18 +279,12 @@ class Store:
 
     def _rewrite(self, loaded: Loaded) -> None:
         """--labels changed: store the merged, re-labelled rows so that no row is merged twice."""
-        def work() -> None:
-            db = self._db
-            db.execute("DELETE FROM counters")
-            db.execute("DELETE FROM histograms")
-            db.execute("DELETE FROM finishes")
-            self._write_aggregates(dict(loaded.aggregates.counters), dict(loaded.aggregates.histograms))
-            self._write_finishes(Changes(finishes=loaded.finishes))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('extra_labels', ?)", (",".join(self.extra_labels),))
-        self._transaction(work)
-
-    def _finish_labels(self) -> tuple[str, ...]:
-        return (SOURCE_LABEL, *self.extra_labels)
+        self.write([
+            *writes.delete_all(("counters", "histograms", "finishes")),
+            *writes.aggregates(loaded.aggregates.counters, loaded.aggregates.histograms, self.extra_labels),
+            *writes.finishes(Changes(finishes=loaded.finishes), self.extra_labels),
+            ("INSERT OR REPLACE INTO meta VALUES ('extra_labels', ?)", [(",".join(self.extra_labels),)]),
+        ])
 
     def _load(self) -> Loaded:
         out = Loaded()
@@ -312,17 +298,17 @@ class Store:
             for i, t, st, c, ss, a, m, sa, e, h, src in db.execute("SELECT * FROM runs")
         ]
         for name, labels, value in db.execute("SELECT name, labels, value FROM counters"):
-            out.aggregates.inc(name, _project(label_names(name, self.extra_labels), labels), value)
+            out.aggregates.inc(name, _project(writes.label_names(name, self.extra_labels), labels), value)
         for name, labels, bounds, counts, total, count in db.execute("SELECT * FROM histograms"):
             hist = Histogram(tuple(json.loads(bounds)), list(json.loads(counts)), total, count)
-            key = (name, _project(label_names(name, self.extra_labels), labels))
+            key = (name, _project(writes.label_names(name, self.extra_labels), labels))
             existing = out.aggregates.histograms.get(key)
             if existing is None:
                 out.aggregates.histograms[key] = hist
             elif existing.bounds == hist.bounds:
                 existing.merge(hist)
         out.aggregates.take_dirty()
-        names = self._finish_labels()
+        names = writes.finish_label_names(self.extra_labels)
         out.finishes = [
             Finish(at, _project(names, labels), status, count)
             for at, labels, status, count in db.execute("SELECT at, labels, status, count FROM finishes ORDER BY at")
@@ -340,83 +326,28 @@ class Store:
         for start in range(0, len(run_ids), RECALL_CHUNK):
             chunk = run_ids[start:start + RECALL_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for run_id, source, status, ended_at in self._db.execute(
+            for run_id, source, status, ended_at in self._reader.execute(
                     f"SELECT id, source, status, ended_at FROM remembered WHERE id IN ({marks})", chunk):
                 out[run_id] = Remembered(run_id, source, STATUS_NAMES.get(status, "completed"), ended_at)
         return out
 
     def remembered_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM remembered").fetchone()[0])
+        return int(self._reader.execute("SELECT count(*) FROM remembered").fetchone()[0])
 
     # -- writing -----------------------------------------------------------------------------
 
     def commit(self, changes: ChangeSet) -> None:
         """Write one change set atomically. Raises sqlite3.Error or OSError (a full disk, a locked file);
         nothing is written then."""
+        self.write(self.prepare(changes))
+
+    def prepare(self, changes: ChangeSet) -> writes.Statements:
+        """The statements that write this change set, holding copies of its values (see storewrites.py)."""
+        return writes.statements(changes, self.extra_labels)
+
+    def write(self, statements: writes.Statements) -> None:
+        """Run prepared statements in one transaction: all or nothing. Raises sqlite3.Error or OSError."""
         def work() -> None:
-            self._write_runs(changes.runs)
-            self._write_remembered(changes.runs)
-            self._write_scopes(changes.runs)
-            self._write_aggregates(changes.counters, changes.histograms)
-            self._write_finishes(changes.runs)
-            for name, (table, key) in _KEYED.items():
-                self._write_keyed(table, key, getattr(changes, name))
-            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changes.meta.items())
+            for sql, rows in statements:
+                self._db.executemany(sql, rows)
         self._transaction(work)
-
-    def _write_runs(self, changes: Changes) -> None:
-        self._db.executemany("DELETE FROM runs WHERE id = ?", ((i,) for i in changes.deleted_runs))
-        self._db.executemany(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (r.id, r.scope, r.status, r.created_at, r.stint_start, r.assistant_id, r.model,
-                 r.started_at, r.ended_at, int(r.history), r.source)
-                for r in changes.runs.values()
-            ),
-        )
-
-    def _write_remembered(self, changes: Changes) -> None:
-        db = self._db
-        if changes.forget_before is not None:
-            db.execute("DELETE FROM remembered WHERE ended_at < ?", (changes.forget_before,))
-        if changes.remembered:
-            rows = [(r.id, r.source, STATUS_CODES[r.status], int(r.ended_at)) for r in changes.remembered.values()]
-            db.executemany("INSERT OR REPLACE INTO remembered VALUES (?, ?, ?, ?)", rows)
-
-    def _write_scopes(self, changes: Changes) -> None:
-        self._db.executemany("DELETE FROM scopes WHERE id = ?", ((i,) for i in changes.deleted_scopes))
-        self._db.executemany(
-            "INSERT OR REPLACE INTO scopes VALUES (?, ?, ?, ?, ?)",
-            ((t.id, int(t.swept), t.horizon, int(t.gone), t.covered) for t in changes.scopes.values()),
-        )
-
-    def _write_keyed(self, table: str, key: str, items: Mapping[str, object]) -> None:
-        """Rows keyed by their first column: a value (a tuple for several columns) replaces the row; None
-        deletes it."""
-        self._db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k, v in items.items() if v is None])
-        rows = [(k, *v) if isinstance(v, tuple) else (k, v) for k, v in items.items() if v is not None]
-        marks = ", ".join("?" * len(_COLUMNS[table]))
-        self._db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
-
-    def _write_aggregates(self, counters: dict[Key, float], histograms: dict[Key, Histogram]) -> None:
-        names = self.extra_labels
-        self._db.executemany(
-            "INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
-            ((n, _encode(label_names(n, names), v), value) for (n, v), value in counters.items()),
-        )
-        self._db.executemany(
-            "INSERT OR REPLACE INTO histograms VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                (n, _encode(label_names(n, names), v), json.dumps(h.bounds), json.dumps(h.counts), h.sum, h.count)
-                for (n, v), h in histograms.items()
-            ),
-        )
-
-    def _write_finishes(self, changes: Changes) -> None:
-        if changes.finishes_before is not None:
-            self._db.execute("DELETE FROM finishes WHERE at < ?", (changes.finishes_before,))
-        names = self._finish_labels()
-        self._db.executemany(
-            "INSERT INTO finishes VALUES (?, ?, ?, ?)",
-            ((f.at, _encode(names, f.labels), f.status, f.count) for f in changes.finishes),
-        )

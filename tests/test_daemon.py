@@ -273,8 +273,8 @@ def test_an_idle_loop_writes_nothing_and_still_refreshes_metrics(tmp_path: Path)
 
     daemon, _ = _daemon(tmp_path, hang, clock, ["t"])
     commits: list[float] = []
-    real_commit = daemon.store.commit
-    daemon.store.commit = lambda *a, **k: (commits.append(clock.mono), real_commit(*a, **k))[1]  # type: ignore[method-assign]
+    real_commit = daemon.store.write
+    daemon.store.write = lambda *a, **k: (commits.append(clock.mono), real_commit(*a, **k))[1]  # type: ignore[method-assign]
     publishes: list[float] = []
     real_update = daemon.collector.update_prepared
     daemon.collector.update_prepared = lambda prepare: (publishes.append(clock.mono), real_update(prepare))[1]  # type: ignore[method-assign]
@@ -316,8 +316,8 @@ def test_received_items_are_answered_after_one_group_commit(tmp_path: Path) -> N
     clock = Clock()
     daemon, _ = _daemon(tmp_path, _ok(clock), clock)
     commits: list[int] = []
-    real_commit = daemon.store.commit
-    daemon.store.commit = lambda *a, **k: (commits.append(1), real_commit(*a, **k))[1]  # type: ignore[method-assign]
+    real_commit = daemon.store.write
+    daemon.store.write = lambda *a, **k: (commits.append(1), real_commit(*a, **k))[1]  # type: ignore[method-assign]
 
     async def scenario() -> list[RunItems | Registration]:
         daemon.sync_scopes()
@@ -370,7 +370,7 @@ def test_a_failing_store_keeps_the_batch_retries_and_says_why(tmp_path: Path) ->
     """Regression: one SQLite error used to make the loop raise after the batch was taken from the tracker."""
     clock = Clock()
     daemon, _ = _daemon(tmp_path, _ok(clock), clock)
-    real_commit = daemon.store.commit
+    real_commit = daemon.store.write
     failing = True
 
     def commit(*args: object, **kwargs: object) -> None:
@@ -378,7 +378,7 @@ def test_a_failing_store_keeps_the_batch_retries_and_says_why(tmp_path: Path) ->
             raise sqlite3.OperationalError("database or disk is full")
         real_commit(*args, **kwargs)  # type: ignore[arg-type]
 
-    daemon.store.commit = commit  # type: ignore[assignment]
+    daemon.store.write = commit  # type: ignore[assignment]
 
     async def scenario() -> None:
         nonlocal failing

@@ -142,7 +142,7 @@ def test_a_remembered_run_of_a_commit_that_failed_is_still_recognised(tmp_path: 
         wall=lambda: wall[0],
         mono=lambda: wall[0],
     )
-    real_commit = daemon.store.commit
+    real_commit = daemon.store.write
     failing = [False]
 
     def commit(*args: object, **kwargs: object) -> None:
@@ -150,7 +150,7 @@ def test_a_remembered_run_of_a_commit_that_failed_is_still_recognised(tmp_path: 
             raise sqlite3.OperationalError("database or disk is full")
         real_commit(*args, **kwargs)  # type: ignore[arg-type]
 
-    daemon.store.commit = commit  # type: ignore[method-assign]
+    daemon.store.write = commit  # type: ignore[method-assign]
     ended = int(wall[0]) - 10
 
     def push(status: str) -> RunItems:
