@@ -128,9 +128,9 @@ class Daemon:
         self.health.started = True
         loop = asyncio.get_running_loop()
 
-        def wake() -> None:  # from the writer thread
-            loop.call_soon_threadsafe(self._wake.set)
-        self.committer.on_done = wake
+        def written() -> None:  # from the writer thread
+            loop.call_soon_threadsafe(self._written)
+        self.committer.on_done = written
         stopper = asyncio.create_task(stop.wait(), name="stop")
         stopper.add_done_callback(lambda _: self._wake.set())
         try:
@@ -211,6 +211,14 @@ class Daemon:
             self._committing, self._answer = self._answer, []
             answered = self._collect_commit() or answered  # a write that ran at once (InlineWriter)
         self.publisher.after_tick(changed=bool(reaped or received), answered=answered)
+
+    def _written(self) -> None:
+        """A write has ended: answer its requests now; a tick follows only if something waits to be written
+        (or a refused write waits for its retry)."""
+        self._collect_commit()
+        if (self._answer or self.tracker.changes or self.tracker.aggregates.dirty
+                or self.committer.uncommitted is not None):
+            self._wake.set()
 
     def _collect_commit(self) -> bool:
         """Answer the requests of a write that has ended: 200 once written; refused, they wait for the retry.
