@@ -195,6 +195,7 @@ def render_session(session: Session) -> JSON:
         "error": None,
         "last_active_at": session.last_active_at,
         "metadata": dict(session.metadata),
+        "spend_control": {"consumed": None, "limit": None},  # openai 3.60: unlimited, spend not recorded
         "required_actions": [
             {"type": "function_call", "arguments": {"order_id": "A-1"}, "call_id": "call_" + t.id[5:],
              "name": "lookup_order", "turn_id": t.id} for t in waiting
