@@ -331,6 +331,7 @@ def _build(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[str]) -
     values = convert_all(Config, CONFIG_FLAGS, dict(raw))
     values["sources"] = values.get("sources") or registry.DEFAULT
     config = Config(**{**values, **read, "shard": 0})
+    _check_langgraph(config)
     if not config.demo and config.credential == "key" and config.api_key is None and any(
             spec.api == "required" for spec in config.selected_specs()):
         raise ConfigError("an API key is required (set OPENAI_API_KEY or use --api-key-file), "
@@ -361,7 +362,7 @@ def _read_secrets(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[
 def _selects_langgraph(raw: Mapping[str, Raw]) -> bool:
     """Whether --source langgraph is asked for (read before the secrets; a bad value fails later, as usual)."""
     try:
-        return "langgraph" in (FLAGS_BY_DEST["sources"].value(raw.get("sources")) or ())
+        return "langgraph" in (FLAGS_BY_DEST["source"].value(raw.get("source")) or ())
     except ConfigError:
         return False
 
@@ -384,7 +385,6 @@ def _owners(flag: Flag) -> list[str]:
 
 def _source_options(config: Config, raw: Mapping[str, Raw]) -> dict[str, Any]:
     """Each selected source's options, checked; a flag of no selected source is an error."""
-    _check_langgraph(config)
     options: dict[str, Any] = {}
     for name, flags in SOURCE_FLAGS.items():
         spec = registry.BY_NAME[name]

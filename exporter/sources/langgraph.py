@@ -127,8 +127,10 @@ class LangGraphDiscovery:
 
     name = SOURCE_LANGGRAPH
 
-    def __init__(self, source: LangGraphSource, lookback: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, source: LangGraphSource, lookback: float, clock: Callable[[], float] = time.time,
+                 limit: int = SEARCH_LIMIT) -> None:
         self.source = source
+        self.limit = limit
         self.lookback = lookback
         self.clock = clock
         # The newest updated_at (the server's clock) the last finished pass read; None until one finished.
@@ -160,7 +162,7 @@ class LangGraphDiscovery:
             return False
 
         listed = await page_by_offset(fetch, read_thread, partial(item_key, key="thread_id"), on_page,
-                                      limit=SEARCH_LIMIT, overlap=OVERLAP, max_pages=MAX_SEARCH_PAGES)
+                                      limit=self.limit, overlap=OVERLAP, max_pages=MAX_SEARCH_PAGES)
         add_counts(result.invalid, listed.invalid)
         if reached or listed.stopped == "end":
             if newest:

@@ -213,7 +213,8 @@ async def page_by_offset(
     between two requests) stops the pager as "shifted": the caller knows the list was not read whole.
     The list ends at a page shorter than `limit`. Never raises unless `fetch` or `on_page` does."""
     listed = Listed("max_pages", 0)
-    overlap = max(1, min(overlap, limit - 1))
+    limit = max(2, limit)
+    overlap = max(1, min(overlap, limit // 2))  # each page moves on by at least half a page
     offset = 0  # where the next unread item is, as far as the last page showed
     anchors: list[str] = []
     seen: set[str] = set()
