@@ -276,6 +276,12 @@ class Config:
                    for s in self.selected_specs())
 
     @property
+    def static_source(self) -> str:
+        """The listing source that --thread and --threads-file name threads of: langgraph when it runs (it
+        cannot run beside threads), else threads."""
+        return "langgraph" if "langgraph" in self.sources else "threads"
+
+    @property
     def polls_responses(self) -> bool:
         """Responses are polled by id when the source runs and can reach the API (a key or Entra ID)."""
         return "responses" in self.sources and self.has_credentials

@@ -73,8 +73,10 @@ class WatchList:
         max_watched: int = 100_000,
         discovered: Mapping[str, tuple[str, int]] | None = None,
         owns: Callable[[str], bool] | None = None,
+        static_source: str = SOURCE_THREADS,
     ) -> None:
         self.static = tuple(static)
+        self.static_source = static_source  # the listing source of the flags' and the file's scopes
         self.threads_file = threads_file
         self.registered: dict[str, str] = dict(registrations or {})
         self.discovered: dict[str, tuple[str, int]] = dict(discovered or {})  # scope -> (source, created_at)
@@ -95,7 +97,7 @@ class WatchList:
     def _build(self, file_threads: tuple[str, ...]) -> dict[str, str]:
         out: dict[str, str] = {}
         for scope in (*self.static, *file_threads):
-            out.setdefault(scope, SOURCE_THREADS)
+            out.setdefault(scope, self.static_source)
         for scope, source in self.registered.items():
             out.setdefault(scope, source)
         for scope, (source, _) in self.discovered.items():
