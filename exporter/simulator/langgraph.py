@@ -114,7 +114,12 @@ class SimThread:
         config: dict[str, Any] = {"configurable": {}} if self.runs else {}
         values = (self.thread_id, iso(self.created), iso(self.updated(now)), iso(self.created), self.metadata,
                   status, config, None)
-        return dict(zip(THREAD_FIELDS, values, strict=True))
+        body = dict(zip(THREAD_FIELDS, values, strict=True))
+        ended = [s for s in statuses if s in ("success", "error", "timeout")]
+        if ended:  # a run that ended with a checkpoint adds these two (one that was interrupted does not)
+            error = {"error": "TimeoutError" if ended[-1] == "timeout" else "RuntimeError", "message": ""}
+            body.update(error=error if ended[-1] != "success" else None, interrupts={})
+        return body
 
 
 class LangGraphEngine:
