@@ -1,7 +1,7 @@
-"""The LangGraph source: strict times, runs and threads as the exporter reads them, the offset pager under lists
-that change between its requests, the poller's requests and the thread search, and its configuration. The
-server here is a stand-in (httpx.MockTransport) whose lists can be changed between two requests;
-tests/test_integration_langgraph.py runs the real one."""
+"""The LangGraph source: the offset pager under lists that change between its requests, the poller's requests
+and the stop rule, the thread search, and its configuration. The server here is a stand-in
+(httpx.MockTransport) whose lists can be changed between two requests; tests/test_integration_langgraph.py
+runs the real one, tests/test_model_langgraph.py reads its objects."""
 
 from __future__ import annotations
 
@@ -18,16 +18,10 @@ import pytest
 
 from exporter.config import ConfigError, load_config
 from exporter.model import (
-    REASON_BAD_STRING,
     REASON_MALFORMED_PAGE,
     REASON_MISSING_ID,
-    REASON_MISSING_STATUS,
-    REASON_NOT_OBJECT,
-    REASON_TOO_LONG,
-    REASON_UNKNOWN_STATUS,
-    REASON_WRONG_TYPE,
 )
-from exporter.model_langgraph import item_key, parse_langgraph_run, parse_time, read_thread
+from exporter.model_langgraph import item_key
 from exporter.sources.http import ApiSettings
 from exporter.sources.langgraph import SETTLE, LangGraphDiscovery, LangGraphSource
 from exporter.sources.listing import page_by_offset
@@ -49,105 +43,6 @@ def run(n: int, status: str = "success", thread: str = "th-1", **fields: Any) ->
             "created_at": iso(T0 + n + 0.25), "updated_at": iso(T0 + n + 5.5), "metadata": {"graph_id": "g"},
             "multitask_strategy": "enqueue"}
     return {**base, **fields}
-
-
-# --- times --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("2026-12-03T23:04:08.947015+00:00", T0),
-    ("2026-12-03T23:04:08Z", T0),
-    ("2026-12-03 23:04:08.999999999Z", T0),  # fractions floor
-    ("2026-12-04T01:04:08+02:00", T0),
-    ("2026-12-03T21:04:08-0400", T0 + 2 * 3600),
-])
-def test_iso_times_are_read_as_whole_epoch_seconds(text: str, seconds: int) -> None:
-    assert parse_time(text) == seconds
-
-
-@pytest.mark.parametrize("value", [
-    "2026-12-03T23:04:08", "2026-02-31T00:00:00Z", "2026-12-03T24:00:00Z", "2026-12-03T23:04:08+24:00",
-    "2026-12-03T23:04:08.1234567890Z", "\uff12\uff10\uff12\uff16-12-03T23:04:08Z", "2026-12-03T23:04:08Z\ud800",
-    "now", "",
-    "2026-12-03T23:04:08Z" + " " * 40, 1796339048, 1.5, float("nan"), None, True, ["2026-12-03T23:04:08Z"],
-])
-def test_anything_else_is_no_time(value: object) -> None:
-    assert parse_time(value) is None
-
-
-# --- runs -----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("wire", "status", "ended"), [
-    ("pending", "queued", None), ("running", "in_progress", None), ("success", "completed", "completed_at"),
-    ("error", "failed", "failed_at"), ("timeout", "expired", "expires_at"),
-    ("interrupted", "cancelled", "cancelled_at"),
-])
-def test_run_statuses_map_onto_run_status_labels_and_updated_at_ends_a_finished_run(
-        wire: str, status: str, ended: str | None) -> None:
-    result = parse_langgraph_run(run(7, wire), "th-1")
-    snap = result.snapshot
-    assert result.invalid_reason is None and snap is not None
-    assert (snap.id, snap.scope, snap.status, snap.assistant_id, snap.source) == (
-        "run-0007", "th-1", status, "asst-1", "langgraph")
-    assert snap.created_at == T0 + 7 and snap.started_at is None
-    assert snap.ended_at() == (T0 + 12 if ended else None)
-    if ended:
-        assert getattr(snap, ended) == T0 + 12
-
-
-def test_a_run_without_a_thread_id_belongs_to_the_thread_listed() -> None:
-    snap = parse_langgraph_run(run(1, thread=None), "th-listed").snapshot  # type: ignore[arg-type]
-    assert snap is not None and snap.scope == "th-listed"
-
-
-@pytest.mark.parametrize(("fields", "reason", "kept"), [
-    ({"status": None}, REASON_MISSING_STATUS, True),
-    ({"status": "rollback"}, REASON_UNKNOWN_STATUS, True),
-    ({"status": 3}, REASON_UNKNOWN_STATUS, True),
-    ({"run_id": None}, REASON_MISSING_ID, False),
-    ({"run_id": 12}, REASON_WRONG_TYPE, False),
-    ({"run_id": ""}, REASON_WRONG_TYPE, False),
-    ({"run_id": "r\ud800"}, REASON_BAD_STRING, False),
-    ({"run_id": "r" * 300}, REASON_TOO_LONG, False),
-    ({"assistant_id": "a\udfff"}, REASON_BAD_STRING, False),
-    ({"assistant_id": 5}, REASON_WRONG_TYPE, False),
-    ({"created_at": None}, REASON_WRONG_TYPE, False),
-    ({"created_at": 1796339048}, REASON_WRONG_TYPE, False),
-    ({"created_at": float("inf")}, REASON_WRONG_TYPE, False),
-    ({"created_at": "9" * 5000}, REASON_WRONG_TYPE, False),
-    ({"updated_at": "2026-13-01T00:00:00Z"}, REASON_WRONG_TYPE, False),
-])
-def test_bad_runs_are_counted_by_reason(fields: dict[str, Any], reason: str, kept: bool) -> None:
-    result = parse_langgraph_run(run(1, **fields), "th-1")
-    assert result.invalid_reason == reason
-    assert (result.snapshot is not None) == kept
-    if kept:
-        assert result.snapshot is not None and result.snapshot.status == "unknown"
-
-
-@pytest.mark.parametrize("item", [None, 3, "run", [run(1)]])
-def test_a_run_that_is_not_an_object_is_counted(item: object) -> None:
-    assert parse_langgraph_run(item, "th-1").invalid_reason == REASON_NOT_OBJECT
-
-
-def test_a_run_without_updated_at_is_kept_without_an_end() -> None:
-    item = run(1)
-    del item["updated_at"]
-    snap = parse_langgraph_run(item, "th-1").snapshot
-    assert snap is not None and snap.status == "completed" and snap.ended_at() is None
-
-
-def test_threads_of_the_search() -> None:
-    good = {"thread_id": "th-1", "created_at": iso(T0), "updated_at": iso(T0 + 9)}
-    thread, reason = read_thread(good)
-    assert reason is None and thread is not None
-    assert (thread.id, thread.created_at, thread.updated_at) == ("th-1", T0, T0 + 9)
-    for bad, why in [({**good, "thread_id": "a/b"}, REASON_WRONG_TYPE), ({**good, "thread_id": None},
-                     REASON_MISSING_ID), ({**good, "updated_at": None}, REASON_WRONG_TYPE), (7, REASON_NOT_OBJECT),
-                     ({**good, "thread_id": "\ud800"}, REASON_BAD_STRING)]:
-        assert read_thread(bad) == (None, why)
-    assert item_key({"run_id": "r"}, "run_id") == "r" and item_key({"run_id": 1}, "run_id") is None
 
 
 # --- the offset pager ------------------------------------------------------------------------------------
