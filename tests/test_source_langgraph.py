@@ -291,6 +291,9 @@ def test_discovery_reads_most_recently_changed_first_and_stops_at_what_it_saw_la
     assert [s for s, _ in first.scopes] == [f"th-{n}" for n in range(30, 19, -1)] and first.error is None
     assert dict(first.scopes)["th-30"] == T0 - 20  # the creation time: born watched is decided on it
     assert [s for s, _ in second.scopes] == ["th-99"] and settled == T0 + 200
+    # Every thread read reports its last change, known or not: the second pass re-read SETTLE seconds back.
+    assert first.active["th-30"] == T0 + 30 and second.active["th-99"] == T0 + 200
+    assert set(second.active) == {"th-99", *(f"th-{n}" for n in range(20, 31))}
     assert len(server.seen) - before == 1  # the second pass stopped on its first page
     body = json.loads(server.seen[-1].content)
     assert (body["sort_by"], body["sort_order"], body["offset"]) == ("updated_at", "desc", 0)

@@ -5,7 +5,9 @@ newest first (by `created_at`) as a bare JSON array, polled under the listing st
 poll is one request. `--discover-threads` searches `POST {api-base}/threads/search` sorted by `updated_at`,
 newest first: a pass stops at the first thread not changed since the newest change the last finished pass
 saw (less SETTLE seconds for commits that land late), so an idle pass is one request too. Found threads
-created after the last finished pass began are born watched (all their runs count), as for Foundry.
+created after the last finished pass began are born watched (all their runs count), as for Foundry. Every
+thread a pass reads reports its `updated_at` as its last activity, so a discovered thread leaves the watch
+list only once it has been idle for the whole lookback, however long ago it was created.
 
 The API pages by offset, not cursor, so a list that changes during a poll shifts under it: a run created
 meanwhile pushes the older ones down (they would be read twice), a run deleted (a cancel with
@@ -157,6 +159,7 @@ class LangGraphDiscovery:
                     reached.append(True)
                     return True
                 newest.append(thread.updated_at)
+                result.active[thread.id] = thread.updated_at
                 if not is_known(thread.id):
                     result.scopes.append((thread.id, thread.created_at))
             return False
