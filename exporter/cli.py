@@ -315,7 +315,7 @@ def startup_line(config: Config, watchlist: WatchList, runs: int) -> str:
         file_part = f" + {len(watchlist.threads_file.threads)} from {watchlist.threads_file.path}"
     threads = f"{len(watchlist.static)} threads from flags{file_part}, {len(watchlist.registered)} registered"
     parts = [f"sources {','.join(config.sources)}"]
-    if "threads" in config.sources:
+    if "threads" in config.sources or "langgraph" in config.sources:
         parts.append(f"api {_redacted_url(config.api_base)}")
     push = f"on ({len(config.push_tokens)} tokens)" if config.push_tokens else "off"
     parts += [threads,

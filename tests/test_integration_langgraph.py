@@ -102,6 +102,8 @@ def test_finished_totals_equal_the_servers_count_across_new_threads_and_a_kill_9
         _assert_totals_match(exporter, runs, set(history))
     finally:
         exporter.stop()
+    log = (tmp_path / "exporter.log").read_text(errors="replace")
+    assert f"sources langgraph; api {server};" in log and "lsv2_sk_integration" not in log
 
 
 def total_finished(client: Any) -> int:
