@@ -5,7 +5,11 @@ and its key check, on the simulator alone."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,10 @@ import httpx
 import pytest
 
 from exporter.simulator import Simulator
-from tests.helpers import wait_until
+from tests.exporter_process import ExporterProcess, total
+from tests.helpers import REPO_ROOT, wait_until
 from tests.langgraph_support import langgraph_dev, require_sdk
+from tests.test_simulator_cli import LAUNCH, _first_line
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +141,38 @@ def test_fault_knobs_and_the_key_apply_to_the_langgraph_flavor() -> None:
         sim.faults.malformed_rate = 0.0
         sim.faults.error_rate = 1.0
         assert httpx.get(url, headers={"x-api-key": "lsv2-key"}).status_code >= 500
+
+
+def test_the_cli_serves_the_langgraph_flavor_with_a_workload() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    argv = ["--listen", "127.0.0.1:0", "--flavor", "langgraph", "--speed", "20"]
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *argv], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        match = re.search(r"base_url=(\S+) threads=(\S+)", _first_line(proc))
+        assert match, "no start-up line"
+        base, threads = match.groups()
+        assert httpx.get(f"{base}/ok").json() == {"ok": True} and len(threads.split(",")) == 6
+        runs = wait_until(lambda: httpx.get(f"{base}/threads/{threads.split(',')[0]}/runs").json(), 15, 0.1,
+                          "the workload's first runs")
+        assert {"run_id", "status", "created_at", "updated_at"} <= set(runs[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_demo_of_the_langgraph_source_counts_runs(tmp_path: Path) -> None:
+    exporter = ExporterProcess(["--demo", "--source", "langgraph", "--demo-speed", "20", "--state-file",
+                                str(tmp_path / "state.db")], {"OPENAI_API_KEY": ""}, tmp_path / "exporter.log")
+    exporter.start()
+    try:
+        exporter.wait_ready()
+        wait_until(lambda: total(exporter.scrape(), "assistants_runs_finished_total", source="langgraph") >= 10, 30,
+                   0.2, "the demo's runs to be counted")
+        samples = exporter.scrape()
+        assert total(samples, "assistants_exporter_api_requests_total", endpoint="search_threads") >= 1
+        assert total(samples, "assistants_exporter_threads") >= 6
+    finally:
+        exporter.stop()
