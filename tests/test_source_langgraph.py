@@ -265,6 +265,23 @@ def test_a_poll_whose_list_moved_too_far_fails_and_moves_no_coverage() -> None:
     assert not tracker.scopes["th-1"].swept
 
 
+def test_a_poll_that_reaches_max_pages_keeps_what_it_read_as_incomplete() -> None:
+    server = Server(runs={"th-1": [run(n) for n in range(50, 0, -1)]})
+    settings = ApiSettings(base_url="http://lg.test", api_key="", page_limit=10, max_pages=2,
+                           max_requests_per_second=1000.0)
+
+    async def go() -> Any:
+        client = LangGraphSource(settings, transport=httpx.MockTransport(server.handle))
+        try:
+            return await client.poll("th-1", lambda runs: False)
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(go())
+    assert (result.outcome, result.complete, len(server.seen)) == ("ok", False, 2)
+    assert [r.id for r in result.runs] == [f"run-{n:04d}" for n in range(50, 35, -1)]  # 10, then 5 past the overlap
+
+
 def thread(n: int, updated: float, created: float | None = None) -> dict[str, Any]:
     return {"thread_id": f"th-{n}", "created_at": iso(created if created is not None else updated - 50),
             "updated_at": iso(updated), "status": "idle", "metadata": {}, "values": None}
