@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from exporter.model_langgraph import LANGGRAPH_STATUSES
+from exporter.simulator import Simulator
 from tests.exporter_process import ExporterProcess, by_label, total
 from tests.helpers import wait_until
 from tests.langgraph_support import langgraph_dev, require_sdk, server_runs
@@ -134,3 +135,47 @@ def _assert_totals_match(exporter: ExporterProcess, runs: dict[str, dict[str, An
     assert set(codes) == {"200"}
     invalid = sum(by_label(samples, "assistants_exporter_invalid_objects_total", "reason").values())
     assert invalid == 0
+
+
+def test_every_fault_on_then_off_and_the_totals_equal_the_simulators(tmp_path: Path) -> None:
+    """The simulator's langgraph flavor with its workload (new threads too) and every fault knob on: the
+    exporter never counts more than happened, keeps running, and once the faults stop its totals are exact."""
+    with Simulator(flavor="langgraph", seed=9, speed=10) as sim:
+        sim.langgraph.set_workload(False)
+        assert sum(sim.langgraph.truth().values()) == 0  # nothing ran before the exporter's sweep
+        exporter = _exporter(sim.base_url, tmp_path)
+        try:
+            exporter.wait_ready()
+            threads = sim.langgraph.thread_ids()
+            wait_until(lambda: all(sim.langgraph.listed[t] for t in threads), 30, 0.1,
+                       "the simulator's threads to be swept")  # listed with no fault on: swept
+            faults = sim.faults
+            faults.error_rate, faults.malformed_rate, faults.truncate_rate = 0.05, 0.05, 0.03
+            faults.rate_limit_rps, faults.rate_limit_burst = 40.0, 5
+            sim.langgraph.set_workload(True)
+            wait_until(lambda: total(exporter.scrape(), "assistants_exporter_api_requests_total", code="429") > 0
+                       and total(exporter.scrape(), FINISHED) >= 30, 60, 0.2, "faults met and runs counted")
+            counted = by_label(exporter.scrape(), FINISHED, "status")
+            truth = sim.langgraph.truth()  # read after the scrape: it can only have grown since
+            assert all(counted.get(LANGGRAPH_STATUSES[s], 0) <= truth.get(s, 0) for s in TERMINAL_WIRE), (
+                counted, truth)
+            faults.error_rate = faults.malformed_rate = faults.truncate_rate = 0.0
+            faults.rate_limit_rps = None
+            sim.langgraph.set_workload(False)
+            wait_until(lambda: not {"pending", "running"} & set(sim.langgraph.truth()), 30, 0.2, "runs to end")
+            want = {LANGGRAPH_STATUSES[s]: float(n) for s, n in sim.langgraph.truth().items()}
+            seen: list[dict[str, float]] = []
+
+            def equal() -> bool:
+                seen.append({k: v for k, v in by_label(exporter.scrape(), FINISHED, "status").items() if v})
+                return seen[-1] == want
+
+            wait_until(equal, 60, 0.2, lambda: f"totals {want}, last seen {seen[-1] if seen else None}")
+            samples = exporter.scrape()
+            assert total(samples, "assistants_exporter_threads") == len(sim.langgraph.thread_ids()) > 6
+            invalid = by_label(samples, "assistants_exporter_invalid_objects_total", "reason")
+            assert invalid.get("malformed_page", 0) > 0 and sum(invalid.values()) > invalid["malformed_page"]
+            codes = by_label(samples, "assistants_exporter_api_requests_total", "code")
+            assert codes.get("500", 0) + codes.get("503", 0) > 0
+        finally:
+            exporter.stop()

@@ -335,6 +335,27 @@ def test_a_failed_discovery_pass_is_not_settled_and_the_next_walks_to_the_lookba
     assert found.settled == T0 + 300 and SETTLE > 0
 
 
+def test_a_pass_that_met_an_unreadable_thread_is_not_finished_and_the_next_reads_it_again() -> None:
+    server = Server(threads=[thread(n, T0 + n) for n in range(1, 6)])
+    server.threads[1]["created_at"] = "yesterday"  # th-2, garbled in this answer only
+
+    async def go() -> Any:
+        client = source(server)
+        found = LangGraphDiscovery(client, lookback=1e6, clock=lambda: T0 + 10.0)
+        first = await found.discover(lambda s: False)
+        settled_after_first = found.settled
+        server.threads[1]["created_at"] = iso(T0 - 48)
+        known = {s for s, _ in first.scopes}
+        second = await found.discover(known.__contains__)
+        await client.aclose()
+        return first, settled_after_first, second, found.settled
+
+    first, settled_first, second, settled = asyncio.run(go())
+    assert first.error is not None and first.invalid == {"wrong_type": 1} and settled_first is None
+    assert len(first.scopes) == 4
+    assert [s for s, _ in second.scopes] == ["th-2"] and second.error is None and settled == T0 + 5
+
+
 # --- configuration --------------------------------------------------------------------------------------
 
 

@@ -134,6 +134,7 @@ class LangGraphEngine:
         self.rate = rate
         self.workload = workload
         self.threads: dict[str, SimThread] = {}
+        self.listed: Counter[str] = Counter()  # run listings answered, by thread (tests wait for a sweep on it)
         self._lock = threading.Lock()
         self._next_arrival = clock.now()
         for _ in range(threads):
@@ -183,6 +184,14 @@ class LangGraphEngine:
     def create_thread(self, metadata: dict[str, Any] | None = None) -> str:
         with self._lock:
             return self._new_thread(self.clock.now(), metadata or {}).thread_id
+
+    def set_workload(self, enabled: bool) -> None:
+        """Pause or resume the workload's arrivals from now on (runs already going carry on; arrivals due but not
+        made yet are dropped, so a simulator paused at once after its start has no runs)."""
+        with self._lock:
+            if enabled and not self.workload:
+                self._next_arrival = self.clock.now()
+            self.workload = enabled
 
     def create_run(self, thread_id: str, graph: str = "work") -> str:
         """A run of one of GRAPHS on a thread, as POST /threads/{id}/runs makes it; its id."""
@@ -274,6 +283,7 @@ class LangGraphEngine:
 
     def _list_runs(self, thread: SimThread, query: dict[str, list[str]], now: float) -> list[Any]:
         limit, offset = _int(query, "limit", 10), _int(query, "offset", 0)
+        self.listed[thread.thread_id] += 1
         select = _select(query.get("select") or [], RUN_FIELDS)
         status = query["status"][-1] if query.get("status") else None
         runs = sorted(thread.runs, key=lambda r: r.created, reverse=True)

@@ -170,11 +170,15 @@ class LangGraphDiscovery:
         listed = await page_by_offset(fetch, read_thread, partial(item_key, key="thread_id"), on_page,
                                       limit=self.limit, overlap=OVERLAP, max_pages=MAX_SEARCH_PAGES)
         add_counts(result.invalid, listed.invalid)
-        if reached or listed.stopped == "end":
-            if newest:
-                self.settled = max(newest)
-        else:
+        if not (reached or listed.stopped == "end"):
             result.error = f"thread discovery stopped early ({listed.stopped})"
+        elif listed.invalid:
+            # A thread it could not read may be one it never sees again (a pass stops at what the last one
+            # read): the pass does not count as finished, so the next reads the same window again and, once it
+            # reads the thread, finds it born watched.
+            result.error = f"thread discovery read {sum(listed.invalid.values())} invalid threads"
+        elif newest:
+            self.settled = max(newest)
         return result
 
 
