@@ -165,7 +165,9 @@ class Applier:
         self.metrics.api_up(discovery.name, result.api_reached)
         if result.error:
             log.warning("%s discovery: %s", discovery.name, result.error)
-        # A discovered scope that is idle and older than the lookback leaves the watch list.
+        for scope, changed_at in result.active.items():
+            self.watchlist.touch(scope, changed_at)
+        # A discovered scope that is idle and older than the lookback (or last changed before it) leaves.
         horizon = now - discovery.lookback
         for scope, (source, created_at) in list(self.watchlist.discovered.items()):
             if source == discovery.name and created_at < horizon and not self.tracker.is_active(scope):

@@ -140,8 +140,15 @@ def _demo(config: Config) -> Iterator[Config]:
         return
     from exporter.simulator import Simulator
 
-    sim = Simulator(scenario=config.demo_scenario, seed=0, speed=config.demo_speed)
+    # --source langgraph polls the simulator's LangGraph flavor, and discovers the threads its workload opens.
+    langgraph = "langgraph" in config.sources
+    sim = Simulator(scenario=config.demo_scenario, seed=0, speed=config.demo_speed,
+                    flavor="langgraph" if langgraph else "openai")
     sim.start()
+    if langgraph:
+        options = {**config.source_options, "langgraph": replace(config.options(registry.BY_NAME["langgraph"]),
+                                                                 discover_threads=True)}
+        config = replace(config, source_options=options)
     with tempfile.TemporaryDirectory(prefix="assistants-exporter-demo-") as tmp:
         # The simulator's runs are new at every start, so the demo keeps no state unless asked to.
         state = config.state_file
@@ -309,7 +316,7 @@ def startup_line(config: Config, watchlist: WatchList, runs: int) -> str:
         file_part = f" + {len(watchlist.threads_file.threads)} from {watchlist.threads_file.path}"
     threads = f"{len(watchlist.static)} threads from flags{file_part}, {len(watchlist.registered)} registered"
     parts = [f"sources {','.join(config.sources)}"]
-    if "threads" in config.sources:
+    if "threads" in config.sources or "langgraph" in config.sources:
         parts.append(f"api {_redacted_url(config.api_base)}")
     push = f"on ({len(config.push_tokens)} tokens)" if config.push_tokens else "off"
     parts += [threads,
@@ -355,7 +362,7 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
         collector=collector,
         schedule=Schedule(config.poll_interval, config.idle_poll_interval, max_in_flight=config.max_concurrency),
         watchlist=WatchList(config.threads, threads_file, loaded.registrations, config.max_watched,
-                            loaded.discovered, _sharding(config).owns),
+                            loaded.discovered, _sharding(config).owns, config.static_source),
         run_sources=(*config.sources, *(("webhooks",) if config.webhook_secrets else ())),
         inbox=inbox,
         writer=ThreadWriter(),  # commits off the event loop (exporter/committer.py)

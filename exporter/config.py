@@ -25,7 +25,15 @@ from exporter.flags import ConfigError, Flag, Raw, as_str, convert_all, fail, fl
 from exporter.metrics_spec import RUN_LABELS_CHOICES
 from exporter.rawsettings import build_parser as _build_parser
 from exporter.rawsettings import env_values, env_warnings, load_yaml, os_reason, parse_argv
-from exporter.secretfiles import SECRET_ENV_VARS, env_api_key, push_tokens, read_api_key, webhook_secrets
+from exporter.secretfiles import (
+    API_KEY_ENV_VARS,
+    LANGGRAPH_KEY_ENV_VARS,
+    SECRET_ENV_VARS,
+    env_api_key,
+    push_tokens,
+    read_api_key,
+    webhook_secrets,
+)
 from exporter.sources import registry
 from exporter.sources.push import PUSH_TOKEN_ENV
 from exporter.sources.spec import CheckContext, SourceSpec
@@ -264,8 +272,14 @@ class Config:
     @property
     def calls_api(self) -> bool:
         """Whether a source that calls the API runs."""
-        return any(s.api == "required" or (s.api == "optional" and self.has_credentials)
+        return any(s.api in ("required", "open") or (s.api == "optional" and self.has_credentials)
                    for s in self.selected_specs())
+
+    @property
+    def static_source(self) -> str:
+        """The listing source that --thread and --threads-file name threads of: langgraph when it runs (it
+        cannot run beside threads), else threads."""
+        return "langgraph" if "langgraph" in self.sources else "threads"
 
     @property
     def polls_responses(self) -> bool:
@@ -280,7 +294,8 @@ class Config:
 
 CONFIG_FLAGS: tuple[Flag, ...] = flags_of(Config)
 SOURCE_FLAGS: dict[str, tuple[Flag, ...]] = registry.source_flags()
-FLAGS: tuple[Flag, ...] = CONFIG_FLAGS + tuple(f for flags in SOURCE_FLAGS.values() for f in flags)
+# A flag two sources declare (--discover-threads: threads and langgraph) is one flag.
+FLAGS: tuple[Flag, ...] = CONFIG_FLAGS + tuple({f.name: f for flags in SOURCE_FLAGS.values() for f in flags}.values())
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
 YAML_KEYS: dict[str, Flag] = {key: f for f in FLAGS for key in f.yaml_keys}
 
@@ -322,6 +337,7 @@ def _build(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[str]) -
     values = convert_all(Config, CONFIG_FLAGS, dict(raw))
     values["sources"] = values.get("sources") or registry.DEFAULT
     config = Config(**{**values, **read, "shard": 0})
+    _check_langgraph(config)
     if not config.demo and config.credential == "key" and config.api_key is None and any(
             spec.api == "required" for spec in config.selected_specs()):
         raise ConfigError("an API key is required (set OPENAI_API_KEY or use --api-key-file), "
@@ -338,7 +354,8 @@ def _read_secrets(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[
         return value
 
     key_file, token_file, hook_file = path("api_key_file"), path("push_token_file"), path("webhook_secret_file")
-    api_key = read_api_key(key_file, raw.get("api_key_file")) if key_file else env_api_key(env)
+    key_vars = LANGGRAPH_KEY_ENV_VARS if _selects_langgraph(raw) else API_KEY_ENV_VARS
+    api_key = read_api_key(key_file, raw.get("api_key_file")) if key_file else env_api_key(env, key_vars)
     if api_key:
         secrets.append(api_key)
     tokens = push_tokens(token_file, raw.get("push_token_file"), env)
@@ -348,15 +365,40 @@ def _read_secrets(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[
     return {"api_key": api_key, "push_tokens": tuple(tokens), "webhook_secrets": tuple(hooks)}
 
 
+def _selects_langgraph(raw: Mapping[str, Raw]) -> bool:
+    """Whether --source langgraph is asked for (read before the secrets; a bad value fails later, as usual)."""
+    try:
+        return "langgraph" in (FLAGS_BY_DEST["source"].value(raw.get("source")) or ())
+    except ConfigError:
+        return False
+
+
+def _check_langgraph(config: Config) -> None:
+    """langgraph sends its key its own way, to its own --api-base: no other API source beside it."""
+    if "langgraph" not in config.sources:
+        return
+    others = [s.name for s in config.selected_specs() if s.name != "langgraph" and s.api in ("required", "open")]
+    if others or config.polls_responses:
+        raise ConfigError(f"--source langgraph cannot run beside --source {(others or ['responses'])[0]}: they "
+                          "would share --api-base and the key (run one exporter per API)")
+    if config.credential != "key":
+        raise ConfigError("--credential azure does not apply to --source langgraph (it takes a LangSmith key)")
+
+
+def _owners(flag: Flag) -> list[str]:
+    return [name for name, flags in SOURCE_FLAGS.items() if any(f.name == flag.name for f in flags)]
+
+
 def _source_options(config: Config, raw: Mapping[str, Raw]) -> dict[str, Any]:
-    """Each selected source's options, checked; a flag of a source that is not selected is an error."""
+    """Each selected source's options, checked; a flag of no selected source is an error."""
     options: dict[str, Any] = {}
     for name, flags in SOURCE_FLAGS.items():
         spec = registry.BY_NAME[name]
         if name not in config.sources:
             for flag in flags:
-                if flag.dest in raw:
-                    raise ConfigError(f"{flag.name} needs --source {name}")
+                owners = _owners(flag)
+                if flag.dest in raw and not set(owners) & set(config.sources):
+                    raise ConfigError(f"{flag.name} needs --source {' or '.join(owners)}")
             continue
         options[name] = spec.options(**convert_all(spec.options, flags, dict(raw)))
         spec.check(CheckContext(options[name], config.has_credentials, config.demo,

@@ -14,11 +14,14 @@ from exporter.sources.push import MIN_PUSH_TOKEN, PUSH_TOKEN_ENV, read_token_fil
 
 # Checked in this order; the first non-empty one wins. The key file, when given, wins over both.
 API_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "OPENAI_API_KEY")
-SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, PUSH_TOKEN_ENV)
+# With --source langgraph: a LangSmith key. OPENAI_API_KEY is never read then: LangGraph deployments often have
+# one in their environment, and it must not be sent to another service.
+LANGGRAPH_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "LANGSMITH_API_KEY")
+SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, "LANGSMITH_API_KEY", PUSH_TOKEN_ENV)
 
 
-def env_api_key(env: Mapping[str, str]) -> str | None:
-    for var in API_KEY_ENV_VARS:
+def env_api_key(env: Mapping[str, str], variables: tuple[str, ...] = API_KEY_ENV_VARS) -> str | None:
+    for var in variables:
         value = env.get(var, "").strip()
         if value:
             return value

@@ -73,11 +73,14 @@ class WatchList:
         max_watched: int = 100_000,
         discovered: Mapping[str, tuple[str, int]] | None = None,
         owns: Callable[[str], bool] | None = None,
+        static_source: str = SOURCE_THREADS,
     ) -> None:
         self.static = tuple(static)
+        self.static_source = static_source  # the listing source of the flags' and the file's scopes
         self.threads_file = threads_file
         self.registered: dict[str, str] = dict(registrations or {})
-        self.discovered: dict[str, tuple[str, int]] = dict(discovered or {})  # scope -> (source, created_at)
+        # scope -> (source, created_at, or when it was last seen to change if later): it leaves after the lookback
+        self.discovered: dict[str, tuple[str, int]] = dict(discovered or {})
         self.max_watched = max_watched
         self.owns = owns or (lambda _: True)  # sharding: only this replica's scopes are watched
         self._changes: dict[str, str | None] = {}
@@ -95,7 +98,7 @@ class WatchList:
     def _build(self, file_threads: tuple[str, ...]) -> dict[str, str]:
         out: dict[str, str] = {}
         for scope in (*self.static, *file_threads):
-            out.setdefault(scope, SOURCE_THREADS)
+            out.setdefault(scope, self.static_source)
         for scope, source in self.registered.items():
             out.setdefault(scope, source)
         for scope, (source, _) in self.discovered.items():
@@ -111,6 +114,12 @@ class WatchList:
         self._discovered_changes[scope] = (source, created_at)
         wanted[scope] = source  # the cache stays valid: a new scope only adds an entry
         return True
+
+    def touch(self, scope: str, changed_at: int) -> None:
+        """A discovered scope changed at `changed_at`: its lookback runs from then (persisted)."""
+        entry = self.discovered.get(scope)
+        if entry is not None and changed_at > entry[1]:
+            self.discovered[scope] = self._discovered_changes[scope] = (entry[0], changed_at)
 
     def undiscover(self, scope: str) -> None:
         if self.discovered.pop(scope, None) is not None:

@@ -507,6 +507,27 @@ def test_idle_discovered_threads_older_than_the_lookback_leave(tmp_path: Path) -
     assert set(daemon.watchlist.discovered) == {"t_fresh"}
 
 
+def test_a_discovered_thread_that_changed_within_the_lookback_stays_however_old(tmp_path: Path) -> None:
+    clock = Clock()
+    now = int(clock.wall())
+
+    class Active(FakeDiscovery):
+        async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
+            result = await super().discover(is_known)
+            result.active = {"t_busy": now - 30, "t_quiet": now - 7000}  # LangGraph's updated_at
+            return result
+
+    discovery = Active()
+    discovery.passes = [[("t_busy", now - 7200), ("t_quiet", now - 7200)]]
+    daemon, _ = _daemon(tmp_path, _ok(clock), clock, idle=1.0)
+    daemon.discoveries = (discovery,)
+    daemon.discover_interval = 5.0
+    asyncio.run(_drive(daemon, clock, 6.0))
+    assert set(daemon.scheduler.slots) == {"t_busy"}
+    assert daemon.watchlist.discovered == {"t_busy": ("threads", now - 30)}
+    assert Store(tmp_path / "state.db", ["assistant_id"]).load().discovered == {"t_busy": ("threads", now - 30)}
+
+
 def test_a_thread_whose_last_poll_failed_is_failing_not_idle(tmp_path: Path) -> None:
     clock = Clock()
     ok = _ok(clock)

@@ -20,7 +20,10 @@ from tests.helpers import REPO_ROOT
 
 KEY = "sk-registry-test"
 # What one call of each built part is given, by source: a scope to list, a run to fetch.
-SIMULATED: dict[str, str] = {"threads": "thread", "push": "", "sessions": "session", "responses": "response"}
+SIMULATED: dict[str, str] = {"threads": "thread", "push": "", "sessions": "session", "responses": "response",
+                             "langgraph": "thread"}
+# Sources whose API is another simulator flavor than the default one.
+FLAVORS: dict[str, str] = {"langgraph": "langgraph"}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,14 @@ def sim() -> Iterator[Simulator]:
     s = Simulator(seed=5, speed=50.0, api_key=KEY, sessions_scenario="sessions").start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def flavored() -> Iterator[dict[str, Simulator]]:
+    sims = {flavor: Simulator(seed=5, speed=50.0, api_key=KEY, flavor=flavor).start() for flavor in FLAVORS.values()}
+    yield sims
+    for s in sims.values():
+        s.stop()
 
 
 def _context(spec: SourceSpec, sim: Simulator, requests: list[tuple[str, str, str]]) -> SourceContext:
@@ -40,6 +51,10 @@ def _context(spec: SourceSpec, sim: Simulator, requests: list[tuple[str, str, st
 
 def _scope(name: str, sim: Simulator) -> str:
     """A scope with one scripted run in it."""
+    if name == "langgraph":
+        thread_id = sim.langgraph.create_thread()
+        sim.langgraph.create_run(thread_id, "work")
+        return thread_id
     if SIMULATED[name] == "thread":
         thread_id = sim.engine.create_thread()
         sim.engine.create_run(thread_id, [("queued", 1.0), ("in_progress", 1.0), ("completed", 0.0)])
@@ -74,7 +89,9 @@ def test_the_registry_lists_each_source_once_and_the_simulated_ones_are_all_of_t
 
 
 @pytest.mark.parametrize("name", registry.NAMES)
-def test_every_registered_source_builds_and_answers_against_the_simulator(name: str, sim: Simulator) -> None:
+def test_every_registered_source_builds_and_answers_against_the_simulator(name: str, sim: Simulator,
+                                                                         flavored: dict[str, Simulator]) -> None:
+    sim = flavored[FLAVORS[name]] if name in FLAVORS else sim
     spec = registry.BY_NAME[name]
     requests: list[tuple[str, str, str]] = []
     seen = asyncio.run(_exercise(spec, sim, requests))
@@ -110,7 +127,7 @@ def test_the_client_factory_gives_each_source_its_class(sim: Simulator) -> None:
 
     for spec in registry.SOURCES:
         spec.build(SourceContext(spec.options(), client, 60.0, True))
-    assert all(issubclass(kind, ApiClient) for kind in made) and len(made) == 3
+    assert all(issubclass(kind, ApiClient) for kind in made) and len(made) == 4
 
 
 def test_source_choices_and_flags_come_from_the_registry(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=_non_negative, default=0.0, help="seconds added to every response")
     p.add_argument("--malformed-rate", type=_probability, default=0.0, help="probability per list item")
     p.add_argument("--truncate-rate", type=_probability, default=0.0, help="probability of a cut JSON body")
-    p.add_argument("--flavor", choices=FLAVORS, default="openai", help="openai (/v1) or foundry (Azure AI Foundry)")
+    p.add_argument("--flavor", choices=FLAVORS, default="openai",
+                   help="openai (/v1), foundry (Azure AI Foundry) or langgraph (LangGraph Agent Server)")
     p.add_argument("--project", type=_project, default="sim-project", help="foundry: the project name in paths")
     p.add_argument("--token-lifetime", type=_positive, default=3600.0, help="foundry: seconds a token is valid")
     p.add_argument(

@@ -25,12 +25,13 @@ from urllib.parse import parse_qs, urlsplit
 from exporter.simulator.clock import Clock, FakeClock, WallClock
 from exporter.simulator.engine import Engine
 from exporter.simulator.faults import FaultInjector, Faults, RateLimitState, format_duration
+from exporter.simulator.langgraph import LangGraphEngine, LangGraphError
 from exporter.simulator.responses import ResponseEngine, response_routes
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.sessions import SESSION_SCENARIOS, SessionsApi, SessionsEngine
 from exporter.simulator.wire import JSON, ApiError, foundry_page
 
-FLAVORS: tuple[str, ...] = ("openai", "foundry")
+FLAVORS: tuple[str, ...] = ("openai", "foundry", "langgraph")
 # Foundry's Azure.AI.Agents api-versions that the simulator accepts; anything else is a 400.
 FOUNDRY_API_VERSIONS: tuple[str, ...] = ("v1", "2025-05-01", "2025-05-15-preview")
 # The audience Foundry accepts tokens for (the scope https://ai.azure.com/.default without "/.default").
@@ -199,6 +200,8 @@ class Simulator:
                                        SESSION_SCENARIOS[sessions_scenario] if sessions_scenario else None)
         self._sessions_api = SessionsApi(self.sessions, _parse_limit, _parse_order)
         self.responses = ResponseEngine(self.clock, seed, speed)
+        # The LangGraph Agent Server (flavor="langgraph"), with its workload in that flavor (for --demo).
+        self.langgraph = LangGraphEngine(self.clock, seed, speed, workload=flavor == "langgraph")
         self.faults: Faults = faults if faults is not None else copy.deepcopy(self.scenario.faults)
         fault_seed = self.faults.seed if self.faults.seed is not None else seed
         self._injector = FaultInjector(fault_seed)
@@ -231,6 +234,7 @@ class Simulator:
         while not self._stopping.wait(1.0):
             self.engine.now()
             self.sessions.now()
+            self.langgraph.now()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -264,6 +268,8 @@ class Simulator:
         """The API base: `.../v1`, or for the foundry flavor the project endpoint `.../api/projects/{project}`."""
         if self.flavor == "foundry":
             return f"http://{self.host}:{self.port}/api/projects/{self.project}"
+        if self.flavor == "langgraph":
+            return f"http://{self.host}:{self.port}"
         return f"http://{self.host}:{self.port}/v1"
 
     @property
@@ -272,7 +278,7 @@ class Simulator:
         return f"http://{self.host}:{self.port}{MSI_PATH}"
 
     def thread_ids(self) -> list[str]:
-        return self.engine.thread_ids()
+        return self.langgraph.thread_ids() if self.flavor == "langgraph" else self.engine.thread_ids()
 
     # ----- request handling ----------------------------------------------------------------------
 
@@ -340,6 +346,11 @@ class Simulator:
         """Bearer (OpenAI) or api-key (Azure) auth; Foundry takes only its own bearer tokens. Never echoed back."""
         if self.flavor == "foundry":
             return self._token_authorized(headers)
+        if self.flavor == "langgraph":  # x-api-key, checked only when the simulator has a key (as a cloud server)
+            given = (headers.get("x-api-key") or "").strip()
+            if self.api_key is None or hmac.compare_digest(given.encode(), self.api_key.encode()):
+                return None
+            return LangGraphError(403, "Missing or invalid x-api-key" if given else "Missing x-api-key")
         auth = headers.get("Authorization") or ""
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         key = key or (headers.get("api-key") or "").strip()
@@ -403,6 +414,8 @@ class Simulator:
         random_status = self._injector.random_error(faults)
         if random_status is not None:
             return self._with_rate_headers(self._error_response(random_status, None), state)
+        if self.flavor == "langgraph":  # its own routes, bodies and errors (exporter/simulator/langgraph.py)
+            return self._with_rate_headers(self._langgraph_response(method, target, raw_body), state)
         try:
             body = self._route(method, target, headers, raw_body)
         except ApiError as err:
@@ -442,6 +455,14 @@ class Simulator:
             # api-version (Azure) and any other unknown query parameter are ignored.
             return fn(_Request(match.groupdict(), query, self._json_body(method, raw_body)))
         raise ApiError(404, f"Invalid URL ({method} {parts.path[:200]})")
+
+    def _langgraph_response(self, method: str, target: str, raw_body: bytes) -> _Response:
+        try:
+            status, body = self.langgraph.handle(method, target, raw_body,
+                                                 lambda items: self._injector.corrupt_items(self.faults, items))
+        except ApiError as err:
+            return _Response.error(err)
+        return _Response(status, body, truncate=status == 200 and self._injector.should_truncate(self.faults))
 
     @staticmethod
     def _check_api_version(query: dict[str, list[str]]) -> None:
@@ -508,7 +529,7 @@ class Simulator:
 
 
 class _Response:
-    def __init__(self, status: int, body: JSON, truncate: bool = False) -> None:
+    def __init__(self, status: int, body: JSON | list[Any] | None, truncate: bool = False) -> None:
         self.status = status
         self.body = body
         self.truncate = truncate
@@ -519,6 +540,8 @@ class _Response:
         return cls(err.status, err.body())
 
     def encode(self) -> bytes:
+        if self.body is None:
+            return b""  # 202 Accepted, no content
         data = json.dumps(self.body, separators=(",", ":")).encode()
         # A truncated body is still sent with a matching Content-Length: the JSON is broken, not the HTTP.
         return data[: len(data) // 2] if self.truncate else data

@@ -92,6 +92,9 @@ class DiscoveryResult:
     api_reached: bool = False
     error: str | None = None
     invalid: dict[str, int] = field(default_factory=dict)  # invalid_objects_total reason -> count
+    # Scope -> when it last changed (epoch seconds), for an API that says (LangGraph's updated_at), new and
+    # known scopes alike: a discovered scope that changed within the lookback stays watched however old it is.
+    active: dict[str, int] = field(default_factory=dict)
 
 
 class Discovery(Protocol):

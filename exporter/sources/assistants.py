@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 ENDPOINT = "list_runs"
+# --discover-threads belongs to this source and to langgraph (exporter/sources/langgraph.py) alike.
+DISCOVER_THREADS_HELP = ("List the API's threads and watch the new ones: GET {api-base}/threads (Azure AI Foundry) "
+                         "with --source threads, POST {api-base}/threads/search with --source langgraph.")
 
 
 def _parse_run(item: object, scope: str) -> ParseResult:
@@ -57,9 +60,7 @@ class AssistantsSource(ApiClient):
 
 @dataclass(frozen=True, slots=True)
 class ThreadsOptions:
-    discover_threads: bool = option(
-        "--discover-threads", "bool", False,
-        "List the API's threads (GET {api-base}/threads) and watch the new ones (Azure AI Foundry).")
+    discover_threads: bool = option("--discover-threads", "bool", False, DISCOVER_THREADS_HELP)
 
 
 def _check(ctx: CheckContext) -> None:

@@ -33,7 +33,7 @@ MAX_PAGES = 1000  # 100,000 threads in one pass; a server whose cursors never en
 FetchPage = Callable[[dict[str, str]], Awaitable[bytes | None]]
 IsKnown = Callable[[str], bool]
 LIST_THREADS = "list_threads"  # api_requests_total{endpoint}
-StopReason = Literal["since", "known", "end", "error", "malformed", "loop", "max_pages"]
+StopReason = Literal["since", "known", "end", "error", "malformed", "loop", "max_pages", "shifted"]
 
 
 @dataclass(frozen=True, slots=True)

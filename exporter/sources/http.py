@@ -27,7 +27,7 @@ from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
 from exporter.sources.listing import ParseItem, add_counts, page_through, read_runs
 from exporter.sources.ratelimit import TokenBucket
-from exporter.sources.transport import NoCookies, Urls
+from exporter.sources.transport import NoCookies, Params, Urls
 from exporter.sources.transport import transport as fast_transport
 
 logger = logging.getLogger(__name__)
@@ -322,8 +322,19 @@ class ApiClient:
         horizon = self._clock() - min(STALL_AFTER, self._settings.timeout)
         return any(self._last_answer < sent <= horizon for sent in self._sent.values())
 
-    async def _fetch(self, url: str, params: dict[str, str], what: str, endpoint: str) -> _Fetch:
-        """One page, retrying 429, 5xx and transport failures up to max_attempts, within the deadline."""
+    async def post_page(self, path: str, body: bytes, endpoint: str) -> bytes | None:
+        """POST {base}{path} with a JSON `body` that only reads (LangGraph's searches), retried like a runs page;
+        the body of a 2xx answer (empty when it passed MAX_BODY_BYTES: a malformed page), or None."""
+        fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, {}, path, endpoint, body)
+        self.last_reached = fetch.api_reached
+        if fetch.reply is None:
+            return None
+        return b"" if fetch.reply.too_large else fetch.reply.body
+
+    async def _fetch(self, url: str, params: Params, what: str, endpoint: str, json_body: bytes | None = None,
+                     ) -> _Fetch:
+        """One page, retrying 429, 5xx and transport failures up to max_attempts, within the deadline. With a
+        `json_body` it is POSTed (a search: reading, so retrying is safe)."""
         attempts = self._settings.max_attempts
         reached = False
         error = "no attempt made"
@@ -336,7 +347,7 @@ class ApiClient:
             async with self._semaphore:
                 await self._bucket.acquire()  # waits out any 429 pause, for every caller
                 began = self._clock()
-                outcome = await self._attempt(url, params, min(self._settings.timeout, budget))
+                outcome = await self._attempt(url, params, min(self._settings.timeout, budget), json_body)
                 spent += self._clock() - began
             if isinstance(outcome, _Failure) and outcome.code == "token_unavailable":
                 return _Fetch(None, f"no token: {outcome.kind}", api_reached=False)  # no request was sent
@@ -373,7 +384,8 @@ class ApiClient:
             params["api-version"] = self._settings.api_version
         return params
 
-    async def _attempt(self, url: str, params: dict[str, str], timeout: float) -> _Reply | _Failure:
+    async def _attempt(self, url: str, params: Params, timeout: float, json_body: bytes | None = None,
+                       ) -> _Reply | _Failure:
         """One HTTP exchange, body included, within `timeout`."""
         client = self._get_client()
         self._next_request += 1
@@ -381,7 +393,11 @@ class ApiClient:
         self._sent[request_id] = self._clock()
         try:
             async with asyncio.timeout(timeout):
-                request = client.build_request("GET", self._urls.get(url, params), timeout=timeout)
+                if json_body is None:
+                    request = client.build_request("GET", self._urls.get(url, params), timeout=timeout)
+                else:
+                    request = client.build_request("POST", self._urls.get(url, params), content=json_body,
+                                                   headers={"Content-Type": "application/json"}, timeout=timeout)
                 response = await client.send(request, stream=True)
                 self._last_answer = self._clock()
                 try:
@@ -398,13 +414,17 @@ class ApiClient:
             del self._sent[request_id]
         return _Reply(response.status_code, response.headers, body, too_large)
 
+    def request_headers(self) -> dict[str, str]:
+        """The headers of every request: the OpenAI ones; an API of another kind overrides this."""
+        return build_headers(self._settings, self.beta)
+
     def _get_client(self) -> httpx.AsyncClient:
         # Created on first use so it belongs to the running event loop.
         if self._client is None:
             n = self._settings.max_concurrency
             limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
             self._client = httpx.AsyncClient(
-                headers=build_headers(self._settings, self.beta),
+                headers=self.request_headers(),
                 timeout=httpx.Timeout(self._settings.timeout),
                 limits=limits,
                 transport=self._transport or fast_transport(limits),

@@ -30,8 +30,8 @@ FetchPage = Callable[[str | None], Awaitable[bytes | None]]
 # Given the items of one page, in order, True when paging may stop.
 OnPage = Callable[[list[T]], bool]
 # Why page_through stopped: the list ended, the hook said so, a request failed, a page was malformed, a cursor
-# came back a second time, or max_pages were read.
-StopReason = Literal["end", "hook", "error", "malformed", "loop", "max_pages"]
+# came back a second time, or max_pages were read; page_by_offset: or the list moved by more than its overlap.
+StopReason = Literal["end", "hook", "error", "malformed", "loop", "max_pages", "shifted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,4 +165,86 @@ async def page_through(
             return listed
         sent.add(page.cursor)
         after = page.cursor
+    return listed
+
+
+# Given (offset, limit), the body of the answer, or None when the request failed.
+FetchAt = Callable[[int, int], Awaitable[bytes | None]]
+# A raw list item -> its id, to line pages up by (None: it has none).
+ItemKey = Callable[[object], str | None]
+
+
+def parse_array(body: bytes) -> list[object] | None:
+    """A page that is a bare JSON array (LangGraph's listings), or None when it is not one."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, list) else None
+
+
+def _continuation(raw: list[object], key: ItemKey, anchors: list[str]) -> int | None:
+    """Where the new items of a page read with an overlap begin: just after the newest of the previous page's
+    last items (`anchors`, oldest first) that it holds; None when it holds none of them."""
+    keys = [key(item) for item in raw]
+    for anchor in reversed(anchors):
+        if anchor in keys:
+            return len(keys) - keys[::-1].index(anchor)
+    return None
+
+
+async def page_by_offset(
+    fetch: FetchAt,
+    read_item: ReadItem[T],
+    key: ItemKey,
+    on_page: OnPage[T],
+    *,
+    limit: int,
+    overlap: int,
+    max_pages: int,
+) -> Listed:
+    """Fetch pages of an offset-paged list (newest first) of `limit` items, each one starting `overlap` items
+    before where the last one ended, and hand the items not read before to `on_page`.
+
+    Offsets move when the list changes under the pager: an item added before the read position pushes the
+    rest down (read twice: the overlap and the ids drop them), an item removed pulls them up (one would be
+    skipped). So a page must hold one of the previous page's last `overlap` items; its items after the
+    newest such one are the next ones, exactly. A page that holds none (more than `overlap` items moved
+    between two requests) stops the pager as "shifted": the caller knows the list was not read whole.
+    The list ends at a page shorter than `limit`. Never raises unless `fetch` or `on_page` does."""
+    listed = Listed("max_pages", 0)
+    limit = max(2, limit)
+    overlap = max(1, min(overlap, limit // 2))  # each page moves on by at least half a page
+    offset = 0  # where the next unread item is, as far as the last page showed
+    anchors: list[str] = []
+    seen: set[str] = set()
+    while listed.requests < max_pages:
+        start = max(0, offset - overlap) if listed.requests else 0
+        body = await fetch(start, limit)
+        listed.requests += 1
+        if body is None:
+            listed.stopped = "error"
+            return listed
+        raw = parse_array(body)
+        if raw is None:
+            listed.invalid[REASON_MALFORMED_PAGE] = listed.invalid.get(REASON_MALFORMED_PAGE, 0) + 1
+            listed.stopped = "malformed"
+            return listed
+        begin = 0 if listed.requests == 1 else _continuation(raw, key, anchors)
+        if begin is None:
+            listed.stopped = "shifted"
+            return listed
+        fresh = [item for item in raw[begin:] if (k := key(item)) is None or k not in seen]
+        items, invalid = _read_items(fresh, read_item)
+        add_counts(listed.invalid, invalid)
+        seen.update(k for item in fresh if (k := key(item)) is not None)
+        stop = on_page(items)
+        if len(raw) < limit:
+            listed.stopped = "end"
+            return listed
+        if stop:
+            listed.stopped = "hook"
+            return listed
+        anchors = [k for item in raw[-overlap:] if (k := key(item)) is not None]
+        offset = start + len(raw)
     return listed

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from exporter.flags import Flag, flags_of
-from exporter.sources import ByIdSource, Discovery, ListingSource, assistants, push, responses, sessions
+from exporter.sources import ByIdSource, Discovery, ListingSource, assistants, langgraph, push, responses, sessions
 from exporter.sources.spec import SourceContext, SourceSpec
 
 SOURCES: tuple[SourceSpec, ...] = (
@@ -19,6 +19,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     push.SPEC,
     sessions.SPEC,
     responses.SPEC,
+    langgraph.SPEC,
 )
 BY_NAME: dict[str, SourceSpec] = {spec.name: spec for spec in SOURCES}
 NAMES: tuple[str, ...] = tuple(BY_NAME)

@@ -73,14 +73,15 @@ def _nothing(_: SourceContext) -> Built:
 class SourceSpec:
     """One source: its `--source` name, what it needs of the API, its own flags, its checks and its builder.
 
-    `api`: "required" sources always call the API (a key or Entra ID is needed unless --demo); "optional"
-    ones call it when credentials exist and otherwise only receive; "none" never call it. `receives`: the
+    `api`: "required" sources always call the API (a key or Entra ID is needed unless --demo); "open" ones
+    always call it, with a key when one is set (a self-hosted server may take none); "optional" ones call it
+    when credentials exist and otherwise only receive; "none" never call it. `receives`: the
     source hands single-run updates to the daemon, so finished runs are remembered to dedupe them.
     `check` raises ConfigError (exporter.flags) with a one-line message."""
 
     name: str
     help: str  # one phrase for --source's help: what the source does
-    api: Literal["required", "optional", "none"]
+    api: Literal["required", "open", "optional", "none"]
     options: type = NoOptions  # a dataclass whose fields are declared with exporter.flags.option()
     check: Callable[[CheckContext], None] = _no_check
     build: Callable[[SourceContext], Built] = _nothing

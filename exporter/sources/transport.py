@@ -109,14 +109,18 @@ class NoCookies(http.cookiejar.CookieJar):
 URL_CACHE_SIZE = 4096  # URLs kept: a thread's first page is one, later pages (cursors) pass through
 
 
+# Query parameters; a tuple value repeats its name (LangGraph's `select=a&select=b`).
+Params = Mapping[str, str | tuple[str, ...]]
+
+
 class Urls:
     """httpx.URL objects of (url, query parameters), parsed once."""
 
     def __init__(self, size: int = URL_CACHE_SIZE) -> None:
         self._size = size
-        self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.URL] = {}
+        self._urls: dict[tuple[str, tuple[tuple[str, str | tuple[str, ...]], ...]], httpx.URL] = {}
 
-    def get(self, url: str, params: Mapping[str, str]) -> httpx.URL:
+    def get(self, url: str, params: Params) -> httpx.URL:
         key = (url, tuple(params.items()))
         found = self._urls.get(key)
         if found is None:
