@@ -140,15 +140,12 @@ def _demo(config: Config) -> Iterator[Config]:
         return
     from exporter.simulator import Simulator
 
-    # --source langgraph polls the simulator's LangGraph flavor, and discovers the threads its workload opens.
-    langgraph = "langgraph" in config.sources
-    sim = Simulator(scenario=config.demo_scenario, seed=0, speed=config.demo_speed,
-                    flavor="langgraph" if langgraph else "openai")
+    # A source that polls another API polls the simulator's flavor of it (exporter/sources/spec.py).
+    flavor = next((s.demo_flavor for s in config.selected_specs() if s.demo_flavor != "openai"), "openai")
+    sim = Simulator(scenario=config.demo_scenario, seed=0, speed=config.demo_speed, flavor=flavor)
     sim.start()
-    if langgraph:
-        options = {**config.source_options, "langgraph": replace(config.options(registry.BY_NAME["langgraph"]),
-                                                                 discover_threads=True)}
-        config = replace(config, source_options=options)
+    options = {s.name: s.demo_options(config.options(s)) for s in config.selected_specs() if s.demo_options}
+    config = replace(config, source_options={**config.source_options, **options})
     with tempfile.TemporaryDirectory(prefix="assistants-exporter-demo-") as tmp:
         # The simulator's runs are new at every start, so the demo keeps no state unless asked to.
         state = config.state_file
@@ -316,7 +313,7 @@ def startup_line(config: Config, watchlist: WatchList, runs: int) -> str:
         file_part = f" + {len(watchlist.threads_file.threads)} from {watchlist.threads_file.path}"
     threads = f"{len(watchlist.static)} threads from flags{file_part}, {len(watchlist.registered)} registered"
     parts = [f"sources {','.join(config.sources)}"]
-    if "threads" in config.sources or "langgraph" in config.sources:
+    if any(spec.names_threads for spec in config.selected_specs()):
         parts.append(f"api {_redacted_url(config.api_base)}")
     push = f"on ({len(config.push_tokens)} tokens)" if config.push_tokens else "off"
     parts += [threads,

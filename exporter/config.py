@@ -23,20 +23,13 @@ from exporter.addresses import api_url, listen_address, listen_addresses, parse_
 from exporter.cardinality import DEFAULT_LIMITS
 from exporter.flags import ConfigError, Flag, Raw, as_str, convert_all, fail, flags_of, id_list, option
 from exporter.metrics_spec import RUN_LABELS_CHOICES
+from exporter.model import SOURCE_THREADS
 from exporter.rawsettings import build_parser as _build_parser
 from exporter.rawsettings import env_values, env_warnings, load_yaml, os_reason, parse_argv
-from exporter.secretfiles import (
-    API_KEY_ENV_VARS,
-    LANGGRAPH_KEY_ENV_VARS,
-    SECRET_ENV_VARS,
-    env_api_key,
-    push_tokens,
-    read_api_key,
-    webhook_secrets,
-)
+from exporter.secretfiles import env_api_key, push_tokens, read_api_key, webhook_secrets
 from exporter.sources import registry
 from exporter.sources.push import PUSH_TOKEN_ENV
-from exporter.sources.spec import CheckContext, SourceSpec
+from exporter.sources.spec import API_KEY_ENV_VARS, CheckContext, SourceSpec
 from exporter.threadsfile import NOT_UTF8, ThreadsFile, parse_threads, read_threads_file
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
@@ -277,9 +270,9 @@ class Config:
 
     @property
     def static_source(self) -> str:
-        """The listing source that --thread and --threads-file name threads of: langgraph when it runs (it
-        cannot run beside threads), else threads."""
-        return "langgraph" if "langgraph" in self.sources else "threads"
+        """The listing source whose scopes --thread and --threads-file name (threads unless another source
+        that names threads runs; two such sources cannot run together: each has its own API)."""
+        return next((s.name for s in self.selected_specs() if s.names_threads), SOURCE_THREADS)
 
     @property
     def polls_responses(self) -> bool:
@@ -295,6 +288,9 @@ class Config:
 CONFIG_FLAGS: tuple[Flag, ...] = flags_of(Config)
 SOURCE_FLAGS: dict[str, tuple[Flag, ...]] = registry.source_flags()
 # A flag two sources declare (--discover-threads: threads and langgraph) is one flag.
+# Env vars whose values are secrets: never echoed in errors, never warned about as unknown.
+SECRET_ENV_VARS: tuple[str, ...] = (*dict.fromkeys(v for spec in registry.SOURCES for v in spec.key_env),
+                                    PUSH_TOKEN_ENV)
 FLAGS: tuple[Flag, ...] = CONFIG_FLAGS + tuple({f.name: f for flags in SOURCE_FLAGS.values() for f in flags}.values())
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
 YAML_KEYS: dict[str, Flag] = {key: f for f in FLAGS for key in f.yaml_keys}
@@ -337,7 +333,7 @@ def _build(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[str]) -
     values = convert_all(Config, CONFIG_FLAGS, dict(raw))
     values["sources"] = values.get("sources") or registry.DEFAULT
     config = Config(**{**values, **read, "shard": 0})
-    _check_langgraph(config)
+    _check_own_api(config)
     if not config.demo and config.credential == "key" and config.api_key is None and any(
             spec.api == "required" for spec in config.selected_specs()):
         raise ConfigError("an API key is required (set OPENAI_API_KEY or use --api-key-file), "
@@ -354,7 +350,7 @@ def _read_secrets(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[
         return value
 
     key_file, token_file, hook_file = path("api_key_file"), path("push_token_file"), path("webhook_secret_file")
-    key_vars = LANGGRAPH_KEY_ENV_VARS if _selects_langgraph(raw) else API_KEY_ENV_VARS
+    key_vars = _key_env_vars(raw)
     api_key = read_api_key(key_file, raw.get("api_key_file")) if key_file else env_api_key(env, key_vars)
     if api_key:
         secrets.append(api_key)
@@ -365,24 +361,28 @@ def _read_secrets(raw: Mapping[str, Raw], env: Mapping[str, str], secrets: list[
     return {"api_key": api_key, "push_tokens": tuple(tokens), "webhook_secrets": tuple(hooks)}
 
 
-def _selects_langgraph(raw: Mapping[str, Raw]) -> bool:
-    """Whether --source langgraph is asked for (read before the secrets; a bad value fails later, as usual)."""
+def _key_env_vars(raw: Mapping[str, Raw]) -> tuple[str, ...]:
+    """The env vars the selected sources read their key from (the sources are read before the secrets; a bad
+    value fails later, as usual)."""
     try:
-        return "langgraph" in (FLAGS_BY_DEST["source"].value(raw.get("source")) or ())
+        names = FLAGS_BY_DEST["source"].value(raw.get("source")) or registry.DEFAULT
     except ConfigError:
-        return False
+        names = registry.DEFAULT
+    specs = [registry.BY_NAME[n] for n in names if n in registry.BY_NAME]
+    return tuple(dict.fromkeys(v for spec in specs if spec.api != "none" for v in spec.key_env)) or API_KEY_ENV_VARS
 
 
-def _check_langgraph(config: Config) -> None:
-    """langgraph sends its key its own way, to its own --api-base: no other API source beside it."""
-    if "langgraph" not in config.sources:
-        return
-    others = [s.name for s in config.selected_specs() if s.name != "langgraph" and s.api in ("required", "open")]
-    if others or config.polls_responses:
-        raise ConfigError(f"--source langgraph cannot run beside --source {(others or ['responses'])[0]}: they "
-                          "would share --api-base and the key (run one exporter per API)")
-    if config.credential != "key":
-        raise ConfigError("--credential azure does not apply to --source langgraph (it takes a LangSmith key)")
+def _check_own_api(config: Config) -> None:
+    """A source whose --api-base and key are another service's runs without other API-calling sources."""
+    for spec in config.selected_specs():
+        if not spec.own_api:
+            continue
+        others = [s.name for s in config.selected_specs() if s is not spec and s.api in ("required", "open")]
+        if others or config.polls_responses:
+            raise ConfigError(f"--source {spec.name} cannot run beside --source {(others or ['responses'])[0]}: "
+                              "they would share --api-base and the key (run one exporter per API)")
+        if config.credential != "key":
+            raise ConfigError(f"--credential azure does not apply to --source {spec.name} (it takes an API key)")
 
 
 def _owners(flag: Flag) -> list[str]:

@@ -11,13 +11,7 @@ from pathlib import Path
 from exporter.flags import ConfigError, Raw
 from exporter.rawsettings import os_reason
 from exporter.sources.push import MIN_PUSH_TOKEN, PUSH_TOKEN_ENV, read_token_file
-
-# Checked in this order; the first non-empty one wins. The key file, when given, wins over both.
-API_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "OPENAI_API_KEY")
-# With --source langgraph: a LangSmith key. OPENAI_API_KEY is never read then: LangGraph deployments often have
-# one in their environment, and it must not be sent to another service.
-LANGGRAPH_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "LANGSMITH_API_KEY")
-SECRET_ENV_VARS: tuple[str, ...] = (*API_KEY_ENV_VARS, "LANGSMITH_API_KEY", PUSH_TOKEN_ENV)
+from exporter.sources.spec import API_KEY_ENV_VARS
 
 
 def env_api_key(env: Mapping[str, str], variables: tuple[str, ...] = API_KEY_ENV_VARS) -> str | None:

@@ -78,4 +78,4 @@ def _build(ctx: SourceContext) -> Built:
     return Built(listing=source, discoveries=(ThreadDiscovery(source, ctx.lookback),))
 
 
-SPEC = SourceSpec(SOURCE_THREADS, "poll threads", "required", ThreadsOptions, _check, _build)
+SPEC = SourceSpec(SOURCE_THREADS, "poll threads", "required", ThreadsOptions, _check, _build, names_threads=True)

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from urllib.parse import quote
 
@@ -200,5 +200,13 @@ def _build(ctx: SourceContext) -> Built:
     return Built(listing=source, discoveries=found)
 
 
+def _demo_options(options: LangGraphOptions) -> LangGraphOptions:
+    """The demo discovers the threads the simulator's workload opens."""
+    return replace(options, discover_threads=True)
+
+
+# A LangSmith key: OPENAI_API_KEY is never read for this source (LangGraph deployments often have one in their
+# environment, and it must not be sent to another service).
 SPEC = SourceSpec(SOURCE_LANGGRAPH, "poll LangGraph Agent Server threads", "open", LangGraphOptions, _check,
-                  _build)
+                  _build, key_env=("ASSISTANTS_EXPORTER_API_KEY", "LANGSMITH_API_KEY"), own_api=True,
+                  names_threads=True, demo_flavor="langgraph", demo_options=_demo_options)

@@ -18,6 +18,9 @@ from exporter.sources.http import ApiClient
 
 ClientT = TypeVar("ClientT", bound=ApiClient)
 
+# Where an API key is read from when no --api-key-file is given; checked in this order, the first non-empty wins.
+API_KEY_ENV_VARS: tuple[str, ...] = ("ASSISTANTS_EXPORTER_API_KEY", "OPENAI_API_KEY")
+
 
 class ClientFactory(Protocol):
     """An HTTP client of the given class for one source: the shared API settings and auth, with its
@@ -77,7 +80,12 @@ class SourceSpec:
     always call it, with a key when one is set (a self-hosted server may take none); "optional" ones call it
     when credentials exist and otherwise only receive; "none" never call it. `receives`: the
     source hands single-run updates to the daemon, so finished runs are remembered to dedupe them.
-    `check` raises ConfigError (exporter.flags) with a one-line message."""
+    `check` raises ConfigError (exporter.flags) with a one-line message.
+
+    `key_env`: the env vars its API key is read from. `own_api`: its --api-base and key are another
+    service's, so no other API-calling source runs beside it and Entra ID does not apply. `names_threads`:
+    --thread and --threads-file name its scopes. `demo_flavor` and `demo_options`: with --demo, the
+    simulator's flavor it polls and its options adjusted for that workload."""
 
     name: str
     help: str  # one phrase for --source's help: what the source does
@@ -86,3 +94,8 @@ class SourceSpec:
     check: Callable[[CheckContext], None] = _no_check
     build: Callable[[SourceContext], Built] = _nothing
     receives: bool = False
+    key_env: tuple[str, ...] = API_KEY_ENV_VARS
+    own_api: bool = False
+    names_threads: bool = False
+    demo_flavor: str = "openai"
+    demo_options: Callable[[Any], Any] | None = None
