@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.applier import Applier
+from exporter.applier import Applier, SessionsWiring
 from exporter.changeset import ChangeSet
 from exporter.committer import Committer
 from exporter.health import Health
@@ -33,6 +33,7 @@ from exporter.sources import (
     StallAware,
     StopRule,
 )
+from exporter.sources.sessions import SessionDiscovery
 from exporter.sources.webhooks import DeliveryLog
 from exporter.store import Store
 from exporter.tracker import Tracker
@@ -97,7 +98,20 @@ class Daemon:
         self.applier = Applier(tracker=tracker, scheduler=self.scheduler, watchlist=self.watchlist,
                                metrics=self.selfmetrics, health=self.health, recall=self.committer.recall,
                                deliveries=self.deliveries, by_id=self.by_id, sync=self.sync_scopes, mono=mono,
-                               default_source=next(iter(self.sources), ""), discovered_since=discovered_since)
+                               default_source=next(iter(self.sources), ""), discovered_since=discovered_since,
+                               sessions=self._sessions_wiring())
+
+    def _sessions_wiring(self) -> SessionsWiring | None:
+        """Session webhook events reach the watch list through discovery: only when sessions are discovered."""
+        found = [d for d in self.discoveries if isinstance(d, SessionDiscovery)]
+        if not found:
+            return None
+        return SessionsWiring(discover_now=self.discover_now, filtered=any(d.filtered for d in found))
+
+    def discover_now(self) -> None:
+        """A discovery pass as soon as none is running (a webhook named a scope the exporter does not know)."""
+        self._next_discovery = float("-inf")
+        self._wake.set()
 
     # -- watch list -----------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ class Slot:
     due: float = 0.0  # monotonic
     failures: int = 0
     polls: int = 0
+    again: bool = False  # told to poll at once while a poll was in flight: due again when it ends
     task: asyncio.Task[PollResult] | asyncio.Task[FetchResult] | None = None
 
 
@@ -136,6 +137,10 @@ class Scheduler:
             return
         slot.polls += 1
         slot.due = result.started + self._delay(slot, result.outcome, active)
+        if slot.again:
+            slot.again = False
+            if result.outcome == "ok":
+                slot.due = min(slot.due, self.mono())
         if result.api_reached:
             self._reached(slot.source)
         elif result.outcome == "error":
@@ -148,6 +153,17 @@ class Scheduler:
             return
         slot.polls += 1
         slot.due = self.mono() + self._delay(slot, result.outcome, True)
+
+    def hurry(self, scope: str) -> None:
+        """Something happened in this scope (a webhook said so): poll it now, or again as soon as the poll in
+        flight ends (it may have read the scope before the change). A backed-off scope keeps its backoff."""
+        slot = self.slots.get(scope)
+        if slot is None or slot.failures:
+            return
+        if slot.task is not None:
+            slot.again = True
+        else:
+            slot.due = min(slot.due, self.mono())
 
     def failed(self, scope: str) -> None:
         """The poll task itself raised (a bug): try again after a poll interval."""

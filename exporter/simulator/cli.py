@@ -16,7 +16,7 @@ from exporter.simulator.responses import ResponseWorkload
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.server import FLAVORS, Simulator
 from exporter.simulator.sessions import SESSION_SCENARIOS
-from exporter.simulator.webhooks import WebhookFaults, WebhookSender
+from exporter.simulator.webhooks import Announcers, WebhookFaults, WebhookSender
 
 PROG = "assistants-exporter simulate"
 
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("Responses API")
     r.add_argument("--responses-per-second", type=_non_negative, default=0.0,
                    help="background responses created per second (default 0: only those clients create)")
-    r.add_argument("--webhook-url", help="POST a signed event to this URL when a background response ends")
+    r.add_argument("--webhook-url", help="POST a signed event to this URL when a background response ends, and "
+                   "(openai flavor) when an Agents API session is created or changes status")
     r.add_argument("--webhook-secret", help="signing secret (whsec_...; default: env SIMULATOR_WEBHOOK_SECRET)")
     r.add_argument("--webhook-duplicate-rate", type=_probability, default=0.0, help="events delivered twice")
     r.add_argument("--webhook-reorder", action="store_true", help="deliver events that end together shuffled")
@@ -124,7 +125,7 @@ def _webhook_sender(sim: Simulator, args: argparse.Namespace) -> WebhookSender |
                            late=args.webhook_late_rate, bad_signature=args.webhook_bad_signature_rate,
                            seed=args.seed)
     try:
-        return WebhookSender(sim.responses, args.webhook_url, secret, faults)
+        return WebhookSender(Announcers(sim.responses, sim.sessions), args.webhook_url, secret, faults)
     except ValueError as err:  # SecretError: says what is wrong, never the secret
         raise _UsageError(f"--webhook-secret: {err}") from None
 

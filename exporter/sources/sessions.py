@@ -56,6 +56,11 @@ class SessionDiscovery:
         # second: created_at is whole seconds).
         self.settled_before: dict[str | None, float | None] = dict.fromkeys(self.agent_ids)
 
+    @property
+    def filtered(self) -> bool:
+        """Only some agents' sessions are listed (--agent-id)."""
+        return self.agent_ids != (None,)
+
     async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
         result = DiscoveryResult()
         started = self.clock()
