@@ -120,6 +120,9 @@ class Session:
     turns: dict[str, Turn] = field(default_factory=dict)
     open_turns: int = 0
     announced: str = "idle"  # the status its last webhook event said
+    listeners: int = 0  # event streams open on it: only then are its stream events kept
+    stream_log: deque[tuple[int, JSON]] = field(default_factory=lambda: deque(maxlen=STREAM_BACKLOG))
+    stream_seq: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
@@ -133,6 +136,13 @@ SESSION_EVENT_TYPES: dict[str, str] = {
     "idle": "agent.session.idle",
 }
 MAX_EVENTS = 100_000  # events not yet taken by a webhook sender; older ones are dropped
+STREAM_BACKLOG = 256  # stream events kept per session for its open streams to read
+# Session status -> the event a session's live stream carries for it (`AgentSession*Event`).
+SESSION_STREAM_TYPES: dict[str, str] = {
+    "in_progress": "agent.session.in_progress",
+    "requires_action": "agent.session.requires_action",
+    "idle": "agent.session.idle",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +299,8 @@ class SessionsEngine:
             if session is not None:
                 session.open_turns -= 1
         if session is not None:
+            if session.listeners:
+                self._stream_turn(session, turn, idx)
             self._announce(session, t)
 
     def _announce(self, session: Session, t: float) -> None:
@@ -297,6 +309,29 @@ class SessionsEngine:
         if status != session.announced:
             session.announced = status
             self._event(SESSION_EVENT_TYPES[status], session.id, t)
+            if session.listeners:
+                self._stream(session, {"event_id": "evt_" + secrets.token_hex(12),
+                                       "type": SESSION_STREAM_TYPES[status], "session": render_session(session)})
+
+    def _stream_turn(self, session: Session, turn: Turn, idx: int) -> None:
+        """A turn event on the session's live stream, with the whole turn (and usage once it ended). Waiting
+        for input has no turn event: the session's `requires_action` event says it."""
+        if idx == 0:
+            event_type = "agent.session.turn.created"
+        elif turn.status in ("in_progress", *TURN_TERMINAL):
+            event_type = f"agent.session.turn.{turn.status}"
+        else:
+            return
+        event: JSON = {"event_id": "evt_" + secrets.token_hex(12), "type": event_type, "session_id": session.id,
+                       "turn_id": turn.id, "turn": render_turn(turn)}
+        if turn.terminal:
+            event["usage"] = _usage((turn.input_tokens, turn.output_tokens))
+        self._stream(session, event)
+
+    @staticmethod
+    def _stream(session: Session, event: JSON) -> None:
+        session.stream_seq += 1
+        session.stream_log.append((session.stream_seq, event))
 
     def _event(self, event_type: str, session_id: str, t: float) -> None:
         self._events.append((t, SessionEvent("evt_" + secrets.token_hex(12), event_type, int(t), session_id)))
@@ -416,6 +451,29 @@ class SessionsEngine:
             self._advance()
             events, self._events = sorted(self._events, key=lambda pair: pair[0]), deque(maxlen=MAX_EVENTS)
             return [event for _, event in events]
+
+    def subscribe(self, session_id: str) -> int:
+        """Open a live stream on a session (404 if there is none): the position its events start after."""
+        with self._lock:
+            self._advance()
+            session = self._session(session_id)
+            session.listeners += 1
+            return session.stream_seq
+
+    def unsubscribe(self, session_id: str) -> None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.listeners -= 1
+
+    def stream_events(self, session_id: str, after: int) -> tuple[list[tuple[int, JSON]], bool]:
+        """The session's stream events after position `after`, and whether the session still exists."""
+        with self._lock:
+            self._advance()
+            session = self._sessions.get(session_id)
+            if session is None:
+                return [], False
+            return [(seq, event) for seq, event in session.stream_log if seq > after], True
 
     def fail_session(self, session_id: str) -> None:
         """The session fails (its environment broke, say): an `agent.session.failed` event; turns go on."""
