@@ -33,9 +33,10 @@ from exporter.sources import (
     StallAware,
     StopRule,
 )
-from exporter.sources.sessions import SessionDiscovery
+from exporter.sources.sessions import SessionDiscovery, SessionsSource
 from exporter.sources.webhooks import DeliveryLog
 from exporter.store import Store
+from exporter.streams import StreamManager
 from exporter.tracker import Tracker
 from exporter.watchlist import WatchList
 
@@ -100,6 +101,7 @@ class Daemon:
                                deliveries=self.deliveries, by_id=self.by_id, sync=self.sync_scopes, mono=mono,
                                default_source=next(iter(self.sources), ""), discovered_since=discovered_since,
                                sessions=self._sessions_wiring())
+        self.streams = self._stream_manager()
 
     def _sessions_wiring(self) -> SessionsWiring | None:
         """Session webhook events reach the watch list through discovery: only when sessions are discovered."""
@@ -107,6 +109,15 @@ class Daemon:
         if not found:
             return None
         return SessionsWiring(discover_now=self.discover_now, filtered=any(d.filtered for d in found))
+
+    def _stream_manager(self) -> StreamManager | None:
+        """Live session streams, when the sessions source runs with --session-streams above 0."""
+        for source in self.sources.values():
+            if isinstance(source, SessionsSource) and source.stream_limit > 0:
+                return StreamManager(source.stream_reader(), source.stream_limit, source.name,
+                                     tracker=self.tracker, scheduler=self.scheduler, metrics=self.selfmetrics,
+                                     recall=self.applier.recall, wake=self._wake.set, mono=self.mono)
+        return None
 
     def discover_now(self) -> None:
         """A discovery pass as soon as none is running (a webhook named a scope the exporter does not know)."""
@@ -151,6 +162,8 @@ class Daemon:
             await self._shutdown()
 
     def launch_due(self) -> None:
+        if self.streams is not None:
+            self.streams.sync()
         now = self.mono()
         if self.discoveries and not self._discovering and now >= self._next_discovery:
             self._next_discovery = now + self.discover_interval
@@ -209,14 +222,15 @@ class Daemon:
             self.applier.polls(results, now)
         if fetches:
             self.applier.fetches(fetches, now)
+        streamed = self.streams is not None and self.streams.apply(now)
         self._note_stalls()
         self._answer += [pending for pending in received if self.applier.received(pending, now)]
         self.tracker.expire(now)
         dirty = self.tracker.changes or self.tracker.aggregates.dirty or self.committer.uncommitted
-        if (received or reaped or dirty) and self.committer.commit():
+        if (received or reaped or dirty or streamed) and self.committer.commit():
             answered, self._answer = self._answer, []
             resolve(answered)
-        self.publisher.after_tick(changed=bool(reaped or received), answered=bool(received))
+        self.publisher.after_tick(changed=bool(reaped or received or streamed), answered=bool(received))
 
     def _reap(self) -> list[PollResult | FetchResult]:
         results: list[PollResult | FetchResult] = []
@@ -280,6 +294,8 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.streams is not None:
+            await self.streams.aclose()
         self.step_final()
         for source in self.sources.values():
             await source.aclose()

@@ -52,6 +52,7 @@ class Slot:
     failures: int = 0
     polls: int = 0
     again: bool = False  # told to poll at once while a poll was in flight: due again when it ends
+    owed: bool = False  # told to poll at once: polled even while its live stream is up
     task: asyncio.Task[PollResult] | asyncio.Task[FetchResult] | None = None
 
 
@@ -70,6 +71,8 @@ class Scheduler:
         self.mono = mono
         self.slots: dict[str, Slot] = {}
         self.breakers: dict[str, Breaker] = {}  # by source
+        # Scopes whose live event stream is up: not polled on the schedule, only when a poll is owed (hurry).
+        self.streamed: set[str] = set()
         self._rng = rng if rng is not None else random.Random()
 
     def breaker(self, source: str) -> Breaker:
@@ -83,6 +86,7 @@ class Scheduler:
             self.slots[scope] = Slot(wanted[scope], due=now)
         removed_scopes = [s for s in self.slots if s not in wanted]
         removed = [self.slots.pop(scope) for scope in removed_scopes]
+        self.streamed.difference_update(removed_scopes)
         for breaker in self.breakers.values():
             if breaker.probe in removed_scopes:  # the probe will never report: probe again with another scope
                 breaker.state, breaker.probe, breaker.probe_at = "open", None, now
@@ -97,10 +101,14 @@ class Scheduler:
         room = self.schedule.max_in_flight - self.in_flight()
         if room <= 0:
             return []
+        streamed = self.streamed
         ready = [(not is_active(scope), slot.due, scope) for scope, slot in self.slots.items()
-                 if slot.task is None and slot.due <= now and self.breaker(slot.source).state == "closed"]
+                 if slot.task is None and slot.due <= now and self.breaker(slot.source).state == "closed"
+                 and (slot.owed or scope not in streamed)]
         ready.sort()
         picked = [scope for _, _, scope in ready[:room]]
+        for scope in picked:
+            self.slots[scope].owed = False
         return picked + self._probes(now, room - len(picked))
 
     def _probes(self, now: float, room: int) -> list[str]:
@@ -122,8 +130,10 @@ class Scheduler:
     def next_wake(self) -> float:
         """Seconds until something may be due (bounded by the tick)."""
         waiting = []
-        for slot in self.slots.values():
+        for scope, slot in self.slots.items():
             breaker = self.breaker(slot.source)
+            if scope in self.streamed and not slot.owed:
+                continue
             if slot.task is None and breaker.state != "half_open":
                 waiting.append(slot.due if breaker.state == "closed" else breaker.probe_at)
         timeout = self.schedule.tick
@@ -140,7 +150,7 @@ class Scheduler:
         if slot.again:
             slot.again = False
             if result.outcome == "ok":
-                slot.due = min(slot.due, self.mono())
+                slot.due, slot.owed = min(slot.due, self.mono()), True
         if result.api_reached:
             self._reached(slot.source)
         elif result.outcome == "error":
@@ -163,7 +173,7 @@ class Scheduler:
         if slot.task is not None:
             slot.again = True
         else:
-            slot.due = min(slot.due, self.mono())
+            slot.due, slot.owed = min(slot.due, self.mono()), True
 
     def failed(self, scope: str) -> None:
         """The poll task itself raised (a bug): try again after a poll interval."""
