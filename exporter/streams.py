@@ -8,8 +8,10 @@ reads one).
 - A stream is live only (no resume cursor), so the session is listed once right after the stream opens
   (what happened before it opened) and once after it ends, however it ends (what happened while it was
   down); then it is reconnected after a backoff (RETRY_MIN doubling to RETRY_MAX, with jitter; back to
-  RETRY_MIN after a stream that carried events and closed cleanly). A session status event on the stream (a
-  turn waiting for input, which no turn event says) also lists the session once.
+  RETRY_MIN after a stream that carried events and closed cleanly).
+- A turn waiting for input has no turn event: the session's `agent.session.requires_action` on the stream
+  lists the session once, and so does the `agent.session.in_progress` that ends the wait (and any
+  `agent.session.failed`). `.idle` and an `.in_progress` that starts a turn list nothing: turn events say it.
 - Each connection attempt counts in api_requests_total{source="sessions", endpoint="session_events"}; an
   open stream sets api_up{source="sessions"} to 1, a hang (quiet past --session-stream-keepalive) or an
   attempt that reached nothing sets it to 0.
@@ -65,6 +67,7 @@ class StreamManager:
         self._opened: list[str] = []
         self._items: list[StreamItem] = []
         self._overflowed: set[str] = set()
+        self._waiting: set[str] = set()  # sessions whose stream said requires_action, not yet in_progress again
         self._next_rank = float("-inf")
         self._log = RateLimiter(LOG_INTERVAL)
 
@@ -131,13 +134,24 @@ class StreamManager:
                 self.metrics.invalid(item.invalid)
             if item.snap is not None:
                 self.tracker.observe_run(item.snap, now, recalled)
-            if item.changed:
-                self.scheduler.hurry(item.session)
+            if item.event is not None:
+                self._session_event(item.session, item.event)
         for session in overflowed:
             self.scheduler.hurry(session)
         for end in ends:
             self._ended(end)
         return bool(ends or opened or items or overflowed)
+
+    def _session_event(self, session: str, event: str) -> None:
+        """List the session once where no turn event tells what changed: a wait for input, its end, a failure."""
+        if event == "agent.session.requires_action":
+            self._waiting.add(session)
+        elif event == "agent.session.in_progress" and session in self._waiting:
+            self._waiting.discard(session)
+        elif event != "agent.session.failed":
+            self._waiting.discard(session)
+            return
+        self.scheduler.hurry(session)
 
     def _reap(self) -> list[StreamEnd]:
         ends: list[StreamEnd] = []
@@ -159,6 +173,7 @@ class StreamManager:
         """List the session once (what happened while the stream was down), then reconnect after a backoff."""
         self.scheduler.streamed.discard(end.session)
         self.scheduler.hurry(end.session)
+        self._waiting.discard(end.session)
         clean = end.reason == "closed" and end.events > 0
         failures = 0 if clean else self.retry.get(end.session, (0, 0.0))[0] + 1
         delay = min(RETRY_MAX, RETRY_MIN * 2.0 ** min(failures, 16)) * (0.5 + self._rng.random() / 2)

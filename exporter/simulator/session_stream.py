@@ -34,6 +34,8 @@ class StreamFaults:
     keepalive: float = 2.0  # seconds of quiet before a keep-alive comment
     max_seconds: float = 600.0  # a stream is closed by the server after this long
     seed: int = 0
+    cuts_made: int = 0  # what the knobs did so far (for tests)
+    stalls_made: int = 0
 
 
 def frame(event: JSON) -> bytes:
@@ -71,9 +73,11 @@ def _frames(engine: SessionsEngine, session_id: str, after: int, faults: StreamF
                 data = frame(event)
                 draw = rng.random()
                 if draw < faults.cut:
+                    faults.cuts_made += 1
                     yield data[: len(data) // 2]
                     return
                 if draw < faults.cut + faults.stall:
+                    faults.stalls_made += 1
                     stopping.wait(faults.stall_seconds)
                     return
                 yield data

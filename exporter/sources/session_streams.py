@@ -4,8 +4,8 @@
 `follow()` holds one connection and hands each event to a callback as it arrives: a turn event
 (`agent.session.turn.created`, `.in_progress`, `.completed`, `.failed`, `.cancelled`) becomes a single-run
 snapshot of the turn it carries, whole; a session status event (`agent.session.in_progress`,
-`.requires_action`, `.idle`, `.failed`) says the session changed in a way no turn event tells (a turn
-waiting for input), so the session is listed once; anything else (text deltas, items) is ignored. It returns
+`.requires_action`, `.idle`, `.failed`) is passed on by type (a turn waiting for input has no turn event:
+streams.py lists the session then); anything else (text deltas, items) is ignored. It returns
 when the stream ends, however: closed, cut, refused, or quiet longer than the keep-alive bound (a hang).
 
 Untrusted input: an event (or a line) over MAX_EVENT_BYTES ends the stream (`too_large`), an event that is
@@ -49,7 +49,7 @@ class StreamItem:
 
     session: str
     snap: RunSnapshot | None = None
-    changed: bool = False  # a session status event: list the session once
+    event: str | None = None  # a session status event's type (agent.session.requires_action, ...)
     invalid: str | None = None
 
 
@@ -127,7 +127,7 @@ def read_event(session: str, data: bytes) -> StreamItem | None:
         return StreamItem(session, invalid=REASON_NOT_OBJECT)
     kind = event.get("type")
     if kind in SESSION_EVENTS:
-        return StreamItem(session, changed=True)
+        return StreamItem(session, event=kind)
     if kind not in TURN_EVENTS:
         return None
     turn = event.get("turn")
