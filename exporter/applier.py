@@ -40,6 +40,7 @@ class SessionsWiring:
     """The sessions source runs: how its webhook events reach discovery."""
 
     discover_now: Callable[[], None]  # a discovery pass as soon as none is running
+    on_event: Callable[[str, str], None]  # (session, event type) of a watched session
     filtered: bool  # --agent-id: discovery lists only some agents' sessions
 
 
@@ -67,7 +68,7 @@ class Applier:
         self._apply_log = RateLimiter(INVALID_LOG_INTERVAL)
         fetch = (lambda run_id: self.poll_by_id(run_id, SOURCE_RESPONSES)) if SOURCE_RESPONSES in by_id else None
         self.sessions = None if sessions is None else SessionEvents(
-            watchlist=watchlist, hurry=scheduler.hurry, discover_now=sessions.discover_now,
+            watchlist=watchlist, hurry=sessions.on_event, discover_now=sessions.discover_now,
             filtered=sessions.filtered, on_added=lambda _: metrics.discovered())
         self.webhooks = WebhookPolicy(deliveries, tracker, metrics, self.recall, fetch,
                                       self.sessions.event if self.sessions is not None else None)

@@ -108,7 +108,13 @@ class Daemon:
         found = [d for d in self.discoveries if isinstance(d, SessionDiscovery)]
         if not found:
             return None
-        return SessionsWiring(discover_now=self.discover_now, filtered=any(d.filtered for d in found))
+        return SessionsWiring(discover_now=self.discover_now, on_event=self._session_event,
+                              filtered=any(d.filtered for d in found))
+
+    def _session_event(self, session: str, event_type: str) -> None:
+        """A webhook event of a watched session: its stream deals with it, or it is polled at once."""
+        if self.streams is None or not self.streams.on_webhook(session, event_type):
+            self.scheduler.hurry(session)
 
     def _stream_manager(self) -> StreamManager | None:
         """Live session streams, when the sessions source runs with --session-streams above 0."""

@@ -175,6 +175,13 @@ class Scheduler:
         else:
             slot.due, slot.owed = min(slot.due, self.mono()), True
 
+    def covered(self, scope: str) -> None:
+        """Everything in this scope until now is known (its live stream said so): next poll an idle interval
+        on, unless one is owed."""
+        slot = self.slots.get(scope)
+        if slot is not None and not slot.owed and slot.task is None and not slot.failures:
+            slot.due = self.mono() + self.schedule.idle_poll_interval
+
     def failed(self, scope: str) -> None:
         """The poll task itself raised (a bug): try again after a poll interval."""
         slot = self.slots.get(scope)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
 RANK_EVERY = 0.5  # seconds between re-rankings of the active sessions
+BOOST_FOR = 10.0  # seconds a session a webhook woke up ranks first, before its listing shows the turn
+COVERED_FOR = 60.0  # seconds after a stream saw its session go idle during which `.idle` needs no listing
 MAX_QUEUED = 100_000  # stream items waiting for the loop
 LOG_INTERVAL = 60.0
 
@@ -68,6 +70,8 @@ class StreamManager:
         self._items: list[StreamItem] = []
         self._overflowed: set[str] = set()
         self._waiting: set[str] = set()  # sessions whose stream said requires_action, not yet in_progress again
+        self._boost: dict[str, float] = {}  # session -> when a webhook said it woke up (monotonic)
+        self._closed_idle: dict[str, float] = {}  # session -> when its stream closed after it went idle
         self._next_rank = float("-inf")
         self._log = RateLimiter(LOG_INTERVAL)
 
@@ -81,8 +85,11 @@ class StreamManager:
         self._next_rank = now + RANK_EVERY
         slots = self.scheduler.slots
         activity = self.tracker.last_activity()
-        ranked = sorted((s for s in activity if s in slots and slots[s].source == self.source),
-                        key=lambda s: activity[s], reverse=True)
+        self._boost = {s: at for s, at in self._boost.items() if at > now - BOOST_FOR and s in slots}
+        self._closed_idle = {s: at for s, at in self._closed_idle.items() if at > now - COVERED_FOR}
+        boosted = sorted(self._boost, key=lambda s: self._boost[s], reverse=True)
+        ranked = boosted + sorted((s for s in activity if s in slots and slots[s].source == self.source
+                                   and s not in self._boost), key=lambda s: activity[s], reverse=True)
         wanted: list[str] = []
         for session in ranked:
             if len(wanted) >= self.limit:
@@ -92,12 +99,31 @@ class StreamManager:
         keep = set(wanted)
         for session in [s for s in self.held if s not in keep]:
             self.held.pop(session).task.cancel()  # idle now, or displaced: polled again
+            if session in self.scheduler.streamed and session not in activity:
+                self.scheduler.covered(session)  # the stream said its turns ended: no listing needed now
+                self._closed_idle[session] = now
             self.scheduler.streamed.discard(session)
         for session in wanted:
             if session not in self.held:
                 self._open(session)
         for session in [s for s in self.retry if s not in activity]:
             del self.retry[session]  # idle sessions start afresh
+
+    def on_webhook(self, session: str, event_type: str) -> bool:
+        """A session webhook: True when its stream deals with it (no listing needed now). A session whose
+        stream is up needs nothing; `.idle` or `.failed` right after its stream saw the turns end needs
+        nothing; a session that wakes up gets its stream at once, and the listing that follows the opening."""
+        now = self.mono()
+        if session in self.scheduler.streamed:
+            return True
+        if event_type in ("agent.session.idle", "agent.session.failed"):
+            return event_type == "agent.session.idle" and session in self._closed_idle
+        if self.retry.get(session, (0, 0.0))[1] > now:
+            return False  # backing off its stream: poll it
+        self._boost[session] = now
+        self._next_rank = float("-inf")
+        self.wake()
+        return True
 
     def _open(self, session: str) -> None:
         def on_item(item: StreamItem) -> None:

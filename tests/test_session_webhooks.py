@@ -106,7 +106,8 @@ def _policy(watchlist: WatchList, filtered: bool = False) -> tuple[SessionEvents
     def discover() -> None:
         calls.discoveries += 1
 
-    events = SessionEvents(watchlist=watchlist, hurry=calls.hurried.append, discover_now=discover,
+    events = SessionEvents(watchlist=watchlist, hurry=lambda session, _: calls.hurried.append(session),
+                           discover_now=discover,
                            filtered=filtered, on_added=calls.added.append)
     return events, calls
 

@@ -4,7 +4,10 @@
 Session events carry no turn, so they count nothing themselves: they say *when* to list a session's turns.
 - A watched session is due at once (its next poll is now; a poll in flight is followed by another), so a
   change is read within a tick instead of an idle interval. `agent.session.idle` and `.failed` come after
-  the session's last turn ended: that listing reads every turn's end.
+  the session's last turn ended: that listing reads every turn's end. With live streams (streams.py) a
+  session whose stream is up needs no listing (the stream says it all), one whose stream said its turns
+  ended needs none for `.idle`, and one that wakes up gets its stream at once (the listing that follows the
+  stream's opening reads what the event is about).
 - A session the exporter does not watch is left to discovery, which decides whether it is new (born
   watched: every turn it lists counts) or history (its ended turns are not counted), exactly as for a
   session discovery finds on its own: a discovery pass is asked for at once. A session that pass does not
@@ -31,10 +34,10 @@ MAX_WAITING = 10_000  # unknown sessions waiting for a discovery pass; beyond it
 
 
 class SessionEvents:
-    def __init__(self, *, watchlist: WatchList, hurry: Callable[[str], None], discover_now: Callable[[], None],
+    def __init__(self, *, watchlist: WatchList, hurry: Callable[[str, str], None], discover_now: Callable[[], None],
                  filtered: bool, on_added: Callable[[str], None]) -> None:
         self.watchlist = watchlist
-        self.hurry = hurry  # make a watched scope due at once
+        self.hurry = hurry  # (session, event type): a watched session's event (the daemon polls it, or streams it)
         self.discover_now = discover_now  # ask the daemon for a discovery pass as soon as none is running
         self.filtered = filtered  # --agent-id: discovery lists only some agents' sessions
         self.on_added = on_added  # a session this policy added to the watch list (counted as discovered)
@@ -46,7 +49,7 @@ class SessionEvents:
         if session is None:
             return
         if self.watchlist.wanted().get(session) == SOURCE_SESSIONS:
-            self.hurry(session)
+            self.hurry(session, delivery.event_type)
             return
         if session in self.watchlist.wanted() or not self.watchlist.owns(session):
             return  # another source's scope of that id, or another shard's session
