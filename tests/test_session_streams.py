@@ -312,3 +312,78 @@ def test_the_most_recently_active_sessions_are_streamed_and_not_polled_while_up(
         await manager.aclose()
 
     asyncio.run(go())
+
+
+def _world() -> tuple[Any, Any, Any, Any]:
+    from exporter.aggregates import Aggregates
+    from exporter.scheduler import Schedule, Scheduler
+    from exporter.selfmetrics import SelfMetrics
+    from exporter.tracker import Tracker
+
+    class Mono:
+        now = 100.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    mono = Mono()
+    return mono, Tracker([], 3600), Scheduler(Schedule(1.0, 60.0), mono), SelfMetrics(Aggregates())
+
+
+def test_webhooks_of_streamed_sessions_need_no_listing_and_a_waking_one_is_streamed_first() -> None:
+    from exporter.streams import StreamManager
+
+    mono, tracker, scheduler, metrics = _world()
+    scheduler.sync({"sess_a": "sessions", "sess_b": "sessions"})
+    reader = ScriptedReader()
+
+    async def go() -> None:
+        manager = StreamManager(reader, 1, "sessions", tracker=tracker, scheduler=scheduler,  # type: ignore[arg-type]
+                                metrics=metrics, recall=lambda ids: {}, wake=lambda: None, mono=mono)
+        assert manager.on_webhook("sess_a", "agent.session.in_progress")  # woke up: its stream, at once
+        manager.sync()
+        await asyncio.sleep(0)
+        manager.apply(1.0)
+        assert reader.opened == ["sess_a"] and "sess_a" in scheduler.streamed
+        assert manager.on_webhook("sess_a", "agent.session.idle")  # streamed: the stream says it
+        assert not manager.on_webhook("sess_b", "agent.session.idle")  # not streamed: list it
+        assert not manager.on_webhook("sess_b", "agent.session.failed")
+        # sess_a went idle (no unfinished turn, the boost is over): the stream closes and covers it.
+        mono.now += 11
+        scheduler.slots["sess_a"].owed = False
+        manager.sync()
+        assert "sess_a" not in manager.held and "sess_a" not in scheduler.streamed
+        assert scheduler.slots["sess_a"].due == mono.now + 60  # its next poll an idle interval on
+        assert manager.on_webhook("sess_a", "agent.session.idle")  # the stream saw the end
+        await manager.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_turn_from_a_stream_a_duplicate_and_a_listing_is_counted_once() -> None:
+    from exporter.model import RunSnapshot
+    from exporter.streams import StreamManager
+
+    mono, tracker, scheduler, metrics = _world()
+    scheduler.sync({"sess_a": "sessions"})
+    tracker.watch("sess_a", born=1_700_000_000)
+    reader = ScriptedReader()
+    done = RunSnapshot("turn_1", "sess_a", "completed", 1_700_000_001, source="sessions", started_at=1_700_000_002,
+                       completed_at=1_700_000_005, prompt_tokens=5, completion_tokens=3)
+
+    async def go() -> None:
+        manager = StreamManager(reader, 1, "sessions", tracker=tracker, scheduler=scheduler,  # type: ignore[arg-type]
+                                metrics=metrics, recall=lambda ids: {}, wake=lambda: None, mono=mono)
+        manager.on_webhook("sess_a", "agent.session.in_progress")
+        manager.sync()
+        await asyncio.sleep(0)
+        for _ in range(2):  # a duplicated event
+            reader.sinks["sess_a"](StreamItem("sess_a", snap=done))
+        manager.apply(1_700_000_006)
+        tracker.observe_listing("sess_a", [done], 1_700_000_007, complete=True, ok=True)  # the owed listing
+        await manager.aclose()
+
+    asyncio.run(go())
+    counters = tracker.aggregates.counters
+    assert counters[("assistants_runs_finished_total", ("completed", "sessions"))] == 1
+    assert counters[("assistants_run_tokens_total", ("prompt", "sessions"))] == 5
