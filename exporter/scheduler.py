@@ -148,9 +148,11 @@ class Scheduler:
         slot.polls += 1
         slot.due = result.started + self._delay(slot, result.outcome, active)
         if slot.again:
-            slot.again = False
+            slot.again, slot.owed = False, True
             if result.outcome == "ok":
-                slot.due, slot.owed = min(slot.due, self.mono()), True
+                slot.due = min(slot.due, self.mono())
+        if result.outcome == "error" and result.scope in self.streamed:
+            slot.owed = True  # a listing a stream relies on failed: it is still owed, after the backoff
         if result.api_reached:
             self._reached(slot.source)
         elif result.outcome == "error":
@@ -165,15 +167,18 @@ class Scheduler:
         slot.due = self.mono() + self._delay(slot, result.outcome, True)
 
     def hurry(self, scope: str) -> None:
-        """Something happened in this scope (a webhook said so): poll it now, or again as soon as the poll in
-        flight ends (it may have read the scope before the change). A backed-off scope keeps its backoff."""
+        """Something happened in this scope (a webhook or its stream said so): poll it now, or again as soon as
+        the poll in flight ends (it may have read the scope before the change). The poll is owed even while
+        the scope is streamed; a backed-off scope keeps its backoff (the API is failing) but is still owed."""
         slot = self.slots.get(scope)
-        if slot is None or slot.failures:
+        if slot is None:
             return
         if slot.task is not None:
             slot.again = True
-        else:
-            slot.due, slot.owed = min(slot.due, self.mono()), True
+            return
+        slot.owed = True
+        if not slot.failures:
+            slot.due = min(slot.due, self.mono())
 
     def covered(self, scope: str) -> None:
         """Everything in this scope until now is known (its live stream said so): next poll an idle interval

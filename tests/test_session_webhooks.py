@@ -220,10 +220,17 @@ def test_hurry_makes_an_idle_slot_due_now_and_a_polled_one_due_again() -> None:
     mono.now += 0.5
     scheduler.finished(PollResult("sess_b", "ok", started=mono.now - 0.1, api_reached=True), active=False)
     assert scheduler.slots["sess_b"].due <= mono.now and not scheduler.slots["sess_b"].again
-    # a backed-off slot keeps its backoff: the API is failing
+    # a backed-off slot keeps its backoff (the API is failing), but the poll stays owed, streamed or not
     scheduler.slots["sess_a"].failures, scheduler.slots["sess_a"].due = 2, mono.now + 30
+    scheduler.streamed.add("sess_a")
     scheduler.hurry("sess_a")
-    assert scheduler.slots["sess_a"].due == mono.now + 30
+    assert scheduler.slots["sess_a"].due == mono.now + 30 and scheduler.slots["sess_a"].owed
+    mono.now += 31
+    assert "sess_a" in scheduler.due(lambda _: False)
+    # the owed listing of a streamed scope fails: still owed after its backoff
+    scheduler.slots["sess_a"].task = None
+    scheduler.finished(PollResult("sess_a", "error", started=mono.now), active=True)
+    assert scheduler.slots["sess_a"].owed and scheduler.slots["sess_a"].due > mono.now
     scheduler.hurry("sess_unknown")  # nothing to do, no error
 
 
