@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sessions-scenario", choices=sorted(SESSION_SCENARIOS), default=None,
                    help="openai flavor: a workload for the Agents API sessions (default: none)")
+    p.add_argument("--stream-cut-rate", type=_probability, default=0.0,
+                   help="session event streams: per event, the connection closes halfway through it")
+    p.add_argument("--stream-stall-rate", type=_probability, default=0.0,
+                   help="session event streams: per event, the stream goes silent (no keep-alives) for 60 s")
+    p.add_argument("--stream-duplicate-rate", type=_probability, default=0.0,
+                   help="session event streams: per event, sent twice")
     p.add_argument("--speed", type=_positive, default=1.0, help="divide every scenario duration by this")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key", help="accept only this key (default: any non-empty key; env SIMULATOR_API_KEY)")
@@ -199,6 +205,8 @@ def main(argv: list[str]) -> int:
     except _UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    sim.stream_faults.cut, sim.stream_faults.stall = args.stream_cut_rate, args.stream_stall_rate
+    sim.stream_faults.duplicate = args.stream_duplicate_rate
     try:
         sim.start()
     except OSError as err:
