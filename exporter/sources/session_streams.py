@@ -74,19 +74,19 @@ class SseDecoder:
         self._size = 0
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        self._buffer += chunk
+        buffer = self._buffer + chunk if self._buffer else chunk
         frames: list[tuple[str, bytes]] = []
-        while True:
-            cut = _line_end(self._buffer)
-            if cut is None:
-                if len(self._buffer) > self.limit:
-                    raise ValueError("line too long")
-                return frames
+        start = 0
+        while (cut := _line_end(buffer, start)) is not None:
             end, after = cut
-            line, self._buffer = self._buffer[:end], self._buffer[after:]
-            frame = self._line(line)
+            frame = self._line(buffer[start:end])
             if frame is not None:
                 frames.append(frame)
+            start = after
+        self._buffer = buffer[start:]  # one copy per chunk, not one per line
+        if len(self._buffer) > self.limit:
+            raise ValueError("line too long")
+        return frames
 
     def _line(self, line: bytes) -> tuple[str, bytes] | None:
         if not line:
@@ -107,10 +107,12 @@ class SseDecoder:
         return None
 
 
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """(end of the first line, start of the next) for \\n, \\r\\n or \\r endings; None without a whole line."""
-    newline, ret = buffer.find(b"\n"), buffer.find(b"\r")
-    if ret == -1 or (newline != -1 and newline < ret):
+def _line_end(buffer: bytes, start: int) -> tuple[int, int] | None:
+    """(end of the first line from `start`, start of the next) for \\n, \\r\\n or \\r endings; None without a
+    whole line."""
+    newline = buffer.find(b"\n", start)
+    ret = buffer.find(b"\r", start, len(buffer) if newline == -1 else newline)  # scans this line only
+    if ret == -1:
         return None if newline == -1 else (newline, newline + 1)
     if ret + 1 == len(buffer):
         return None  # a \\n may follow in the next chunk
