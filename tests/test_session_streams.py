@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.model import REASON_MALFORMED_PAGE, REASON_MISSING_ID, REASON_NOT_OBJECT
 from exporter.simulator import FakeClock, Simulator
@@ -387,3 +389,21 @@ def test_a_turn_from_a_stream_a_duplicate_and_a_listing_is_counted_once() -> Non
     counters = tracker.aggregates.counters
     assert counters[("assistants_runs_finished_total", ("completed", "sessions"))] == 1
     assert counters[("assistants_run_tokens_total", ("prompt", "sessions"))] == 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=20),
+       events=st.lists(st.one_of(st.binary(max_size=200), st.text(max_size=100).map(str.encode)), max_size=5))
+def test_any_bytes_decode_or_stop_cleanly_and_any_event_reads_without_raising(
+        chunks: list[bytes], events: list[bytes]) -> None:
+    decoder = SseDecoder(limit=256)
+    try:
+        frames = [frame for chunk in chunks for frame in decoder.feed(chunk)]
+    except ValueError:
+        frames = []  # past the limit: the stream ends
+    for _, data in frames:
+        assert len(data) <= 256
+    for data in [*events, *(d for _, d in frames)]:
+        item = read_event(SID, data)
+        assert item is None or item.session == SID
+        assert item is None or item.snap is None or item.snap.scope == SID
