@@ -97,6 +97,9 @@ class StreamManager:
             if session in self.held or self.retry.get(session, (0, 0.0))[1] <= now:
                 wanted.append(session)
         keep = set(wanted)
+        for session in [s for s in boosted if s not in keep]:
+            del self._boost[session]  # woken, but no stream for it (the limit, or a backoff): list it now
+            self.scheduler.hurry(session)
         for session in [s for s in self.held if s not in keep]:
             self.held.pop(session).task.cancel()  # idle now, or displaced: polled again
             if session in self.scheduler.streamed and session not in activity:

@@ -407,3 +407,27 @@ def test_any_bytes_decode_or_stop_cleanly_and_any_event_reads_without_raising(
         item = read_event(SID, data)
         assert item is None or item.session == SID
         assert item is None or item.snap is None or item.snap.scope == SID
+
+
+def test_a_woken_session_that_gets_no_stream_is_listed() -> None:
+    from exporter.streams import StreamManager
+
+    mono, tracker, scheduler, metrics = _world()
+    scheduler.sync({"sess_a": "sessions", "sess_b": "sessions"})
+    for slot in scheduler.slots.values():
+        slot.due = mono.now + 50
+    reader = ScriptedReader()
+
+    async def go() -> None:
+        manager = StreamManager(reader, 1, "sessions", tracker=tracker, scheduler=scheduler,  # type: ignore[arg-type]
+                                metrics=metrics, recall=lambda ids: {}, wake=lambda: None, mono=mono)
+        assert manager.on_webhook("sess_a", "agent.session.in_progress")
+        mono.now += 0.1
+        assert manager.on_webhook("sess_b", "agent.session.action_required")
+        manager.sync()  # one stream allowed: the latest woken (sess_b) gets it, sess_a is listed instead
+        await asyncio.sleep(0)
+        assert reader.opened == ["sess_b"]
+        assert scheduler.due(tracker.is_active) == ["sess_a"]
+        await manager.aclose()
+
+    asyncio.run(go())
