@@ -9,16 +9,18 @@ import logging
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from exporter.committer import describe
 from exporter.health import Health
 from exporter.inbox import Delivery, Pending, Registration, RunItems, fail
 from exporter.logs import CountingRateLimiter, RateLimiter
-from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES
+from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, SOURCE_SESSIONS
 from exporter.runstate import Remembered
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import SelfMetrics
 from exporter.sources import Discovery, DiscoveryResult, FetchResult, PollResult
+from exporter.sources.session_events import SessionEvents
 from exporter.sources.webhook_policy import WebhookPolicy
 from exporter.sources.webhooks import DeliveryLog
 from exporter.statuses import is_terminal
@@ -33,11 +35,21 @@ POLL_FAILURE_LOG_INTERVAL = 60.0  # per kind of failure, across threads
 _ATTEMPTS = re.compile(r" after \d+ attempts?")
 
 
+@dataclass(frozen=True, slots=True)
+class SessionsWiring:
+    """The sessions source runs: how its webhook events reach discovery."""
+
+    discover_now: Callable[[], None]  # a discovery pass as soon as none is running
+    on_event: Callable[[str, str], None]  # (session, event type) of a watched session
+    filtered: bool  # --agent-id: discovery lists only some agents' sessions
+
+
 class Applier:
     def __init__(self, *, tracker: Tracker, scheduler: Scheduler, watchlist: WatchList, metrics: SelfMetrics,
                  health: Health, recall: Callable[[Sequence[str]], Mapping[str, Remembered]],
                  deliveries: DeliveryLog, by_id: Collection[str], default_source: str, sync: Callable[[], None],
-                 mono: Callable[[], float], discovered_since: Mapping[str, float] | None = None) -> None:
+                 mono: Callable[[], float], discovered_since: Mapping[str, float] | None = None,
+                 sessions: SessionsWiring | None = None) -> None:
         self.tracker = tracker
         self.scheduler = scheduler
         self.watchlist = watchlist
@@ -55,7 +67,11 @@ class Applier:
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._apply_log = RateLimiter(INVALID_LOG_INTERVAL)
         fetch = (lambda run_id: self.poll_by_id(run_id, SOURCE_RESPONSES)) if SOURCE_RESPONSES in by_id else None
-        self.webhooks = WebhookPolicy(deliveries, tracker, metrics, self.recall, fetch)
+        self.sessions = None if sessions is None else SessionEvents(
+            watchlist=watchlist, hurry=sessions.on_event, discover_now=sessions.discover_now,
+            filtered=sessions.filtered, on_added=lambda _: metrics.discovered())
+        self.webhooks = WebhookPolicy(deliveries, tracker, metrics, self.recall, fetch,
+                                      self.sessions.event if self.sessions is not None else None)
 
     def recall(self, run_ids: Iterable[str]) -> Mapping[str, Remembered]:
         """What the state file remembers of the ids the tracker does not hold: one lookup round."""
@@ -160,6 +176,8 @@ class Applier:
                     self.tracker.watch(scope, born=created_at)
         if result.error is None:
             self.discovered_since[discovery.name] = started
+        if discovery.name == SOURCE_SESSIONS and self.sessions is not None:
+            self.sessions.after_discovery(started, result.error is None)
         for reason, count in result.invalid.items():
             self.metrics.invalid(reason, count)
         self.metrics.api_up(discovery.name, result.api_reached)

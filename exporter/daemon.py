@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.applier import Applier
+from exporter.applier import Applier, SessionsWiring
 from exporter.changeset import ChangeSet
 from exporter.committer import Committer, Writer
 from exporter.health import Health
@@ -33,8 +33,10 @@ from exporter.sources import (
     StallAware,
     StopRule,
 )
+from exporter.sources.sessions import SessionDiscovery, SessionsSource
 from exporter.sources.webhooks import DeliveryLog
 from exporter.store import Store
+from exporter.streams import StreamManager
 from exporter.tracker import Tracker
 from exporter.watchlist import WatchList
 
@@ -99,7 +101,36 @@ class Daemon:
         self.applier = Applier(tracker=tracker, scheduler=self.scheduler, watchlist=self.watchlist,
                                metrics=self.selfmetrics, health=self.health, recall=self.committer.recall,
                                deliveries=self.deliveries, by_id=self.by_id, sync=self.sync_scopes, mono=mono,
-                               default_source=next(iter(self.sources), ""), discovered_since=discovered_since)
+                               default_source=next(iter(self.sources), ""), discovered_since=discovered_since,
+                               sessions=self._sessions_wiring())
+        self.streams = self._stream_manager()
+
+    def _sessions_wiring(self) -> SessionsWiring | None:
+        """Session webhook events reach the watch list through discovery: only when sessions are discovered."""
+        found = [d for d in self.discoveries if isinstance(d, SessionDiscovery)]
+        if not found:
+            return None
+        return SessionsWiring(discover_now=self.discover_now, on_event=self._session_event,
+                              filtered=any(d.filtered for d in found))
+
+    def _session_event(self, session: str, event_type: str) -> None:
+        """A webhook event of a watched session: its stream deals with it, or it is polled at once."""
+        if self.streams is None or not self.streams.on_webhook(session, event_type):
+            self.scheduler.hurry(session)
+
+    def _stream_manager(self) -> StreamManager | None:
+        """Live session streams, when the sessions source runs with --session-streams above 0."""
+        for source in self.sources.values():
+            if isinstance(source, SessionsSource) and source.stream_limit > 0:
+                return StreamManager(source.stream_reader(), source.stream_limit, source.name,
+                                     tracker=self.tracker, scheduler=self.scheduler, metrics=self.selfmetrics,
+                                     recall=self.applier.recall, wake=self._wake.set, mono=self.mono)
+        return None
+
+    def discover_now(self) -> None:
+        """A discovery pass as soon as none is running (a webhook named a scope the exporter does not know)."""
+        self._next_discovery = float("-inf")
+        self._wake.set()
 
     # -- watch list -----------------------------------------------------------------------
 
@@ -144,6 +175,8 @@ class Daemon:
             await self._shutdown()
 
     def launch_due(self) -> None:
+        if self.streams is not None:
+            self.streams.sync()
         now = self.mono()
         if self.discoveries and not self._discovering and now >= self._next_discovery:
             self._next_discovery = now + self.discover_interval
@@ -202,15 +235,16 @@ class Daemon:
             self.applier.polls(results, now)
         if fetches:
             self.applier.fetches(fetches, now)
+        streamed = self.streams is not None and self.streams.apply(now)
         self._note_stalls()
         self._answer += [pending for pending in received if self.applier.received(pending, now)]
         self.tracker.expire(now)
         answered = self._collect_commit()
         dirty = self.tracker.changes or self.tracker.aggregates.dirty or self.committer.uncommitted
-        if (received or reaped or dirty) and self.committer.start():
+        if (received or reaped or dirty or streamed) and self.committer.start():
             self._committing, self._answer = self._answer, []
             answered = self._collect_commit() or answered  # a write that ran at once (InlineWriter)
-        self.publisher.after_tick(changed=bool(reaped or received), answered=answered)
+        self.publisher.after_tick(changed=bool(reaped or received or streamed), answered=answered)
 
     def _written(self) -> None:
         """A write has ended: answer its requests now; a tick follows only if something waits to be written
@@ -296,6 +330,8 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.streams is not None:
+            await self.streams.aclose()
         self.step_final()
         self.committer.close()
         for source in self.sources.values():

@@ -60,6 +60,8 @@ class Delivery:
     event_type: str  # the webhooks_total{type} label
     run: RunSnapshot | None  # the terminal snapshot the event alone says; None for other event types
     outcome: str = "accepted"  # set by the daemon: accepted, duplicate or stale
+    session: str | None = None  # an `agent.session.*` event: the session it is about
+    at: int = 0  # the event's created_at (epoch seconds), for a session event
 
 
 Item = RunItems | Registration | Delivery

@@ -114,9 +114,9 @@ PUSH_ITEMS = MetricSpec("assistants_exporter_push_items_total", "counter", ("out
 DISCOVERED_THREADS = MetricSpec("assistants_exporter_discovered_threads_total", "counter", (),
                                 "Scopes (threads, sessions) that discovery added to the watch list.")
 WEBHOOKS = MetricSpec("assistants_exporter_webhooks_total", "counter", ("type", "outcome"),
-                      "Webhook deliveries to /webhooks/openai, by event type (response.*, other; unverified "
-                      "before the signature is checked) and outcome (accepted, duplicate, bad_signature, stale, "
-                      "malformed, too_large, timeout).")
+                      "Webhook deliveries to /webhooks/openai, by event type (response.*, agent.session.*, other; "
+                      "unverified before the signature is checked) and outcome (accepted, duplicate, bad_signature, "
+                      "stale, malformed, too_large, timeout).")
 STORE_ERRORS = MetricSpec("assistants_exporter_store_errors_total", "counter", (),
                           "Commits to the state file that failed (and are retried).")
 LABEL_OVERFLOW = MetricSpec("assistants_exporter_label_values_overflow_total", "counter", ("label",),

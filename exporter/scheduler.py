@@ -51,6 +51,8 @@ class Slot:
     due: float = 0.0  # monotonic
     failures: int = 0
     polls: int = 0
+    again: bool = False  # told to poll at once while a poll was in flight: due again when it ends
+    owed: bool = False  # told to poll at once: polled even while its live stream is up
     task: asyncio.Task[PollResult] | asyncio.Task[FetchResult] | None = None
 
 
@@ -69,6 +71,8 @@ class Scheduler:
         self.mono = mono
         self.slots: dict[str, Slot] = {}
         self.breakers: dict[str, Breaker] = {}  # by source
+        # Scopes whose live event stream is up: not polled on the schedule, only when a poll is owed (hurry).
+        self.streamed: set[str] = set()
         self._rng = rng if rng is not None else random.Random()
 
     def breaker(self, source: str) -> Breaker:
@@ -82,6 +86,7 @@ class Scheduler:
             self.slots[scope] = Slot(wanted[scope], due=now)
         removed_scopes = [s for s in self.slots if s not in wanted]
         removed = [self.slots.pop(scope) for scope in removed_scopes]
+        self.streamed.difference_update(removed_scopes)
         for breaker in self.breakers.values():
             if breaker.probe in removed_scopes:  # the probe will never report: probe again with another scope
                 breaker.state, breaker.probe, breaker.probe_at = "open", None, now
@@ -96,10 +101,14 @@ class Scheduler:
         room = self.schedule.max_in_flight - self.in_flight()
         if room <= 0:
             return []
+        streamed = self.streamed
         ready = [(not is_active(scope), slot.due, scope) for scope, slot in self.slots.items()
-                 if slot.task is None and slot.due <= now and self.breaker(slot.source).state == "closed"]
+                 if slot.task is None and slot.due <= now and self.breaker(slot.source).state == "closed"
+                 and (slot.owed or scope not in streamed)]
         ready.sort()
         picked = [scope for _, _, scope in ready[:room]]
+        for scope in picked:
+            self.slots[scope].owed = False
         return picked + self._probes(now, room - len(picked))
 
     def _probes(self, now: float, room: int) -> list[str]:
@@ -121,8 +130,10 @@ class Scheduler:
     def next_wake(self) -> float:
         """Seconds until something may be due (bounded by the tick)."""
         waiting = []
-        for slot in self.slots.values():
+        for scope, slot in self.slots.items():
             breaker = self.breaker(slot.source)
+            if scope in self.streamed and not slot.owed:
+                continue
             if slot.task is None and breaker.state != "half_open":
                 waiting.append(slot.due if breaker.state == "closed" else breaker.probe_at)
         timeout = self.schedule.tick
@@ -136,6 +147,12 @@ class Scheduler:
             return
         slot.polls += 1
         slot.due = result.started + self._delay(slot, result.outcome, active)
+        if slot.again:
+            slot.again, slot.owed = False, True
+            if result.outcome == "ok":
+                slot.due = min(slot.due, self.mono())
+        if result.outcome == "error" and result.scope in self.streamed:
+            slot.owed = True  # a listing a stream relies on failed: it is still owed, after the backoff
         if result.api_reached:
             self._reached(slot.source)
         elif result.outcome == "error":
@@ -148,6 +165,27 @@ class Scheduler:
             return
         slot.polls += 1
         slot.due = self.mono() + self._delay(slot, result.outcome, True)
+
+    def hurry(self, scope: str) -> None:
+        """Something happened in this scope (a webhook or its stream said so): poll it now, or again as soon as
+        the poll in flight ends (it may have read the scope before the change). The poll is owed even while
+        the scope is streamed; a backed-off scope keeps its backoff (the API is failing) but is still owed."""
+        slot = self.slots.get(scope)
+        if slot is None:
+            return
+        if slot.task is not None:
+            slot.again = True
+            return
+        slot.owed = True
+        if not slot.failures:
+            slot.due = min(slot.due, self.mono())
+
+    def covered(self, scope: str) -> None:
+        """Everything in this scope until now is known (its live stream said so): next poll an idle interval
+        on, unless one is owed."""
+        slot = self.slots.get(scope)
+        if slot is not None and not slot.owed and slot.task is None and not slot.failures:
+            slot.due = self.mono() + self.schedule.idle_poll_interval
 
     def failed(self, scope: str) -> None:
         """The poll task itself raised (a bug): try again after a poll interval."""

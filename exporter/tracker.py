@@ -176,6 +176,11 @@ class Tracker:
     def is_active(self, scope_id: str) -> bool:
         return bool(self._open.get(scope_id))
 
+    def last_activity(self) -> dict[str, float]:
+        """Scopes with unfinished runs -> when the latest of those runs entered its status (for ranking)."""
+        runs = self.runs
+        return {scope: max(runs[r].stint_start for r in ids) for scope, ids in self._open.items() if ids}
+
     def accounted(self, scope_id: str, snap: RunSnapshot, recalled: Mapping[str, Remembered] = _NOTHING) -> bool:
         """True when this run needs no more attention: known terminal, or below the scope's horizon.
         `recalled`: what the state file remembers of these ids (`Store.recall`)."""

@@ -112,7 +112,7 @@ def test_discovered_sessions_equal_the_truth_across_new_sessions_and_a_kill_9(si
         assert total(samples, "assistants_exporter_threads") == sessions
         assert total(samples, "assistants_exporter_api_up", source="sessions") == 1
         endpoints = by_label(samples, "assistants_exporter_api_requests_total", "endpoint")
-        assert set(endpoints) == {"list_sessions", "list_turns"}
+        assert set(endpoints) == {"list_sessions", "list_turns", "session_events"}  # streams are on by default
     finally:
         exporter.stop()
 

@@ -135,7 +135,8 @@ def test_source_choices_and_flags_come_from_the_registry(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="each source must be one of " + ", ".join(registry.NAMES)):
         load_config(["--source", "bedrock"], env)
     own = {flag.name for flags in SOURCE_FLAGS.values() for flag in flags}
-    assert own == {"--discover-threads", "--agent-id", "--discover-responses", "--agent"}
+    assert own == {"--discover-threads", "--agent-id", "--session-streams", "--session-stream-keepalive",
+                   "--discover-responses", "--agent"}
     assert own <= {flag.name for flag in FLAGS}
     for name in registry.NAMES:
         assert f"{name} (" in next(f.help for f in FLAGS if f.name == "--source")

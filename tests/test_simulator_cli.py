@@ -30,6 +30,8 @@ LAUNCH = "import sys; from exporter.simulator.cli import main; sys.exit(main(sys
         ["--listen", "127.0.0.1:99999"],
         ["--scenario", "nope"],
         ["--sessions-scenario", "nope"],
+        ["--stream-cut-rate", "2"],
+        ["--stream-stall-rate", "-0.1"],
         ["--error-rate", "1.5"],
         ["--rate-limit-burst", "0"],
         ["--latency", "-1"],

@@ -16,7 +16,7 @@ from exporter.simulator.responses import ResponseWorkload
 from exporter.simulator.scenarios import SCENARIOS
 from exporter.simulator.server import FLAVORS, Simulator
 from exporter.simulator.sessions import SESSION_SCENARIOS
-from exporter.simulator.webhooks import WebhookFaults, WebhookSender
+from exporter.simulator.webhooks import Announcers, WebhookFaults, WebhookSender
 
 PROG = "assistants-exporter simulate"
 
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sessions-scenario", choices=sorted(SESSION_SCENARIOS), default=None,
                    help="openai flavor: a workload for the Agents API sessions (default: none)")
+    p.add_argument("--stream-cut-rate", type=_probability, default=0.0,
+                   help="session event streams: per event, the connection closes halfway through it")
+    p.add_argument("--stream-stall-rate", type=_probability, default=0.0,
+                   help="session event streams: per event, the stream goes silent (no keep-alives) for 60 s")
+    p.add_argument("--stream-duplicate-rate", type=_probability, default=0.0,
+                   help="session event streams: per event, sent twice")
     p.add_argument("--speed", type=_positive, default=1.0, help="divide every scenario duration by this")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key", help="accept only this key (default: any non-empty key; env SIMULATOR_API_KEY)")
@@ -103,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("Responses API")
     r.add_argument("--responses-per-second", type=_non_negative, default=0.0,
                    help="background responses created per second (default 0: only those clients create)")
-    r.add_argument("--webhook-url", help="POST a signed event to this URL when a background response ends")
+    r.add_argument("--webhook-url", help="POST a signed event to this URL when a background response ends, and "
+                   "(openai flavor) when an Agents API session is created or changes status")
     r.add_argument("--webhook-secret", help="signing secret (whsec_...; default: env SIMULATOR_WEBHOOK_SECRET)")
     r.add_argument("--webhook-duplicate-rate", type=_probability, default=0.0, help="events delivered twice")
     r.add_argument("--webhook-reorder", action="store_true", help="deliver events that end together shuffled")
@@ -125,7 +132,7 @@ def _webhook_sender(sim: Simulator, args: argparse.Namespace) -> WebhookSender |
                            late=args.webhook_late_rate, bad_signature=args.webhook_bad_signature_rate,
                            seed=args.seed)
     try:
-        return WebhookSender(sim.responses, args.webhook_url, secret, faults)
+        return WebhookSender(Announcers(sim.responses, sim.sessions), args.webhook_url, secret, faults)
     except ValueError as err:  # SecretError: says what is wrong, never the secret
         raise _UsageError(f"--webhook-secret: {err}") from None
 
@@ -199,6 +206,8 @@ def main(argv: list[str]) -> int:
     except _UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    sim.stream_faults.cut, sim.stream_faults.stall = args.stream_cut_rate, args.stream_stall_rate
+    sim.stream_faults.duplicate = args.stream_duplicate_rate
     try:
         sim.start()
     except OSError as err:

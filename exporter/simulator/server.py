@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -28,6 +28,7 @@ from exporter.simulator.faults import FaultInjector, Faults, RateLimitState, for
 from exporter.simulator.langgraph import LangGraphEngine, LangGraphError
 from exporter.simulator.responses import ResponseEngine, response_routes
 from exporter.simulator.scenarios import SCENARIOS
+from exporter.simulator.session_stream import StreamFaults, open_stream
 from exporter.simulator.sessions import SESSION_SCENARIOS, SessionsApi, SessionsEngine
 from exporter.simulator.wire import JSON, ApiError, foundry_page
 
@@ -199,6 +200,7 @@ class Simulator:
         self.sessions = SessionsEngine(self.clock, seed, speed,
                                        SESSION_SCENARIOS[sessions_scenario] if sessions_scenario else None)
         self._sessions_api = SessionsApi(self.sessions, _parse_limit, _parse_order)
+        self.stream_faults = StreamFaults(seed=seed)  # GET /v1/agents/sessions/{id}/events (live SSE)
         self.responses = ResponseEngine(self.clock, seed, speed)
         # The LangGraph Agent Server (flavor="langgraph"), with its workload in that flavor (for --demo).
         self.langgraph = LangGraphEngine(self.clock, seed, speed, workload=flavor == "langgraph")
@@ -417,6 +419,10 @@ class Simulator:
         if self.flavor == "langgraph":  # its own routes, bodies and errors (exporter/simulator/langgraph.py)
             return self._with_rate_headers(self._langgraph_response(method, target, raw_body), state)
         try:
+            stream = (open_stream(self.sessions, urlsplit(target).path.rstrip("/"), headers, self.stream_faults,
+                                  self._stopping) if self.flavor == "openai" and method == "GET" else None)
+            if stream is not None:
+                return self._with_rate_headers(_Response(200, {}, stream=stream), state)
             body = self._route(method, target, headers, raw_body)
         except ApiError as err:
             return self._with_rate_headers(_Response.error(err), state)
@@ -529,10 +535,12 @@ class Simulator:
 
 
 class _Response:
-    def __init__(self, status: int, body: JSON | list[Any] | None, truncate: bool = False) -> None:
+    def __init__(self, status: int, body: JSON | list[Any] | None, truncate: bool = False,
+                 stream: Iterator[bytes] | None = None) -> None:
         self.status = status
         self.body = body
         self.truncate = truncate
+        self.stream = stream  # text/event-stream frames, written as they come; the connection closes after
         self.headers: dict[str, str] = {}
 
     @classmethod
@@ -605,6 +613,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception:  # a bug must still answer in the API's shape, not drop the connection
             _log.exception("simulator request failed: %s %s", method, self.path.split("?")[0])
             response = _Response.error(ApiError(500, "Internal simulator error.", type_="server_error"))
+        if response.stream is not None:
+            self._serve_stream(response)
+            return
         payload = response.encode()
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
@@ -616,6 +627,30 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+    def _serve_stream(self, response: _Response) -> None:
+        """An event stream: no length, written frame by frame, then the connection closes (its end)."""
+        assert response.stream is not None
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.send_header("x-request-id", "req_" + uuid.uuid4().hex)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+            for chunk in response.stream:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away: the stream ends
+        finally:
+            close = getattr(response.stream, "close", None)
+            if callable(close):
+                close()
 
     def do_GET(self) -> None:
         self._serve("GET")

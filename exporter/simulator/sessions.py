@@ -14,8 +14,9 @@ import bisect
 import math
 import random
 import re
+import secrets
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,10 +119,46 @@ class Session:
     order: list[tuple[int, int, str]] = field(default_factory=list)  # (created_at, seq, turn id), ascending
     turns: dict[str, Turn] = field(default_factory=dict)
     open_turns: int = 0
+    announced: str = "idle"  # the status its last webhook event said
+    listeners: int = 0  # event streams open on it: only then are its stream events kept
+    stream_log: deque[tuple[int, JSON]] = field(default_factory=lambda: deque(maxlen=STREAM_BACKLOG))
+    stream_seq: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
         return (self.created_at, self.seq)
+
+
+# Session status -> the webhook event that announces it (the API's `agent.session.*` events).
+SESSION_EVENT_TYPES: dict[str, str] = {
+    "in_progress": "agent.session.in_progress",
+    "requires_action": "agent.session.action_required",
+    "idle": "agent.session.idle",
+}
+MAX_EVENTS = 100_000  # events not yet taken by a webhook sender; older ones are dropped
+STREAM_BACKLOG = 256  # stream events kept per session for its open streams to read
+# Session status -> the event a session's live stream carries for it (`AgentSession*Event`).
+SESSION_STREAM_TYPES: dict[str, str] = {
+    "in_progress": "agent.session.in_progress",
+    "requires_action": "agent.session.requires_action",
+    "idle": "agent.session.idle",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A session webhook event, as `openai.types.webhooks.AgentSession*WebhookEvent` has it."""
+
+    id: str
+    type: str
+    created_at: int
+    session_id: str
+
+    def envelope(self) -> JSON:
+        data: JSON = {"id": self.session_id, "environment_type": "none"}
+        if self.type == "agent.session.action_required":
+            data = {"id": self.session_id, "required_action": {"type": "function_call"}}
+        return {"id": self.id, "object": "event", "type": self.type, "created_at": self.created_at, "data": data}
 
 
 def validate_turn_plan(plan: Sequence[tuple[str, float]]) -> TurnPlan:
@@ -195,11 +232,11 @@ def render_session(session: Session) -> JSON:
         "error": None,
         "last_active_at": session.last_active_at,
         "metadata": dict(session.metadata),
-        "spend_control": {"consumed": None, "limit": None},  # openai 3.60: unlimited, spend not recorded
         "required_actions": [
             {"type": "function_call", "arguments": {"order_id": "A-1"}, "call_id": "call_" + t.id[5:],
              "name": "lookup_order", "turn_id": t.id} for t in waiting
         ],
+        "spend_control": {"consumed": None, "limit": None},  # unlimited (openai >= 3.60 has the field)
         "status": status,
         "usage": _usage((sum(t.input_tokens for t in ended), sum(t.output_tokens for t in ended))) if ended else None,
         "vault_ids": [],
@@ -228,6 +265,7 @@ class SessionsEngine:
         self._archive: list[Turn] = []  # turns of deleted sessions, for the truth
         self.deleted: list[str] = []  # ids of the sessions deleted so far
         self._workload = scenario is not None
+        self._events: deque[tuple[float, SessionEvent]] = deque(maxlen=MAX_EVENTS)
         self._next_arrival: float | None = self._now + self._gap() if scenario is not None else None
 
     # ----- time ------------------------------------------------------------------------------------
@@ -260,6 +298,43 @@ class SessionsEngine:
             self._active.pop(turn.id, None)
             if session is not None:
                 session.open_turns -= 1
+        if session is not None:
+            if session.listeners:
+                self._stream_turn(session, turn, idx)
+            self._announce(session, t)
+
+    def _announce(self, session: Session, t: float) -> None:
+        """A webhook event when the session's status changed (it is derived from its turns)."""
+        status = _session_status(session)
+        if status != session.announced:
+            session.announced = status
+            self._event(SESSION_EVENT_TYPES[status], session.id, t)
+            if session.listeners:
+                self._stream(session, {"event_id": "evt_" + secrets.token_hex(12),
+                                       "type": SESSION_STREAM_TYPES[status], "session": render_session(session)})
+
+    def _stream_turn(self, session: Session, turn: Turn, idx: int) -> None:
+        """A turn event on the session's live stream, with the whole turn (and usage once it ended). Waiting
+        for input has no turn event: the session's `requires_action` event says it."""
+        if idx == 0:
+            event_type = "agent.session.turn.created"
+        elif turn.status in ("in_progress", *TURN_TERMINAL):
+            event_type = f"agent.session.turn.{turn.status}"
+        else:
+            return
+        event: JSON = {"event_id": "evt_" + secrets.token_hex(12), "type": event_type, "session_id": session.id,
+                       "turn_id": turn.id, "turn": render_turn(turn)}
+        if turn.terminal:
+            event["usage"] = _usage((turn.input_tokens, turn.output_tokens))
+        self._stream(session, event)
+
+    @staticmethod
+    def _stream(session: Session, event: JSON) -> None:
+        session.stream_seq += 1
+        session.stream_log.append((session.stream_seq, event))
+
+    def _event(self, event_type: str, session_id: str, t: float) -> None:
+        self._events.append((t, SessionEvent("evt_" + secrets.token_hex(12), event_type, int(t), session_id)))
 
     def _advance_turn(self, turn: Turn, now: float) -> None:
         while not turn.terminal:
@@ -320,6 +395,7 @@ class SessionsEngine:
         session = Session(sid, agent_id, model, created_at, self._next_seq(), dict(metadata or {}), created_at)
         self._sessions[sid] = session
         bisect.insort(self._order, (created_at, session.seq, sid))
+        self._event("agent.session.created", sid, created_at)
         return sid
 
     def _add_turn(self, session: Session, plan: TurnPlan, t: float, rng: random.Random, *,
@@ -368,6 +444,42 @@ class SessionsEngine:
             if enabled and self.scenario is not None and not self._workload:
                 self._next_arrival = now + self._gap()
             self._workload = enabled and self.scenario is not None
+
+    def take_events(self) -> list[SessionEvent]:
+        """Session webhook events since the last call, in the order they happened."""
+        with self._lock:
+            self._advance()
+            events, self._events = sorted(self._events, key=lambda pair: pair[0]), deque(maxlen=MAX_EVENTS)
+            return [event for _, event in events]
+
+    def subscribe(self, session_id: str) -> int:
+        """Open a live stream on a session (404 if there is none): the position its events start after."""
+        with self._lock:
+            self._advance()
+            session = self._session(session_id)
+            session.listeners += 1
+            return session.stream_seq
+
+    def unsubscribe(self, session_id: str) -> None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.listeners -= 1
+
+    def stream_events(self, session_id: str, after: int) -> tuple[list[tuple[int, JSON]], bool]:
+        """The session's stream events after position `after`, and whether the session still exists."""
+        with self._lock:
+            self._advance()
+            session = self._sessions.get(session_id)
+            if session is None:
+                return [], False
+            return [(seq, event) for seq, event in session.stream_log if seq > after], True
+
+    def fail_session(self, session_id: str) -> None:
+        """The session fails (its environment broke, say): an `agent.session.failed` event; turns go on."""
+        with self._lock:
+            now = self._advance()
+            self._event("agent.session.failed", self._session(session_id).id, now)
 
     def session_ids(self) -> list[str]:
         """Every session the API lists, oldest first."""

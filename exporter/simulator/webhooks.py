@@ -1,6 +1,7 @@
-"""The simulator's webhook sender: signs each terminal `response.*` event (Standard Webhooks, as OpenAI
-does), POSTs it to a URL, retries on non-2xx, and can misbehave on purpose (duplicates, reordering, late
-deliveries, tampered copies) so that receivers can be tested against what the real sender may do.
+"""The simulator's webhook sender: signs each terminal `response.*` event and each `agent.session.*` event
+(Standard Webhooks, as OpenAI does), POSTs it to a URL, retries on non-2xx, and can misbehave on purpose
+(duplicates, reordering, late deliveries, tampered copies) so that receivers can be tested against what the
+real sender may do.
 """
 
 from __future__ import annotations
@@ -12,14 +13,38 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 
-from exporter.simulator.responses import ResponseEngine, ResponseEvent
 from exporter.sources.webhooks import parse_secret, sign
 
 _log = logging.getLogger(__name__)
+
+
+class Event(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def envelope(self) -> dict[str, Any]: ...
+
+
+class Announcer(Protocol):
+    """An engine whose events are sent (ResponseEngine, SessionsEngine)."""
+
+    def take_events(self) -> Sequence[Event]: ...
+
+
+class Announcers:
+    """Several engines' events through one sender."""
+
+    def __init__(self, *engines: Announcer) -> None:
+        self.engines = engines
+
+    def take_events(self) -> list[Event]:
+        return [event for engine in self.engines for event in engine.take_events()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +61,7 @@ class WebhookFaults:
 
 @dataclass(slots=True)
 class _Delivery:
-    event: ResponseEvent
+    event: Event
     body: bytes
     tampered: bool = False
     attempt: int = 0
@@ -46,7 +71,7 @@ class WebhookSender:
     """A thread that delivers the engine's terminal events to `url`. Wall-clock timestamps: the receiver
     checks them against its own clock (±300 s)."""
 
-    def __init__(self, engine: ResponseEngine, url: str, secret: str, faults: WebhookFaults | None = None,
+    def __init__(self, engine: Announcer, url: str, secret: str, faults: WebhookFaults | None = None,
                  interval: float = 0.05, max_attempts: int = 30, timeout: float = 5.0) -> None:
         self.engine = engine
         self.url = url
@@ -86,8 +111,9 @@ class WebhookSender:
             self.enqueue(self.engine.take_events())
             self.deliver_due()
 
-    def enqueue(self, events: list[ResponseEvent]) -> None:
+    def enqueue(self, events: Sequence[Event]) -> None:
         faults, rng, now = self.faults, self._rng, time.monotonic()
+        events = list(events)
         if faults.reorder:
             rng.shuffle(events)
         with self._lock:
@@ -95,7 +121,7 @@ class WebhookSender:
                 body = json.dumps(event.envelope()).encode()
                 due = now + (faults.late_seconds if rng.random() < faults.late else 0.0)
                 if rng.random() < faults.bad_signature:
-                    tampered = body.replace(b'"type": "response.', b'"type":  "response.', 1)
+                    tampered = body.replace(b'"type": "', b'"type":  "', 1)
                     self._push(due, _Delivery(event, tampered, tampered=True))
                 self._push(due, _Delivery(event, body))
                 if rng.random() < faults.duplicate:

@@ -315,6 +315,24 @@ class ApiClient:
         error = fetch.error or ("body too large" if fetch.reply is not None and fetch.reply.too_large else None)
         return Got(body, fetch.gone, fetch.api_reached, error)
 
+    def stream_client(self, connections: int) -> httpx.AsyncClient:
+        """A client of its own for long-lived event streams (the polls' pool must not be held by them): the
+        same headers, auth and transport settings, no overall timeout (the reader bounds each read)."""
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=0)
+        headers = {**build_headers(self._settings, self.beta), "Accept": "text/event-stream"}
+        return httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self._settings.timeout, read=None),
+                                 limits=limits, transport=self._transport or fast_transport(limits),
+                                 cookies=NoCookies(), auth=self._auth, follow_redirects=False)
+
+    def url(self, path: str) -> httpx.URL:
+        """{base}{path}, with api-version when set."""
+        return self._urls.get(self._settings.base_url.rstrip("/") + path,
+                              {"api-version": self._settings.api_version} if self._settings.api_version else {})
+
+    def report(self, endpoint: str, code: str) -> None:
+        """Count one request made outside get_page (an event stream): api_requests_total{endpoint, code}."""
+        self._report(endpoint, code)
+
     def stalled(self) -> bool:
         """True when a request has gone unanswered for STALL_AFTER (or its timeout, if shorter) and no other
         answer came back since it was sent: the API hangs. Waits for the client's own rate limit or a 429

@@ -18,6 +18,7 @@ from exporter.model import SOURCE_SESSIONS, ParseResult, parse_turn
 from exporter.sources import DiscoveryResult
 from exporter.sources.foundry import discover_threads
 from exporter.sources.http import ApiClient
+from exporter.sources.session_streams import StreamReader
 from exporter.sources.spec import Built, SourceContext, SourceSpec
 
 LIST_TURNS = "list_turns"  # api_requests_total{endpoint}
@@ -29,7 +30,8 @@ def _parse_turn(item: object, scope: str) -> ParseResult:
 
 
 class SessionsSource(ApiClient):
-    """Lists the turns of one session at a time, newest first, for the tracker."""
+    """Lists the turns of one session at a time, newest first, for the tracker; and opens the live event
+    streams of the most recently active sessions (session_streams.py) when --session-streams allows."""
 
     name = SOURCE_SESSIONS
     beta = "agents=v1"
@@ -37,6 +39,13 @@ class SessionsSource(ApiClient):
     list_endpoint = LIST_TURNS
     scope_kind = "session"
     parse_item = staticmethod(_parse_turn)
+    stream_limit = 0  # --session-streams
+    stream_keepalive = 30.0  # --session-stream-keepalive
+
+    def stream_reader(self) -> StreamReader:
+        """A reader of session streams on a connection pool of their own, counted as this source's requests."""
+        return StreamReader(lambda: self.stream_client(self.stream_limit), self.url, self.report, self.bucket.acquire,
+                            self.stream_keepalive)
 
 
 class SessionDiscovery:
@@ -55,6 +64,11 @@ class SessionDiscovery:
         # ones; after one, a pass stops at the first known session created before that pass began (less a
         # second: created_at is whole seconds).
         self.settled_before: dict[str | None, float | None] = dict.fromkeys(self.agent_ids)
+
+    @property
+    def filtered(self) -> bool:
+        """Only some agents' sessions are listed (--agent-id)."""
+        return self.agent_ids != (None,)
 
     async def discover(self, is_known: Callable[[str], bool]) -> DiscoveryResult:
         result = DiscoveryResult()
@@ -90,10 +104,21 @@ class SessionsOptions:
         "--agent-id", "list", (),
         "With --source sessions, discover only the sessions of this agent; repeatable (env: comma-separated; "
         "YAML: a list).", metavar="ID", yaml_key_override="agent_ids", repeat=True, convert=id_list("agent id"))
+    session_streams: int = option(
+        "--session-streams", "int", 100,
+        "With --source sessions, hold the live event streams of at most this many sessions with unfinished "
+        "turns, most recently active first (their turns are then not polled); 0: poll only (0..10000).",
+        metavar="N", low=0, high=10_000)
+    session_stream_keepalive: float = option(
+        "--session-stream-keepalive", "float", 30.0,
+        "Seconds a session stream may send nothing (not even a keep-alive) before it counts as hung and is "
+        "reconnected (>= 1).", metavar="S", low=1)
 
 
 def _build(ctx: SourceContext) -> Built:
     source = ctx.client(SessionsSource)
+    source.stream_limit = ctx.options.session_streams
+    source.stream_keepalive = ctx.options.session_stream_keepalive
     # Sessions are always discovered: nothing else names them.
     return Built(listing=source, discoveries=(SessionDiscovery(source, ctx.lookback, ctx.options.agent_ids),))
 

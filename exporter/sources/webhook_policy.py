@@ -5,6 +5,9 @@ delivery log while that fetch runs, so that the response is counted once, with i
 tokens, and with the event's time as its end. If the fetch fails FETCH_ATTEMPTS_BEFORE_EVENT times, or the
 response is gone, the held event settles and counts on its own. Without a responses source, or with a full
 watch list, the event counts on its own at once. A repeated delivery (same webhook-id) counts nothing.
+
+A session event (`agent.session.*`) counts no turn: it goes to the sessions source's policy
+(sources/session_events.py), which makes that session due at once.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ Recall = Callable[[Iterable[str]], Mapping[str, Remembered]]
 
 class WebhookPolicy:
     def __init__(self, deliveries: DeliveryLog, tracker: Tracker, metrics: SelfMetrics, recall: Recall,
-                 fetch: Callable[[str], bool] | None) -> None:
+                 fetch: Callable[[str], bool] | None,
+                 on_session: Callable[[Delivery, float], None] | None = None) -> None:
         self.deliveries = deliveries
         self.tracker = tracker
         self.metrics = metrics
         self.recall = recall
         # Register a response for fetching by id: False when the watch list is full; None: not polled.
         self.fetch = fetch
+        self.on_session = on_session  # None: the sessions source is off; session events are only counted
 
     def deliver(self, delivery: Delivery, now: float) -> None:
         """A verified webhook event: drop a repeated delivery; wait for the fetch of the response when the
@@ -45,6 +50,8 @@ class WebhookPolicy:
         else:
             self.deliveries.add(delivery.delivery_id, now)
             snap = delivery.run
+            if delivery.session is not None and self.on_session is not None:
+                self.on_session(delivery, now)
             recalled = self.recall([snap.id]) if snap is not None else {}
             known = self.tracker.known([snap.id], recalled).get(snap.id) if snap is not None else None
             if snap is None:

@@ -1,4 +1,5 @@
-"""The webhook receiver: `POST /webhooks/openai`, signed by Standard Webhooks, terminal `response.*` events.
+"""The webhook receiver: `POST /webhooks/openai`, signed by Standard Webhooks: terminal `response.*` events
+and the Agents API's `agent.session.*` events.
 
 The signature is checked over the raw bytes, in constant time, before anything parses the body. A verified
 event goes to the daemon through the inbox (deduplicated by `webhook-id` there, against a persisted log kept
@@ -43,8 +44,17 @@ EVENT_STATUS: dict[str, str] = {
     "response.cancelled": "cancelled",
     "response.incomplete": "incomplete",
 }
-# webhooks_total{type}: the response events, `other` for any other type, `unverified` before verification.
-EVENT_TYPES: tuple[str, ...] = (*EVENT_STATUS, "other", "unverified")
+# Session-level events of the Agents API (there are no turn events): each makes its session due at once.
+SESSION_EVENTS: tuple[str, ...] = (
+    "agent.session.created",
+    "agent.session.in_progress",
+    "agent.session.action_required",
+    "agent.session.idle",
+    "agent.session.failed",
+)
+# webhooks_total{type}: the response and session events, `other` for any other type (so the label is
+# bounded whatever a sender invents), `unverified` before verification.
+EVENT_TYPES: tuple[str, ...] = (*EVENT_STATUS, *SESSION_EVENTS, "other", "unverified")
 OUTCOMES: tuple[str, ...] = ("accepted", "duplicate", "bad_signature", "stale", "malformed", "too_large",
                              "timeout")
 # Refusals before the body is read whole: 413 and 408 (read_body), counted like the others.
@@ -100,22 +110,32 @@ def verify(keys: Sequence[bytes], headers: Mapping[str, str], body: bytes, now: 
 
 
 def parse_event(body: bytes) -> tuple[str, RunSnapshot | None] | None:
-    """(type label, snapshot) of a verified body; None when it is not an event."""
+    """(type label, snapshot) of a verified body; None when it is not an event. A session event has no
+    snapshot: `read_event` says which session."""
+    delivery = read_event(body, "")
+    return None if delivery is None else (delivery.event_type, delivery.run)
+
+
+def read_event(body: bytes, delivery_id: str) -> Delivery | None:
+    """A verified body as a delivery for the daemon; None when it is not a well-formed event."""
     try:
         event = json.loads(body)
     except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return None
-    status = EVENT_STATUS.get(event["type"])
-    if status is None:
-        return "other", None
-    data, ended = event.get("data"), event.get("created_at")
-    response_id = data.get("id") if isinstance(data, dict) else None
-    if (not isinstance(response_id, str) or thread_id_problem(response_id) is not None
-            or isinstance(ended, bool) or not isinstance(ended, int) or not 0 <= ended < 2**53):
+    event_type = event["type"]
+    status = EVENT_STATUS.get(event_type)
+    if status is None and event_type not in SESSION_EVENTS:
+        return Delivery(delivery_id, "other", None)
+    data, at = event.get("data"), event.get("created_at")
+    data_id = data.get("id") if isinstance(data, dict) else None
+    if (not isinstance(data_id, str) or thread_id_problem(data_id) is not None
+            or isinstance(at, bool) or not isinstance(at, int) or not 0 <= at < 2**53):
         return None
-    return event["type"], event_snapshot(response_id, status, ended)
+    if status is None:
+        return Delivery(delivery_id, event_type, None, session=data_id, at=at)
+    return Delivery(delivery_id, event_type, event_snapshot(data_id, status, at))
 
 
 def event_snapshot(response_id: str, status: str, ended: int) -> RunSnapshot:
@@ -228,12 +248,10 @@ class WebhookReceiver:
             self.on_result("unverified", "bad_signature")
             log.warning("webhook delivery refused: %s", problem)  # the reason only: never the body
             return JSONResponse({"error": "invalid signature"}, status_code=400)
-        parsed = parse_event(body)
-        if parsed is None:
+        delivery = read_event(body, request.headers["webhook-id"][:256])
+        if delivery is None:
             self.on_result("unverified", "malformed")
             return JSONResponse({"error": "not a webhook event"}, status_code=400)
-        event_type, snap = parsed
-        delivery = Delivery(request.headers["webhook-id"][:256], event_type if snap else "other", snap)
         try:
             done = await self.inbox.submit(delivery, self.commit_timeout)
         except StoreUnavailable:
