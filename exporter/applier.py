@@ -15,7 +15,7 @@ from exporter.committer import describe
 from exporter.health import Health
 from exporter.inbox import Delivery, Pending, Registration, RunItems, fail
 from exporter.logs import CountingRateLimiter, RateLimiter
-from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES, SOURCE_SESSIONS
+from exporter.model import REASON_THREADS_FILE_LINE, SOURCE_RESPONSES
 from exporter.runstate import Remembered
 from exporter.scheduler import Scheduler
 from exporter.selfmetrics import SelfMetrics
@@ -37,7 +37,9 @@ _ATTEMPTS = re.compile(r" after \d+ attempts?")
 
 @dataclass(frozen=True, slots=True)
 class SessionsWiring:
-    """The sessions source runs: how its webhook events reach discovery."""
+    """A source whose scopes webhook events name (sessions): how those events reach its discovery."""
+
+    source: str  # its name (and its discovery's)
 
     discover_now: Callable[[], None]  # a discovery pass as soon as none is running
     on_event: Callable[[str, str], None]  # (session, event type) of a watched session
@@ -67,6 +69,7 @@ class Applier:
         self._invalid_log = RateLimiter(INVALID_LOG_INTERVAL)
         self._apply_log = RateLimiter(INVALID_LOG_INTERVAL)
         fetch = (lambda run_id: self.poll_by_id(run_id, SOURCE_RESPONSES)) if SOURCE_RESPONSES in by_id else None
+        self.sessions_source = sessions.source if sessions is not None else None
         self.sessions = None if sessions is None else SessionEvents(
             watchlist=watchlist, hurry=sessions.on_event, discover_now=sessions.discover_now,
             filtered=sessions.filtered, on_added=lambda _: metrics.discovered())
@@ -176,7 +179,7 @@ class Applier:
                     self.tracker.watch(scope, born=created_at)
         if result.error is None:
             self.discovered_since[discovery.name] = started
-        if discovery.name == SOURCE_SESSIONS and self.sessions is not None:
+        if self.sessions is not None and discovery.name == self.sessions_source:
             self.sessions.after_discovery(started, result.error is None)
         for reason, count in result.invalid.items():
             self.metrics.invalid(reason, count)

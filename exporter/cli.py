@@ -350,6 +350,8 @@ async def _run_daemon(config: Config, collector: SnapshotCollector, probes: Prob
         by_id=running.by_id,
         deliveries=DeliveryLog(loaded.deliveries, pending=loaded.pending),
         discoveries=running.discoveries,
+        streams=running.streams,
+        webhook_scopes=running.webhook_scopes,
         discover_interval=config.discover_interval,
         discovered_since={key.split(":", 1)[1]: float(value) for key, value in loaded.meta.items()
                           if key.startswith("discovered_since:")},

@@ -33,7 +33,7 @@ from exporter.sources import (
     StallAware,
     StopRule,
 )
-from exporter.sources.sessions import SessionDiscovery, SessionsSource
+from exporter.sources.spec import LiveStreams, WebhookScopes
 from exporter.sources.webhooks import DeliveryLog
 from exporter.store import Store
 from exporter.streams import StreamManager
@@ -65,6 +65,8 @@ class Daemon:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         writer: Writer | None = None,
+        streams: Mapping[str, LiveStreams] | None = None,
+        webhook_scopes: Mapping[str, WebhookScopes] | None = None,
     ) -> None:
         self.sources = dict(sources)
         # By-id sources poll one run per slot (the slot's scope is the run id) until the run ends.
@@ -102,30 +104,30 @@ class Daemon:
                                metrics=self.selfmetrics, health=self.health, recall=self.committer.recall,
                                deliveries=self.deliveries, by_id=self.by_id, sync=self.sync_scopes, mono=mono,
                                default_source=next(iter(self.sources), ""), discovered_since=discovered_since,
-                               sessions=self._sessions_wiring())
-        self.streams = self._stream_manager()
+                               sessions=self._sessions_wiring(webhook_scopes or {}))
+        self.streams = self._stream_manager(streams or {})
 
-    def _sessions_wiring(self) -> SessionsWiring | None:
-        """Session webhook events reach the watch list through discovery: only when sessions are discovered."""
-        found = [d for d in self.discoveries if isinstance(d, SessionDiscovery)]
-        if not found:
+    def _sessions_wiring(self, webhook_scopes: Mapping[str, WebhookScopes]) -> SessionsWiring | None:
+        """Webhook events that name a source's scopes (sessions) reach its watch list through discovery."""
+        if not webhook_scopes:
             return None
-        return SessionsWiring(discover_now=self.discover_now, on_event=self._session_event,
-                              filtered=any(d.filtered for d in found))
+        name, scopes = next(iter(webhook_scopes.items()))  # one source has them (sessions)
+        return SessionsWiring(source=name, discover_now=self.discover_now, on_event=self._session_event,
+                              filtered=scopes.filtered)
 
     def _session_event(self, session: str, event_type: str) -> None:
         """A webhook event of a watched session: its stream deals with it, or it is polled at once."""
         if self.streams is None or not self.streams.on_webhook(session, event_type):
             self.scheduler.hurry(session)
 
-    def _stream_manager(self) -> StreamManager | None:
-        """Live session streams, when the sessions source runs with --session-streams above 0."""
-        for source in self.sources.values():
-            if isinstance(source, SessionsSource) and source.stream_limit > 0:
-                return StreamManager(source.stream_reader(), source.stream_limit, source.name,
-                                     tracker=self.tracker, scheduler=self.scheduler, metrics=self.selfmetrics,
-                                     recall=self.applier.recall, wake=self._wake.set, mono=self.mono)
-        return None
+    def _stream_manager(self, streams: Mapping[str, LiveStreams]) -> StreamManager | None:
+        """Live event streams of the source that has them (sessions, with --session-streams above 0)."""
+        if not streams:
+            return None
+        name, live = next(iter(streams.items()))  # one source has them (sessions)
+        return StreamManager(live.reader, live.limit, name, tracker=self.tracker, scheduler=self.scheduler,
+                             metrics=self.selfmetrics, recall=self.applier.recall, wake=self._wake.set,
+                             mono=self.mono)
 
     def discover_now(self) -> None:
         """A discovery pass as soon as none is running (a webhook named a scope the exporter does not know)."""

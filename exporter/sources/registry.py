@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from exporter.flags import Flag, flags_of
 from exporter.sources import ByIdSource, Discovery, ListingSource, assistants, langgraph, push, responses, sessions
-from exporter.sources.spec import SourceContext, SourceSpec
+from exporter.sources.spec import LiveStreams, SourceContext, SourceSpec, WebhookScopes
 
 SOURCES: tuple[SourceSpec, ...] = (
     assistants.SPEC,
@@ -38,6 +38,8 @@ class Running:
     listing: dict[str, ListingSource] = field(default_factory=dict)
     by_id: dict[str, ByIdSource] = field(default_factory=dict)
     discoveries: list[Discovery] = field(default_factory=list)
+    streams: dict[str, LiveStreams] = field(default_factory=dict)
+    webhook_scopes: dict[str, WebhookScopes] = field(default_factory=dict)
 
 
 def build(names: Iterable[str], context: Callable[[SourceSpec], SourceContext]) -> Running:
@@ -50,4 +52,8 @@ def build(names: Iterable[str], context: Callable[[SourceSpec], SourceContext]) 
         if built.by_id is not None:
             running.by_id[name] = built.by_id
         running.discoveries.extend(built.discoveries)
+        if built.streams is not None:
+            running.streams[name] = built.streams
+        if built.webhook_scopes is not None:
+            running.webhook_scopes[name] = built.webhook_scopes
     return running

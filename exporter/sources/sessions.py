@@ -19,7 +19,7 @@ from exporter.sources import DiscoveryResult
 from exporter.sources.foundry import discover_threads
 from exporter.sources.http import ApiClient
 from exporter.sources.session_streams import StreamReader
-from exporter.sources.spec import Built, SourceContext, SourceSpec
+from exporter.sources.spec import Built, LiveStreams, SourceContext, SourceSpec, WebhookScopes
 
 LIST_TURNS = "list_turns"  # api_requests_total{endpoint}
 LIST_SESSIONS = "list_sessions"
@@ -120,8 +120,10 @@ def _build(ctx: SourceContext) -> Built:
     source.stream_limit = ctx.options.session_streams
     source.stream_keepalive = ctx.options.session_stream_keepalive
     # Sessions are always discovered: nothing else names them.
-    return Built(listing=source, discoveries=(SessionDiscovery(source, ctx.lookback, ctx.options.agent_ids),))
-
+    discovery = SessionDiscovery(source, ctx.lookback, ctx.options.agent_ids)
+    streams = LiveStreams(source.stream_reader(), source.stream_limit) if source.stream_limit > 0 else None
+    return Built(listing=source, discoveries=(discovery,), streams=streams,
+                 webhook_scopes=WebhookScopes(filtered=discovery.filtered))
 
 SPEC = SourceSpec(SOURCE_SESSIONS, "discover and poll Agents API sessions", "required", SessionsOptions,
                   build=_build)

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from exporter.sources import ByIdSource, Discovery, ListingSource
 from exporter.sources.http import ApiClient
+from exporter.sources.session_streams import StreamReader
 
 ClientT = TypeVar("ClientT", bound=ApiClient)
 
@@ -56,12 +57,32 @@ class SourceContext:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveStreams:
+    """Live event streams of the source's most recently active scopes, at most `limit` held at once
+    (exporter/streams.py holds them; a streamed scope is not polled on the schedule)."""
+
+    reader: StreamReader
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookScopes:
+    """Verified webhook events name the source's scopes (sources/session_events.py): a named scope is polled at
+    once, an unknown one found by discovery. `filtered`: its discovery lists only some scopes, so a scope an
+    event names is not watched on its own."""
+
+    filtered: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Built:
     """A running source's parts; each is handed to the daemon under the source's name."""
 
     listing: ListingSource | None = None
     by_id: ByIdSource | None = None
     discoveries: tuple[Discovery, ...] = ()
+    streams: LiveStreams | None = None
+    webhook_scopes: WebhookScopes | None = None
 
 
 def _no_check(_: CheckContext) -> None:
