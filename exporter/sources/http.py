@@ -263,10 +263,14 @@ class ApiClient:
         if problem is not None:
             result.outcome, result.error = "error", problem
         else:
-            path = self.list_path.format(quote(scope, safe=""))
-            await self.list_scope(path, scope, stop, result, self.parse_item, self.list_endpoint, self.scope_kind)
+            await self.list_items(scope, stop, result)
         result.duration = max(0.0, self._clock() - started)
         return result
+
+    async def list_items(self, scope: str, stop: StopRule, result: PollResult) -> None:
+        """One scope's items into `result`, by cursor pages; an API that pages otherwise overrides this."""
+        path = self.list_path.format(quote(scope, safe=""))
+        await self.list_scope(path, scope, stop, result, self.parse_item, self.list_endpoint, self.scope_kind)
 
     async def list_scope(self, path: str, scope: str, stop: StopRule, result: PollResult, parse_item: ParseItem,
                          endpoint: str, what: str) -> None:

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from exporter import __version__
 from exporter.flags import ConfigError, option
-from exporter.model import ParseResult, RunSnapshot, thread_id_problem
+from exporter.model import ParseResult, RunSnapshot
 from exporter.model_langgraph import (
     SOURCE_LANGGRAPH,
     LangGraphThread,
@@ -81,19 +81,8 @@ class LangGraphSource(ApiClient):
             headers["x-api-key"] = self._settings.api_key
         return headers
 
-    async def poll(self, scope: str, stop: StopRule) -> PollResult:
-        """One listing of one thread: every page until `stop` says the rest is known. Never raises."""
-        started = self._clock()
-        result = PollResult(scope=scope, outcome="ok", started=started)
-        problem = thread_id_problem(scope)
-        if problem is not None:
-            result.outcome, result.error = "error", problem
-        else:
-            await self._list_runs(scope, stop, result)
-        result.duration = max(0.0, self._clock() - started)
-        return result
-
-    async def _list_runs(self, scope: str, stop: StopRule, result: PollResult) -> None:
+    async def list_items(self, scope: str, stop: StopRule, result: PollResult) -> None:
+        """One thread's runs by offset pages (see page_by_offset)."""
         url = f"{self._settings.base_url.rstrip('/')}/threads/{quote(scope, safe='')}/runs"
 
         async def fetch(offset: int, limit: int) -> bytes | None:
