@@ -83,6 +83,9 @@ def test_totals_are_exact_through_cut_stalled_and_duplicated_streams_and_a_kill_
         exporter = start_exporter(sim, *FLAGS, env=EXPORTER_ENV)
         exporter.wait_ready()
         wait_until(lambda: _finished(sim, since) >= down + 40, 90, 0.1, "more turns")
+        # The knobs draw per event: go on until both a cut and a stall have happened (a run without a cut was
+        # seen once, which proved nothing about cuts).
+        wait_until(lambda: faults.cuts_made > 0 and faults.stalls_made > 0, 90, 0.1, "a cut and a stall")
         sim.sessions.set_workload(False)
         _quiesce(sim)
         samples = _assert_totals_match(exporter, sim, since)
