@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,10 @@ def require_sdk() -> Any:
 def langgraph_dev(workdir: Path, run_timeout: int = RUN_TIMEOUT) -> Iterator[str]:
     """`langgraph dev` on a free loopback port in a copy of the graphs (it writes its state beside them); yields
     its base URL once /ok answers; the whole process group is stopped at the end."""
-    binary = require_binary("langgraph")
+    # The dev extra installs the command beside this interpreter; PATH may not show it yet (pyenv's shims are
+    # made after an install), so look there first.
+    beside = Path(sys.executable).with_name("langgraph")
+    binary = str(beside) if beside.is_file() else require_binary("langgraph")
     folder = workdir / "graphs"
     shutil.copytree(GRAPHS, folder, ignore=shutil.ignore_patterns(".langgraph_api", "__pycache__"))
     port = free_port()
