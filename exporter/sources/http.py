@@ -25,7 +25,7 @@ from exporter import __version__
 from exporter.model import ParseResult, RunSnapshot, thread_id_problem
 from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
-from exporter.sources.listing import ParseItem, add_counts, page_through, read_runs
+from exporter.sources.listing import Listed, OnPage, ParseItem, add_counts, page_through, read_runs
 from exporter.sources.ratelimit import TokenBucket
 from exporter.sources.transport import NoCookies, Params, Urls
 from exporter.sources.transport import transport as fast_transport
@@ -173,6 +173,15 @@ def parse_remaining(headers: httpx.Headers) -> int | None:
     return int(raw) if _DIGITS.fullmatch(raw) else None
 
 
+def collect_into(result: PollResult, stop: StopRule) -> OnPage[RunSnapshot]:
+    """A pager's on_page for a poll: the runs go into `result`; paging stops once `stop` says the rest is
+    known."""
+    def on_page(runs: list[RunSnapshot]) -> bool:
+        result.runs.extend(runs)
+        return stop(result.runs)
+    return on_page
+
+
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Full jitter: uniform over [0, min(cap, base * 2**(attempt-1))]."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt - 1, 30))
@@ -278,19 +287,27 @@ class ApiClient:
         url = self._settings.base_url.rstrip("/") + path
 
         async def fetch(after: str | None) -> bytes | None:
-            fetch = await self._fetch(url, self._params(after), f"{what} {scope!r}", endpoint)
-            result.api_reached = result.api_reached or fetch.api_reached
-            if fetch.reply is None:
-                result.outcome = "gone" if fetch.gone else "error"
-                result.error = fetch.error
-                return None
-            return b"" if fetch.reply.too_large else fetch.reply.body  # too large: a malformed page
+            return await self.poll_page(result, url, self._params(after), f"{what} {scope!r}", endpoint)
 
-        def on_page(runs: list[RunSnapshot]) -> bool:
-            result.runs.extend(runs)
-            return stop(result.runs)
+        listed = await page_through(fetch, read_runs(parse_item, scope), collect_into(result, stop),
+                                    max_pages=self._settings.max_pages)
+        self.listing_ended(result, listed, what, scope)
 
-        listed = await page_through(fetch, read_runs(parse_item, scope), on_page, max_pages=self._settings.max_pages)
+    async def poll_page(self, result: PollResult, url: str, params: Params, what: str, endpoint: str,
+                        ) -> bytes | None:
+        """One page of a poll: its body (empty when it passed MAX_BODY_BYTES: a malformed page), or None with
+        the poll's outcome and error set."""
+        fetch = await self._fetch(url, params, what, endpoint)
+        result.api_reached = result.api_reached or fetch.api_reached
+        if fetch.reply is None:
+            result.outcome = "gone" if fetch.gone else "error"
+            result.error = fetch.error
+            return None
+        return b"" if fetch.reply.too_large else fetch.reply.body
+
+    def listing_ended(self, result: PollResult, listed: Listed, what: str, scope: str) -> None:
+        """What a pager's end makes of the poll: complete at the list's end; an error on a malformed page or a
+        repeated cursor; what was read counts after max_pages, the rest waits."""
         add_counts(result.invalid, listed.invalid)
         if listed.stopped == "end":
             result.complete = True
@@ -305,7 +322,16 @@ class ApiClient:
         runs: threads, sessions, responses (discovery)."""
         if self._settings.api_version:
             params = {**params, "api-version": self._settings.api_version}
-        fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, params, path, endpoint)
+        return await self._listing_page(path, params, endpoint)
+
+    async def post_page(self, path: str, body: bytes, endpoint: str) -> bytes | None:
+        """POST {base}{path} with a JSON `body` that only reads (LangGraph's searches), retried like a runs page;
+        the body of a 2xx answer (empty when it passed MAX_BODY_BYTES: a malformed page), or None."""
+        return await self._listing_page(path, {}, endpoint, body)
+
+    async def _listing_page(self, path: str, params: Params, endpoint: str, json_body: bytes | None = None,
+                            ) -> bytes | None:
+        fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, params, path, endpoint, json_body)
         self.last_reached = fetch.api_reached
         if fetch.reply is None:
             return None
@@ -343,15 +369,6 @@ class ApiClient:
         pause do not count (those requests are not sent yet)."""
         horizon = self._clock() - min(STALL_AFTER, self._settings.timeout)
         return any(self._last_answer < sent <= horizon for sent in self._sent.values())
-
-    async def post_page(self, path: str, body: bytes, endpoint: str) -> bytes | None:
-        """POST {base}{path} with a JSON `body` that only reads (LangGraph's searches), retried like a runs page;
-        the body of a 2xx answer (empty when it passed MAX_BODY_BYTES: a malformed page), or None."""
-        fetch = await self._fetch(self._settings.base_url.rstrip("/") + path, {}, path, endpoint, body)
-        self.last_reached = fetch.api_reached
-        if fetch.reply is None:
-            return None
-        return b"" if fetch.reply.too_large else fetch.reply.body
 
     async def _fetch(self, url: str, params: Params, what: str, endpoint: str, json_body: bytes | None = None,
                      ) -> _Fetch:

@@ -33,9 +33,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 from urllib.parse import quote
 
-from exporter import __version__
 from exporter.flags import ConfigError, option
-from exporter.model import ParseResult, RunSnapshot
+from exporter.model import ParseResult
 from exporter.model_langgraph import (
     SOURCE_LANGGRAPH,
     LangGraphThread,
@@ -45,7 +44,7 @@ from exporter.model_langgraph import (
 )
 from exporter.sources import DiscoveryResult, PollResult, StopRule
 from exporter.sources.assistants import DISCOVER_THREADS_HELP
-from exporter.sources.http import ApiClient
+from exporter.sources.http import USER_AGENT, ApiClient, collect_into
 from exporter.sources.listing import add_counts, page_by_offset, read_runs
 from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 
@@ -76,7 +75,7 @@ class LangGraphSource(ApiClient):
 
     def request_headers(self) -> dict[str, str]:
         """LangGraph's: the key (if any) as x-api-key; none of the OpenAI headers."""
-        headers = {"User-Agent": f"assistants-exporter/{__version__}", "Accept": "application/json"}
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if self._settings.api_key:
             headers["x-api-key"] = self._settings.api_key
         return headers
@@ -88,31 +87,15 @@ class LangGraphSource(ApiClient):
         async def fetch(offset: int, limit: int) -> bytes | None:
             params: dict[str, str | tuple[str, ...]] = {"limit": str(limit), "offset": str(offset),
                                                          "select": RUN_FIELDS}
-            got = await self._fetch(url, params, f"thread {scope!r}", LIST_RUNS)
-            result.api_reached = result.api_reached or got.api_reached
-            if got.reply is None:
-                result.outcome = "gone" if got.gone else "error"
-                result.error = got.error
-                return None
-            return b"" if got.reply.too_large else got.reply.body  # too large: a malformed page
-
-        def on_page(runs: list[RunSnapshot]) -> bool:
-            result.runs.extend(runs)
-            return stop(result.runs)
+            return await self.poll_page(result, url, params, f"thread {scope!r}", LIST_RUNS)
 
         listed = await page_by_offset(fetch, read_runs(self.parse_item, scope), partial(item_key, key="run_id"),
-                                      on_page, limit=self._settings.page_limit, overlap=OVERLAP,
-                                      max_pages=self._settings.max_pages)
-        add_counts(result.invalid, listed.invalid)
-        if listed.stopped == "end":
-            result.complete = True
-        elif listed.stopped == "malformed":
-            result.outcome, result.error = "error", "malformed page"
-        elif listed.stopped == "shifted":
+                                      collect_into(result, stop), limit=self._settings.page_limit,
+                                      overlap=OVERLAP, max_pages=self._settings.max_pages)
+        self.listing_ended(result, listed, "thread", scope)
+        if listed.stopped == "shifted":
             result.outcome = "error"
             result.error = f"the run listing moved by more than {OVERLAP} runs between two pages"
-        elif listed.stopped == "max_pages":  # as for an Assistants thread: what was read counts, the rest waits
-            logger.warning("thread %r: stopped after %d pages", scope, self._settings.max_pages)
 
 
 class LangGraphDiscovery:
