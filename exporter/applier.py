@@ -40,7 +40,6 @@ class SessionsWiring:
     """A source whose scopes webhook events name (sessions): how those events reach its discovery."""
 
     source: str  # its name (and its discovery's)
-
     discover_now: Callable[[], None]  # a discovery pass as soon as none is running
     on_event: Callable[[str, str], None]  # (session, event type) of a watched session
     filtered: bool  # --agent-id: discovery lists only some agents' sessions

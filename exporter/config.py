@@ -287,10 +287,10 @@ class Config:
 
 CONFIG_FLAGS: tuple[Flag, ...] = flags_of(Config)
 SOURCE_FLAGS: dict[str, tuple[Flag, ...]] = registry.source_flags()
-# A flag two sources declare (--discover-threads: threads and langgraph) is one flag.
 # Env vars whose values are secrets: never echoed in errors, never warned about as unknown.
 SECRET_ENV_VARS: tuple[str, ...] = (*dict.fromkeys(v for spec in registry.SOURCES for v in spec.key_env),
                                     PUSH_TOKEN_ENV)
+# A flag two sources declare (--discover-threads: threads and langgraph) is one flag.
 FLAGS: tuple[Flag, ...] = CONFIG_FLAGS + tuple({f.name: f for flags in SOURCE_FLAGS.values() for f in flags}.values())
 FLAGS_BY_DEST: dict[str, Flag] = {f.dest: f for f in FLAGS}
 YAML_KEYS: dict[str, Flag] = {key: f for f in FLAGS for key in f.yaml_keys}

@@ -242,8 +242,7 @@ class Daemon:
         self._answer += [pending for pending in received if self.applier.received(pending, now)]
         self.tracker.expire(now)
         answered = self._collect_commit()
-        dirty = self.tracker.changes or self.tracker.aggregates.dirty or self.committer.uncommitted
-        if (received or reaped or dirty or streamed) and self.committer.start():
+        if (received or reaped or streamed or self._unwritten()) and self.committer.start():
             self._committing, self._answer = self._answer, []
             answered = self._collect_commit() or answered  # a write that ran at once (InlineWriter)
         self.publisher.after_tick(changed=bool(reaped or received or streamed), answered=answered)
@@ -252,23 +251,25 @@ class Daemon:
         """A write has ended: answer its requests now; a tick follows only if something waits to be written
         (or a refused write waits for its retry)."""
         self._collect_commit()
-        if (self._answer or self.tracker.changes or self.tracker.aggregates.dirty
-                or self.committer.uncommitted is not None):
+        if self._answer or self._unwritten():
             self._wake.set()
+
+    def _unwritten(self) -> bool:
+        """The tracker has changes not handed to the writer yet, or a change set is being written or waits."""
+        return bool(self.tracker.changes or self.tracker.aggregates.dirty or self.committer.uncommitted is not None)
 
     def _collect_commit(self) -> bool:
         """Answer the requests of a write that has ended: 200 once written; refused, they wait for the retry.
         True when some were answered."""
         ended = self.committer.collect()
-        waiting, self._committing = self._committing, []
-        if ended:
-            resolve(waiting)
-            return bool(waiting)
         if ended is None:
-            self._committing = waiting
-        else:
+            return False
+        waiting, self._committing = self._committing, []
+        if not ended:
             self._answer[:0] = waiting
-        return False
+            return False
+        resolve(waiting)
+        return bool(waiting)
 
     def _reap(self) -> list[PollResult | FetchResult]:
         results: list[PollResult | FetchResult] = []
