@@ -265,7 +265,7 @@ class Config:
     @property
     def calls_api(self) -> bool:
         """Whether a source that calls the API runs."""
-        return any(s.api in ("required", "open") or (s.api == "optional" and self.has_credentials)
+        return any(s.always_calls_api or (s.api == "optional" and self.has_credentials)
                    for s in self.selected_specs())
 
     @property
@@ -377,7 +377,7 @@ def _check_own_api(config: Config) -> None:
     for spec in config.selected_specs():
         if not spec.own_api:
             continue
-        others = [s.name for s in config.selected_specs() if s is not spec and s.api in ("required", "open")]
+        others = [s.name for s in config.selected_specs() if s is not spec and s.always_calls_api]
         if others or config.polls_responses:
             raise ConfigError(f"--source {spec.name} cannot run beside --source {(others or ['responses'])[0]}: "
                               "they would share --api-base and the key (run one exporter per API)")

@@ -120,3 +120,8 @@ class SourceSpec:
     names_threads: bool = False
     demo_flavor: str = "openai"
     demo_options: Callable[[Any], Any] | None = None
+
+    @property
+    def always_calls_api(self) -> bool:
+        """It calls the API whether or not credentials are set ("required" and "open")."""
+        return self.api in ("required", "open")
