@@ -168,18 +168,18 @@ def _usage(obj: dict[str, Any], prompt: str = "prompt_tokens",
     return _opt_int(usage, prompt), _opt_int(usage, completion)
 
 
-def _run_id(obj: dict[str, Any]) -> str | None:
-    """The id, or None; `_id_problem` says why not."""
-    run_id = obj.get("id")
-    return run_id if isinstance(run_id, str) and run_id and string_problem(run_id) is None else None
+def object_id(obj: dict[str, Any], key: str = "id") -> str | None:
+    """The object's id under `key`, or None; `object_id_problem` says why not."""
+    value = obj.get(key)
+    return value if isinstance(value, str) and value and string_problem(value) is None else None
 
 
-def _id_problem(obj: dict[str, Any]) -> str:
-    run_id = obj.get("id")
-    if run_id is None:
+def object_id_problem(obj: dict[str, Any], key: str = "id") -> str:
+    value = obj.get(key)
+    if value is None:
         return REASON_MISSING_ID
-    if isinstance(run_id, str) and run_id:
-        return string_problem(run_id) or REASON_WRONG_TYPE
+    if isinstance(value, str) and value:
+        return string_problem(value) or REASON_WRONG_TYPE
     return REASON_WRONG_TYPE
 
 
@@ -189,6 +189,14 @@ def snapshot_problem(snap: RunSnapshot) -> str | None:
         if value is not None and (problem := string_problem(value)) is not None:
             return problem
     return None
+
+
+def mapped_status_reason(raw_status: object, status: str) -> str | None:
+    """Why an object of an API whose statuses are mapped onto RunStatus is counted invalid though kept: no
+    status, or one the mapping does not know."""
+    if raw_status is None:
+        return REASON_MISSING_STATUS
+    return REASON_UNKNOWN_STATUS if status == statuses.UNKNOWN else None
 
 
 def _status_reason(raw_status: object) -> str | None:
@@ -203,9 +211,9 @@ def _parse(obj: object, build: Callable[[dict[str, Any], str], RunSnapshot]) -> 
     """The checks every run object shares; `build` reads the rest and raises TypeError for a bad field."""
     if not isinstance(obj, dict):
         return ParseResult(None, REASON_NOT_OBJECT)
-    run_id = _run_id(obj)
+    run_id = object_id(obj)
     if run_id is None:
-        return ParseResult(None, _id_problem(obj))
+        return ParseResult(None, object_id_problem(obj))
     try:
         snap = build(obj, run_id)
     except TypeError:
@@ -298,9 +306,9 @@ def parse_turn(obj: object, session_id: str, source: str = SOURCE_SESSIONS) -> P
     `agent_id` becomes `assistant_id`; usage input/output tokens become prompt/completion. Never raises."""
     if not isinstance(obj, dict):
         return ParseResult(None, REASON_NOT_OBJECT)
-    turn_id = _run_id(obj)
+    turn_id = object_id(obj)
     if turn_id is None:
-        return ParseResult(None, _id_problem(obj))
+        return ParseResult(None, object_id_problem(obj))
     scope = obj.get("session_id")
     if not isinstance(scope, str) or not scope:
         scope = session_id
@@ -330,7 +338,4 @@ def parse_turn(obj: object, session_id: str, source: str = SOURCE_SESSIONS) -> P
     problem = snapshot_problem(snap)
     if problem is not None:
         return ParseResult(None, problem)
-    reason = REASON_MISSING_STATUS if raw_status is None else None
-    if reason is None and status == statuses.UNKNOWN:
-        reason = REASON_UNKNOWN_STATUS
-    return ParseResult(snap, reason)
+    return ParseResult(snap, mapped_status_reason(raw_status, status))

@@ -12,19 +12,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from exporter import statuses
 from exporter.model import (
-    REASON_MISSING_ID,
-    REASON_MISSING_STATUS,
     REASON_NOT_OBJECT,
-    REASON_UNKNOWN_STATUS,
     REASON_WRONG_TYPE,
     ParseResult,
     RunSnapshot,
+    mapped_status_reason,
+    object_id,
+    object_id_problem,
     snapshot_problem,
-    string_problem,
     thread_id_problem,
 )
 
@@ -75,17 +73,6 @@ def _offset(zone: str) -> timedelta:
     return -delta if zone[0] == "-" else delta
 
 
-def _id(obj: dict[str, Any], key: str) -> tuple[str | None, str | None]:
-    """(the id, None) or (None, its invalid-object reason)."""
-    value = obj.get(key)
-    if value is None:
-        return None, REASON_MISSING_ID
-    if not isinstance(value, str) or not value:
-        return None, REASON_WRONG_TYPE
-    problem = string_problem(value)
-    return (None, problem) if problem is not None else (value, None)
-
-
 def parse_langgraph_run(obj: object, thread_id: str, source: str = SOURCE_LANGGRAPH) -> ParseResult:
     """One run of a thread's listing as a snapshot whose scope is its thread. Never raises.
 
@@ -94,9 +81,9 @@ def parse_langgraph_run(obj: object, thread_id: str, source: str = SOURCE_LANGGR
     `assistant_id` is the run's own assistant (metadata.graph_id is the thread's first graph, not the run's)."""
     if not isinstance(obj, dict):
         return ParseResult(None, REASON_NOT_OBJECT)
-    run_id, problem = _id(obj, "run_id")
+    run_id = object_id(obj, "run_id")
     if run_id is None:
-        return ParseResult(None, problem)
+        return ParseResult(None, object_id_problem(obj, "run_id"))
     scope = obj.get("thread_id")
     if not isinstance(scope, str) or not scope:
         scope = thread_id
@@ -122,9 +109,7 @@ def parse_langgraph_run(obj: object, thread_id: str, source: str = SOURCE_LANGGR
     bad = snapshot_problem(snap)
     if bad is not None:
         return ParseResult(None, bad)
-    if raw_status is None:
-        return ParseResult(snap, REASON_MISSING_STATUS)
-    return ParseResult(snap, REASON_UNKNOWN_STATUS if status == statuses.UNKNOWN else None)
+    return ParseResult(snap, mapped_status_reason(raw_status, status))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +125,9 @@ def read_thread(obj: object) -> tuple[LangGraphThread | None, str | None]:
     """One thread of the search, or the invalid-object reason it is skipped for. Its id goes into a URL path."""
     if not isinstance(obj, dict):
         return None, REASON_NOT_OBJECT
-    thread_id, problem = _id(obj, "thread_id")
+    thread_id = object_id(obj, "thread_id")
     if thread_id is None:
-        return None, problem
+        return None, object_id_problem(obj, "thread_id")
     if thread_id_problem(thread_id) is not None:
         return None, REASON_WRONG_TYPE
     created_at, updated_at = parse_time(obj.get("created_at")), parse_time(obj.get("updated_at"))
@@ -153,7 +138,4 @@ def read_thread(obj: object) -> tuple[LangGraphThread | None, str | None]:
 
 def item_key(obj: object, key: str) -> str | None:
     """The id of a raw list item, to line pages up by; None when it has no usable one."""
-    if not isinstance(obj, dict):
-        return None
-    value = obj.get(key)
-    return value if isinstance(value, str) and value and string_problem(value) is None else None
+    return object_id(obj, key) if isinstance(obj, dict) else None
