@@ -6,10 +6,10 @@ serialises the latest set, so its cost depends on the number of series, never on
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,11 +18,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter import metrics_spec as m
 from exporter.aggregates import Aggregates, Histogram, Key, LabelValues
+from exporter.familybuild import FamilyBuilder
 from exporter.metrics_spec import BUCKETS, MetricSpec
 from exporter.tracker import Tracker
 
@@ -119,125 +119,48 @@ def _histogram(spec: MetricSpec, extra: tuple[str, ...] = ()) -> HistogramMetric
     return HistogramMetricFamily(spec.name, spec.help, labels=list(spec.label_names(extra)))
 
 
-# The label sets change rarely (a new assistant): each family's zero keys are kept while they are the same.
-_ZeroKeys = tuple[list[LabelValues], list[LabelValues], frozenset[LabelValues]]  # as built, sorted, as a set
-_keys_cache: dict[tuple[str, bool], tuple[list[LabelValues], _ZeroKeys]] = {}
+# The families are built again from what moved since the last build (familybuild.py); one build at a time.
+BUILDER = FamilyBuilder()
 
 
-def _zero_keys(spec: MetricSpec, label_sets: Iterable[LabelValues], bare: bool = False) -> _ZeroKeys:
-    """Every (first label value, *label set) combination, to export at zero until it occurs (`bare`: the label
-    sets themselves, for a histogram without such a label). Shared between builds: not to be changed."""
-    sets = label_sets if isinstance(label_sets, list) else list(label_sets)
-    cached = _keys_cache.get((spec.name, bare))
-    if cached is None or cached[0] != sets:
-        keys = list(sets) if bare else [(v, *ls) for ls in sets for v in spec.zeros]
-        cached = _keys_cache[(spec.name, bare)] = (sets, (keys, sorted(keys), frozenset(keys)))
-    return cached[1]
+V = TypeVar("V")
 
 
-def _keys(spec: MetricSpec, label_sets: Iterable[LabelValues]) -> list[LabelValues]:
-    return _zero_keys(spec, label_sets)[0]
+def _by_name(items: dict[Key, V]) -> dict[str, dict[LabelValues, V]]:
+    """Counters or histograms per metric name: one pass for all the families."""
+    out: dict[str, dict[LabelValues, V]] = {}
+    for (name, labels), value in items.items():
+        values = out.get(name)
+        if values is None:
+            values = out[name] = {}
+        values[labels] = value
+    return out
 
 
-def _sorted_keys(zero_keys: _ZeroKeys, found: Iterable[LabelValues]) -> list[LabelValues]:
-    """The zero keys and the keys found, sorted."""
-    _, ordered, known = zero_keys
-    extra = [key for key in found if key not in known]
-    return sorted([*ordered, *extra]) if extra else ordered
+@dataclass(frozen=True, slots=True)
+class _Build:
+    """One build: the builder, and the snapshot's counters and histograms per metric name."""
+
+    b: FamilyBuilder
+    counters: dict[str, dict[LabelValues, float]]
+    histograms: dict[str, dict[LabelValues, Histogram]]
+
+    def counter(self, spec: MetricSpec, extra: tuple[str, ...], label_sets: Iterable[LabelValues]) -> Metric:
+        like = _counter(spec, extra)
+        return self.b.simple(like, like.name + "_total", tuple(spec.label_names(extra)),
+                             self.b.zero_keys(spec, label_sets), self.counters.get(spec.name, {}), found=True)
+
+    def histogram(self, spec: MetricSpec, extra: tuple[str, ...], label_sets: Iterable[LabelValues]) -> Metric:
+        return self.b.histogram(_histogram(spec, extra), tuple(spec.label_names(extra)),
+                                self.b.zero_keys(spec, label_sets, bare=not spec.zeros),
+                                self.histograms.get(spec.name, {}), Histogram.empty(BUCKETS[spec.name]))
 
 
-# Samples of gauges and counters, kept per family and label values between builds: the same Sample while its
-# value is unchanged (the renderer then reuses its whole line), else a new one with the same labels dict (the
-# renderer finds the line's text up to the value by that dict). What add_metric() appends, sample for sample.
-_SampleCache = dict[LabelValues, Sample]
-_sample_cache: dict[tuple[str, tuple[str, ...]], _SampleCache] = {}
-
-
-def _same_value(a: float, b: float) -> bool:
-    return a == b and (a != 0 or math.copysign(1.0, a) == math.copysign(1.0, b))  # 0.0 and -0.0 print apart
-
-
-def _simple_samples(fam: Metric, sample_name: str, names: tuple[str, ...], keys: Iterable[LabelValues],
-                    values: dict[LabelValues, float]) -> None:
-    previous = _sample_cache.get((sample_name, names), {})
-    current: _SampleCache = {}
-    append = fam.samples.append
-    value_of = values.get
-    for labels in keys:
-        value = value_of(labels, 0.0)
-        old = previous.get(labels)
-        if old is None:
-            sample = Sample(sample_name, dict(zip(names, labels, strict=True)), value, None)
-        elif _same_value(old.value, value):
-            sample = old
-        else:
-            sample = Sample(sample_name, old.labels, value, None)
-        current[labels] = sample
-        append(sample)
-    _sample_cache[(sample_name, names)] = current
-
-
-def _counter_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
-                    label_sets: Iterable[LabelValues]) -> Metric:
-    values = dict(agg.counter_items(spec.name))
-    fam = _counter(spec, extra)
-    keys = _sorted_keys(_zero_keys(spec, label_sets), values)
-    _simple_samples(fam, fam.name + "_total", tuple(spec.label_names(extra)), keys, values)
-    return fam
-
-
-# Histogram lines are most of a page (15 of every 18 series) and cost the most to build, while most histograms
-# do not move between two publishes: each series' samples are kept with the buckets and sum they were built
-# from, and reused while those are unchanged. Samples are immutable once published. Keyed by content, so a
-# stale entry can never be served; entries of series no longer exported are dropped at each build.
-_HistogramCacheKey = tuple[tuple[str, ...], LabelValues]  # (label names, label values)
-_histogram_cache: dict[str, dict[_HistogramCacheKey, tuple[list[int], float, list[Sample]]]] = {}
-
-
-def _histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, hist: Histogram,
-                       before: list[Sample] | None) -> list[Sample]:
-    """What HistogramMetricFamily.add_metric(labels, hist.cumulative(), hist.sum) appends, sample for sample;
-    reusing the samples `before` of the same series whose values are unchanged, and their labels dicts."""
-    buckets = hist.cumulative()
-    if before is None or len(before) != len(buckets) + 2:
-        base = dict(zip(names, labels, strict=True))
-        out = [Sample(name + "_bucket", {**base, "le": le}, value, None, None) for le, value in buckets]
-        out.append(Sample(name + "_count", dict(base), buckets[-1][1], None))
-        out.append(Sample(name + "_sum", dict(base), hist.sum, None))
-        return out
-    values = [value for _, value in buckets]
-    values += (buckets[-1][1], hist.sum)
-    return [old if _same_value(old.value, value) else Sample(old.name, old.labels, value, None, None)
-            for old, value in zip(before, values, strict=True)]
-
-
-def _histogram_family(agg: Aggregates, spec: MetricSpec, extra: tuple[str, ...],
-                      label_sets: Iterable[LabelValues]) -> Metric:
-    found = dict(agg.histogram_items(spec.name))
-    fam = _histogram(spec, extra)
-    names = tuple(spec.label_names(extra))
-    empty = Histogram.empty(BUCKETS[spec.name])
-    previous = _histogram_cache.get(spec.name, {})
-    current: dict[_HistogramCacheKey, tuple[list[int], float, list[Sample]]] = {}
-    extend = fam.samples.extend
-    for labels in _sorted_keys(_zero_keys(spec, label_sets, bare=not spec.zeros), found):
-        hist = found.get(labels, empty)
-        key = (names, labels)
-        cached = previous.get(key)
-        if cached is None or cached[0] != hist.counts or cached[1] != hist.sum:
-            samples = _histogram_samples(fam.name, names, labels, hist, cached[2] if cached is not None else None)
-            cached = (hist.counts.copy(), hist.sum, samples)
-        current[key] = cached
-        extend(cached[2])
-    _histogram_cache[spec.name] = current
-    return fam
-
-
-def _gauge_family(spec: MetricSpec, extra: tuple[str, ...], values: dict[tuple[str, ...], float],
+def _gauge_family(b: FamilyBuilder, spec: MetricSpec, extra: tuple[str, ...], values: dict[LabelValues, float],
                   label_sets: Iterable[LabelValues]) -> Metric:
-    fam = _gauge(spec, extra)
-    _simple_samples(fam, fam.name, tuple(spec.label_names(extra)), _keys(spec, label_sets), values)
-    return fam
+    like = _gauge(spec, extra)
+    return b.simple(like, like.name, tuple(spec.label_names(extra)), b.zero_keys(spec, label_sets), values,
+                    found=False)
 
 
 def _label_sets(tracker: Tracker, run_sources: Sequence[str]) -> list[LabelValues]:
@@ -291,62 +214,64 @@ def snapshot(tracker: Tracker, state: ExporterState, now: float, run_sources: Se
                     replace(state, api_up=dict(state.api_up)), tuple(api_sources))
 
 
-def _run_families(snap: Snapshot) -> list[Metric]:
-    extra, agg, label_sets, ratios = snap.extra, snap.aggregates, snap.label_sets, snap.ratios
+def _run_families(run: _Build, snap: Snapshot) -> list[Metric]:
+    b, extra, label_sets, ratios = run.b, snap.extra, snap.label_sets, snap.ratios
     counts = {key: float(n) for key, n in snap.status_counts.items()}
     ages = {key: round(age, 3) for key, age in snap.oldest_ages.items()}
     return [
-        _gauge_family(m.RUNS, extra, counts, label_sets),
-        _counter_family(agg, m.RUNS_FINISHED, extra, label_sets),
-        _histogram_family(agg, m.STATUS_DURATION, extra, label_sets),
-        _histogram_family(agg, m.RUN_DURATION, extra, label_sets),
-        _gauge_family(m.OLDEST_AGE, extra, ages, label_sets),
-        _gauge_family(m.FAILURE_RATIO, extra,
+        _gauge_family(b, m.RUNS, extra, counts, label_sets),
+        run.counter(m.RUNS_FINISHED, extra, label_sets),
+        run.histogram(m.STATUS_DURATION, extra, label_sets),
+        run.histogram(m.RUN_DURATION, extra, label_sets),
+        _gauge_family(b, m.OLDEST_AGE, extra, ages, label_sets),
+        _gauge_family(b, m.FAILURE_RATIO, extra,
                       {k[1:]: v for k, v in ratios.items() if k[0] == "failure"}, label_sets),
-        _gauge_family(m.EXPIRY_RATIO, extra,
+        _gauge_family(b, m.EXPIRY_RATIO, extra,
                       {k[1:]: v for k, v in ratios.items() if k[0] == "expiry"}, label_sets),
-        _counter_family(agg, m.ERRORS, extra, label_sets),
-        _counter_family(agg, m.INCOMPLETE, extra, label_sets),
-        _counter_family(agg, m.TOKENS, extra, label_sets),
+        run.counter(m.ERRORS, extra, label_sets),
+        run.counter(m.INCOMPLETE, extra, label_sets),
+        run.counter(m.TOKENS, extra, label_sets),
     ]
 
 
-def _single(spec: MetricSpec, values: dict[LabelValues, float]) -> Metric:
-    """A gauge of these series, in this order, with the samples and label dicts kept between builds."""
-    fam = _gauge(spec)
-    _simple_samples(fam, fam.name, tuple(spec.label_names(())), list(values), values)
-    return fam
+def _single(b: FamilyBuilder, spec: MetricSpec, values: dict[LabelValues, float]) -> Metric:
+    """A gauge of these series, in this order."""
+    like = _gauge(spec)
+    return b.simple(like, like.name, tuple(spec.label_names(())), b.listed(spec.name, list(values)), values,
+                    found=False)
 
 
-def _exporter_families(snap: Snapshot) -> list[Metric]:
-    agg, state, api_sources = snap.aggregates, snap.state, snap.api_sources
+def _exporter_families(run: _Build, snap: Snapshot) -> list[Metric]:
+    b, state, api_sources = run.b, snap.state, snap.api_sources
     none: list[LabelValues] = [()]
     sources = sorted({*api_sources, *state.api_up})
-    fams: list[Metric] = [_single(m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}),
-                          _counter_family(agg, m.API_REQUESTS, (), ())]
+    fams: list[Metric] = [_single(b, m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}),
+                          run.counter(m.API_REQUESTS, (), ())]
     if state.rate_limit_remaining is not None:
-        fams.append(_single(m.RATE_LIMIT_REMAINING, {(): state.rate_limit_remaining}))
-    fams.append(_histogram_family(agg, m.POLL_DURATION, (), none))
-    fams.append(_single(m.LAST_POLL_SUCCESS, {(): state.last_poll_success}))
-    fams.append(_gauge_family(m.THREADS, (), {(k,): float(v) for k, v in snap.scope_states.items()}, none))
-    fams.append(_counter_family(agg, m.INVALID_OBJECTS, (), none))
-    fams.append(_counter_family(agg, m.PUSH_REQUESTS, (), ()))
-    fams.append(_counter_family(agg, m.PUSH_ITEMS, (), none))
-    fams.append(_counter_family(agg, m.WEBHOOKS, (), ()))
+        fams.append(_single(b, m.RATE_LIMIT_REMAINING, {(): state.rate_limit_remaining}))
+    fams.append(run.histogram(m.POLL_DURATION, (), none))
+    fams.append(_single(b, m.LAST_POLL_SUCCESS, {(): state.last_poll_success}))
+    fams.append(_gauge_family(b, m.THREADS, (), {(k,): float(v) for k, v in snap.scope_states.items()}, none))
+    fams.append(run.counter(m.INVALID_OBJECTS, (), none))
+    fams.append(run.counter(m.PUSH_REQUESTS, (), ()))
+    fams.append(run.counter(m.PUSH_ITEMS, (), none))
+    fams.append(run.counter(m.WEBHOOKS, (), ()))
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
-        fams.append(_counter_family(agg, spec, (), none))
-    fams.append(_counter_family(agg, m.LABEL_OVERFLOW, (), none))
-    fams.append(_single(m.SHARD, {(str(state.shard[0]), str(state.shard[1])): 1}))
-    fams.append(_single(m.BUILD_INFO, {(__version__,): 1}))
+        fams.append(run.counter(spec, (), none))
+    fams.append(run.counter(m.LABEL_OVERFLOW, (), none))
+    fams.append(_single(b, m.SHARD, {(str(state.shard[0]), str(state.shard[1])): 1}))
+    fams.append(_single(b, m.BUILD_INFO, {(__version__,): 1}))
     return fams
 
 
-def families(snap: Snapshot) -> list[Metric]:
-    """The families of a snapshot; on any thread, one build at a time (the samples kept between builds are
-    shared): SnapshotCollector runs it under its lock."""
-    return _run_families(snap) + _exporter_families(snap)
+def families(snap: Snapshot, builder: FamilyBuilder | None = None) -> list[Metric]:
+    """The families of a snapshot; on any thread, one build at a time (the builder keeps what it built last):
+    SnapshotCollector runs it under its lock."""
+    agg = snap.aggregates
+    run = _Build(builder or BUILDER, _by_name(agg.counters), _by_name(agg.histograms))
+    return _run_families(run, snap) + _exporter_families(run, snap)
 
 
-def build_families(tracker: Tracker, state: ExporterState, now: float,
-                   run_sources: Sequence[str] = (), api_sources: Sequence[str] = ()) -> list[Metric]:
-    return families(snapshot(tracker, state, now, run_sources, api_sources))
+def build_families(tracker: Tracker, state: ExporterState, now: float, run_sources: Sequence[str] = (),
+                   api_sources: Sequence[str] = (), builder: FamilyBuilder | None = None) -> list[Metric]:
+    return families(snapshot(tracker, state, now, run_sources, api_sources), builder)

@@ -10,20 +10,22 @@ probes, polls and pushes meanwhile.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from isal import igzip
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.exposition import Encoder, Renderer
 
 logger = logging.getLogger(__name__)
 
-# Level 1: a 10,000-series page (1.2 MB) compresses in ~2 ms to about twice what level 6 gives in ~6 ms;
-# scrapes are on loopback or a cluster network, where the CPU costs more than the bytes.
+# ISA-L's level 1: an 11,000-series page (1.2 MB) compresses in ~0.3 ms to 51 kB, where zlib takes ~2 ms
+# at level 1 (53 kB) and ~6 ms at level 6 (40 kB); scrapes are on loopback or a cluster network, where the CPU
+# costs more than the bytes. The render thread compresses while the loop answers: the less it holds the GIL
+# and the cores, the less the loop waits.
 GZIP_LEVEL = 1
 MAX_FORMATS = 4  # pages kept per format (content type); the least recently asked one goes first
 
@@ -36,10 +38,15 @@ class Page:
     compressing: asyncio.Task[bytes] | None = field(default=None, repr=False)
 
 
-def _write(renderer: Renderer, source: Collector, encoder: Encoder, compress: bool) -> tuple[bytes, bytes | None]:
+def gzip_page(body: bytes) -> bytes:
+    """A gzip member of `body`, as any gzip reader (Prometheus', curl's, Python's) reads it."""
+    return igzip.compress(body, compresslevel=GZIP_LEVEL)
+
+
+def _write(renderer: Renderer, source: Collector, encoder: Encoder, gzipped: bool) -> tuple[bytes, bytes | None]:
     """Runs in a worker thread: collecting builds the families of the daemon's last snapshot (metrics.py)."""
     body = renderer.render(list(source.collect()), encoder)
-    return body, gzip.compress(body, compresslevel=GZIP_LEVEL) if compress else None
+    return body, gzip_page(body) if gzipped else None
 
 
 class MetricsPages:
@@ -75,7 +82,7 @@ class MetricsPages:
         if page.gzipped is None:
             if page.compressing is None:
                 page.compressing = asyncio.get_running_loop().create_task(
-                    asyncio.to_thread(gzip.compress, page.body, compresslevel=GZIP_LEVEL)
+                    asyncio.to_thread(gzip_page, page.body)
                 )
             page.gzipped = await asyncio.shield(page.compressing)
         return page.gzipped

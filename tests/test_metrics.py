@@ -7,8 +7,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from exporter import metrics as metrics_module
 from exporter import statuses
+from exporter.familybuild import FamilyBuilder
 from exporter.metrics import ExporterState, SnapshotCollector, build_families
 from exporter.metrics_spec import METRICS, spec
 from exporter.model import RunSnapshot
@@ -132,8 +132,7 @@ def test_histogram_lines_reused_between_builds_are_byte_identical_to_a_fresh_bui
             tracker.aggregates.observe(spec("assistants_run_duration_seconds").name,
                                        ("failed", "threads", "a", "m"), 7.5 * step)
         warm = build_families(tracker, ExporterState(), T0 + 20, ("threads",), ("threads",))
-        metrics_module._histogram_cache.clear()
-        cold = build_families(tracker, ExporterState(), T0 + 20, ("threads",), ("threads",))
+        cold = build_families(tracker, ExporterState(), T0 + 20, ("threads",), ("threads",), FamilyBuilder())
         assert _page(warm) == _page(cold) == _page(_through_add_metric(cold))
         pages.append(_page(warm))
     assert len(set(pages)) == 4  # each observation shows in the next page
