@@ -301,6 +301,9 @@ def measure(exporter: ExporterProcess, pid: int, seconds: float, profiler: Profi
         if pushes:
             latency_line(f"{name}: push 100/s", pushed, None)
         report(f"{name}: exporter CPU", f"{100 * used / seconds:.0f}% of a core", "")
+    page = exporter.scrape_text()  # pushes carry source="push": their assistants are label sets of their own
+    series = sum(1 for line in page.splitlines() if line and not line.startswith("#"))
+    report("series on the page after the pushes", f"{series}", "")
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     report("exporter memory: RSS now / peak", f"{status['VmRSS'].strip()} / {status['VmHWM'].strip()}", "")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import resource
 import socket
 import threading
@@ -144,3 +146,25 @@ def test_a_header_that_never_ends_is_cut_at_64k(registry: CollectorRegistry) -> 
         while not answer.endswith(b"\n") and (chunk := sock.recv(4096)):
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_closed_connections_leave_no_cyclic_garbage(registry: CollectorRegistry) -> None:
+    """A closed connection is freed by reference counting: its transport is not left to the cyclic garbage
+    collector, whose collections hold the event loop (asyncio's transport refers to itself through its read
+    callback)."""
+    with running(registry, Flags()) as srv:
+        connections = srv.server._server.server_state.connections
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(30):
+                assert request(srv.port, "GET", "/healthz")[0] == 200
+            wait_until(lambda: not connections, what="the server saw every connection close")
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            transports = [o for o in gc.garbage if isinstance(o, asyncio.BaseTransport)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert transports == []

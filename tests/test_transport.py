@@ -4,6 +4,7 @@ no cookies kept or sent."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from exporter.sources.http import ApiClient, ApiSettings
 from exporter.sources.transport import NoCookies, Urls, transport
 
 
@@ -76,3 +78,30 @@ def test_urls_are_parsed_once_and_equal_what_httpx_builds() -> None:
         assert str(built) == str(client.build_request("GET", base, params=params).url)
     for n in range(5):  # past its size it starts over, still right
         assert str(urls.get("http://h/p", {"after": str(n)})) == f"http://h/p?after={n}"
+
+
+def test_the_api_clients_requests_leave_no_cyclic_garbage(server: str) -> None:
+    """A request's response, stream and request are freed by reference counting once the body is read:
+    httpx's response and stream refer to each other, and the cyclic collector's collections hold the loop."""
+
+    async def fetch_all() -> list[bytes | None]:
+        client = ApiClient(ApiSettings(base_url=server, api_key="k", max_requests_per_second=1000.0))
+        try:
+            await client.get_page("/warm", {}, "list_runs")  # the connection and the client, made once
+            gc.collect()
+            gc.disable()
+            return [await client.get_page(f"/p{i}", {}, "list_runs") for i in range(30)]
+        finally:
+            await client.aclose()
+
+    try:
+        bodies = asyncio.run(fetch_all())
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith(("httpx", "httpcore"))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert bodies == [b'{"ok": true}'] * 30
+    assert left == []

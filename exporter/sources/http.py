@@ -27,7 +27,7 @@ from exporter.sources import PollResult, RequestHook, StopRule
 from exporter.sources.credentials import TokenUnavailable
 from exporter.sources.listing import Listed, OnPage, ParseItem, add_counts, page_through, read_runs
 from exporter.sources.ratelimit import TokenBucket
-from exporter.sources.transport import NoCookies, Params, Urls
+from exporter.sources.transport import NoCookies, Params, Urls, release
 from exporter.sources.transport import transport as fast_transport
 
 logger = logging.getLogger(__name__)
@@ -443,6 +443,7 @@ class ApiClient:
                     body, too_large = await _read_capped(response)
                 finally:
                     await response.aclose()
+                    release(response)
         except (httpx.TimeoutException, TimeoutError) as exc:
             return _Failure("timeout", type(exc).__name__)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

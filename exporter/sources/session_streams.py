@@ -28,6 +28,7 @@ import httpx
 
 from exporter.model import REASON_MALFORMED_PAGE, REASON_NOT_OBJECT, RunSnapshot, parse_turn, thread_id_problem
 from exporter.sources.credentials import TokenUnavailable
+from exporter.sources.transport import release
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class StreamReader:
             return await self._read(session, response, on_item)
         finally:
             await response.aclose()
+            release(response)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -85,6 +85,18 @@ class _Backend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+_READ = httpx.ByteStream(b"")
+
+
+def release(response: httpx.Response) -> None:
+    """Once a response's body is read and its stream closed: httpx's response and its stream refer to each
+    other (the stream keeps the response to time it), a cycle that only the cyclic garbage collector frees,
+    with the request, the pool's request and their events, ~37 objects a request. At ~50 requests a second
+    they made the young collections that held the event loop for 10-25 ms; without the cycle they are freed
+    at once by reference counting. Nothing reads the stream of a closed response."""
+    response.stream = _READ
+
+
 def transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     """httpx's default transport (the same TLS verification and limits) on the backend above."""
     built = httpx.AsyncHTTPTransport(limits=limits)
