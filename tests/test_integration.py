@@ -81,11 +81,14 @@ def test_numbers_equal_the_simulators_truth(sim: Simulator, start_exporter: Expo
         runs = {k: v for k, v in by_label(samples, "assistants_runs", "status").items() if v}
         assert runs == {k: float(v) for k, v in sim.engine.truth().by_status.items()}
         assert total(samples, "assistants_run_oldest_age_seconds") == 0
-        # Queued time comes from the API's own timestamps: within 10% of the truth.
+        # Queued time of a run that started comes from the API's own timestamps; a run cancelled while queued
+        # is timed from its whole-second created_at to when a poll saw it leave the queue (within ~1.5 s), if
+        # a poll saw it queued at all.
         queued_sum = total(samples, "assistants_run_status_duration_seconds_sum", status="queued")
         queued_count = total(samples, "assistants_run_status_duration_seconds_count", status="queued")
         assert queued_count >= len(truth.queued_seconds) > 0
-        assert queued_sum == pytest.approx(sum(truth.queued_seconds), rel=0.10)
+        started, unstarted = sum(truth.queued_seconds), truth.queued_unstarted
+        assert 0.9 * started <= queued_sum <= 1.1 * (started + sum(unstarted) + 1.5 * len(unstarted))
         assert total(samples, "assistants_run_duration_seconds_count") == sum(truth.finished.values())
         assert total(samples, "assistants_exporter_api_up") == 1
         assert total(samples, "assistants_exporter_threads", state="idle") == len(sim.thread_ids())

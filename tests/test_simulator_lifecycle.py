@@ -378,3 +378,15 @@ def test_wall_clock_mode_moves_by_itself() -> None:
 
         wait_until(finished_runs, timeout=15.0, what="a finished run on the wall clock")
         assert sim.engine.truth().finished
+
+
+def test_truth_times_the_queue_of_a_run_cancelled_before_it_started() -> None:
+    engine, clock = _engine("steady")
+    engine.set_workload(False)
+    thread = engine.create_thread()
+    engine.create_run(thread, [("queued", 2.5), ("cancelling", 1.0), ("cancelled", 0.0)])
+    engine.create_run(thread, [("queued", 1.0), ("in_progress", 1.0), ("completed", 0.0)])
+    clock.advance(10)
+    truth = engine.truth()
+    assert truth.finished == {"cancelled": 1, "completed": 1}
+    assert truth.queued_unstarted == [2.5] and len(truth.queued_seconds) == 1

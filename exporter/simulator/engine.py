@@ -54,6 +54,8 @@ class Truth:
     tokens: dict[str, int]  # {"prompt": .., "completion": ..} over those finished runs
     queued_seconds: list[int]  # started_at - created_at of runs that started (at or after `since`)
     since: int | None = None
+    # Seconds queued of runs that left the queue without starting (cancelled while queued), at or after `since`.
+    queued_unstarted: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class _Record:
     ended_at: int | None
     started_at: int | None
     queued: int | None
+    unstarted: tuple[float, float] | None  # (left the queue at, seconds queued) of a run that never started
     error_code: str | None
     incomplete_reason: str | None
     prompt: int
@@ -86,11 +89,15 @@ def _rand_id(rng: random.Random, prefix: str) -> str:
 def _record(run: Run) -> _Record:
     prompt, completion = run.usage()
     queued = None if run.started_at is None else run.started_at - run.created_at
+    unstarted = None
+    if run.started_at is None and len(run.history) > 1 and run.history[0][0] == "queued":
+        unstarted = (run.history[1][1], run.history[1][1] - run.history[0][1])
     return _Record(
         run.status,
         run.ended_at,
         run.started_at,
         queued,
+        unstarted,
         run.error_code if run.status == "failed" else None,
         run.incomplete_reason if run.status == "incomplete" else None,
         prompt,
@@ -411,9 +418,12 @@ class Engine:
             reasons: Counter[str] = Counter()
             tokens = {"prompt": 0, "completion": 0}
             queued: list[int] = []
+            unstarted: list[float] = []
             for rec in records:
                 if rec.queued is not None and rec.started_at is not None and (since is None or rec.started_at >= since):
                     queued.append(rec.queued)
+                if rec.unstarted is not None and (since is None or rec.unstarted[0] >= since):
+                    unstarted.append(rec.unstarted[1])
                 if rec.status not in TERMINAL or rec.ended_at is None:
                     continue
                 if since is not None and rec.ended_at < since:
@@ -434,6 +444,7 @@ class Engine:
                 tokens=tokens,
                 queued_seconds=sorted(queued),
                 since=since,
+                queued_unstarted=sorted(unstarted),
             )
 
     def set_workload(self, enabled: bool) -> None:
