@@ -14,6 +14,7 @@ in are never changed once handed in (metrics.snapshot copies them), so the same 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
@@ -67,9 +68,11 @@ def histogram_samples(name: str, names: tuple[str, ...], labels: LabelValues, hi
 
 
 class FamilyBuilder:
-    """Builds families from values, again from what moved; one build at a time (the caller holds a lock)."""
+    """Builds families from values, again from what moved. One build at a time: callers hold `lock` over the
+    families of one page (what each compares with is the family of the last build)."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self._zero: dict[tuple[str, bool], tuple[list[LabelValues], ZeroKeys]] = {}
         self._kept: dict[tuple[str, str], _Kept] = {}
         self.whole = 0  # families built whole, for tests

@@ -265,11 +265,12 @@ def _exporter_families(run: _Build, snap: Snapshot) -> list[Metric]:
 
 
 def families(snap: Snapshot, builder: FamilyBuilder | None = None) -> list[Metric]:
-    """The families of a snapshot; on any thread, one build at a time (the builder keeps what it built last):
-    SnapshotCollector runs it under its lock."""
+    """The families of a snapshot, on any thread; one build at a time per builder, which keeps what it built
+    last."""
     agg = snap.aggregates
     run = _Build(builder or BUILDER, _by_name(agg.counters), _by_name(agg.histograms))
-    return _run_families(run, snap) + _exporter_families(run, snap)
+    with run.b.lock:  # collectors of several servers in one process (tests) share the module's builder
+        return _run_families(run, snap) + _exporter_families(run, snap)
 
 
 def build_families(tracker: Tracker, state: ExporterState, now: float, run_sources: Sequence[str] = (),
