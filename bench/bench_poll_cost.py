@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from exporter.sources.api import ApiSettings  # noqa: E402
 from exporter.sources.assistants import AssistantsSource  # noqa: E402
-from exporter.sources.http import ApiSettings  # noqa: E402
 
 GOAL_MS = 1.0
 CONCURRENCY = 8

@@ -32,7 +32,7 @@ from exporter.scheduler import Schedule
 from exporter.server import HttpServer
 from exporter.shards import Sharding
 from exporter.sources import registry
-from exporter.sources.http import ApiSettings
+from exporter.sources.api import ApiSettings
 from exporter.sources.push import PushReceiver, PushTokens
 from exporter.sources.spec import ClientFactory, ClientT, SourceContext, SourceSpec
 from exporter.sources.webhooks import DeliveryLog, WebhookReceiver, WebhookSecrets

@@ -14,7 +14,8 @@ from exporter.cli import main
 from exporter.config import FLAGS, SOURCE_FLAGS, ConfigError, load_config
 from exporter.simulator import Simulator
 from exporter.sources import registry
-from exporter.sources.http import ApiClient, ApiSettings
+from exporter.sources.api import ApiSettings
+from exporter.sources.http import ApiClient
 from exporter.sources.spec import ClientT, SourceContext, SourceSpec
 from tests.helpers import REPO_ROOT
 

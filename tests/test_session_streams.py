@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from exporter.model import REASON_MALFORMED_PAGE, REASON_MISSING_ID, REASON_NOT_OBJECT
 from exporter.simulator import FakeClock, Simulator
-from exporter.sources.http import ApiSettings
+from exporter.sources.api import ApiSettings
 from exporter.sources.session_streams import (
     MAX_EVENT_BYTES,
     STREAM_EVENTS,

@@ -22,7 +22,7 @@ from exporter.model import (
     REASON_MISSING_ID,
 )
 from exporter.model_langgraph import item_key
-from exporter.sources.http import ApiSettings
+from exporter.sources.api import ApiSettings
 from exporter.sources.langgraph import SETTLE, LangGraphDiscovery, LangGraphSource
 from exporter.sources.listing import page_by_offset
 from exporter.tracker import Tracker

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from exporter.sources.http import ApiClient, ApiSettings
+from exporter.sources.api import ApiSettings
+from exporter.sources.http import ApiClient
 from exporter.sources.transport import NoCookies, Urls, transport
 
 

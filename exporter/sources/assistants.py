@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from exporter.flags import ConfigError, option
 from exporter.model import SOURCE_THREADS as SOURCE_THREADS
 from exporter.model import ParseResult, RunSnapshot, parse_run
-from exporter.sources.http import (
-    ApiClient,
+from exporter.sources.api import (
     ApiSettings,
     backoff_delay,
     build_headers,
     parse_remaining,
     parse_retry_after,
 )
+from exporter.sources.http import ApiClient
 from exporter.sources.listing import ListPage, parse_list, read_runs
 from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 

@@ -43,8 +43,9 @@ from exporter.model_langgraph import (
     read_thread,
 )
 from exporter.sources import DiscoveryResult, PollResult, StopRule
+from exporter.sources.api import USER_AGENT
 from exporter.sources.assistants import DISCOVER_THREADS_HELP
-from exporter.sources.http import USER_AGENT, ApiClient, collect_into
+from exporter.sources.http import ApiClient, collect_into
 from exporter.sources.listing import add_counts, page_by_offset, read_runs
 from exporter.sources.spec import Built, CheckContext, SourceContext, SourceSpec
 
