@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from exporter.metrics_spec import BUCKETS
@@ -71,16 +70,6 @@ class Aggregates:
 
     def counter(self, name: str, labels: LabelValues) -> float:
         return self.counters.get((name, labels), 0.0)
-
-    def counter_items(self, name: str) -> Iterator[tuple[LabelValues, float]]:
-        for (n, labels), value in self.counters.items():
-            if n == name:
-                yield labels, value
-
-    def histogram_items(self, name: str) -> Iterator[tuple[LabelValues, Histogram]]:
-        for (n, labels), hist in self.histograms.items():
-            if n == name:
-                yield labels, hist
 
     @property
     def dirty(self) -> bool:

@@ -187,7 +187,7 @@ class Renderer:
             else:
                 lines = []
                 self._lines_of(metric.samples, lines.append)
-                specials = {metric.name + suffix for suffix in _TEXT_SPLIT_SUFFIXES}
+                specials = _split_names(metric)
                 kept = _FamilyText(metric, lines, split=any(sample.name in specials for sample in metric.samples))
             self._families[metric.name] = kept
         kept.seen = self._renders
@@ -201,7 +201,7 @@ class Renderer:
 
     def _text_family(self, metric: Metric, out: list[str]) -> None:
         out.append(_text_header(metric, _TEXT_SUFFIXES.get(metric.type, "")))
-        specials = {metric.name + suffix for suffix in _TEXT_SPLIT_SUFFIXES}
+        specials = _split_names(metric)
         samples = metric.samples
         if not any(sample.name in specials for sample in samples):
             self._lines_of(samples, out.append)
@@ -259,6 +259,11 @@ class Renderer:
                     self._values.clear()
                 self._values[value] = text
         return text
+
+
+def _split_names(metric: Metric) -> set[str]:
+    """The sample names that the text format moves out of the family into gauges of their own."""
+    return {metric.name + suffix for suffix in _TEXT_SPLIT_SUFFIXES}
 
 
 def _text_doc(documentation: str) -> str:

@@ -73,7 +73,8 @@ class FamilyBuilder:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._zero: dict[tuple[str, bool], tuple[list[LabelValues], ZeroKeys]] = {}
+        # By (how the keys are made, metric name): "zeros", "bare" (zero_keys) or "listed".
+        self._zero: dict[tuple[str, str], tuple[list[LabelValues], ZeroKeys]] = {}
         self._kept: dict[tuple[str, str], _Kept] = {}
         self.whole = 0  # families built whole, for tests
         self.moved = 0  # families built again from what moved
@@ -82,17 +83,18 @@ class FamilyBuilder:
         """Every (first label value, *label set) combination of the spec's zeros (`bare`: the label sets
         themselves, for a histogram without such a label); the same object while the label sets are equal."""
         sets = label_sets if isinstance(label_sets, list) else list(label_sets)
-        cached = self._zero.get((spec.name, bare))
+        kind = ("bare" if bare else "zeros", spec.name)
+        cached = self._zero.get(kind)
         if cached is None or cached[0] != sets:
             keys = list(sets) if bare else [(v, *ls) for ls in sets for v in spec.zeros]
-            cached = self._zero[(spec.name, bare)] = (sets, (keys, sorted(keys), frozenset(keys)))
+            cached = self._zero[kind] = (sets, (keys, sorted(keys), frozenset(keys)))
         return cached[1]
 
     def listed(self, name: str, keys: list[LabelValues]) -> ZeroKeys:
         """Keys exported in the order given (a few: the exporter's own gauges); the same object while equal."""
-        cached = self._zero.get((name, True))
+        cached = self._zero.get(("listed", name))
         if cached is None or cached[0] != keys:
-            cached = self._zero[(name, True)] = (keys, (keys, keys, frozenset(keys)))
+            cached = self._zero[("listed", name)] = (keys, (keys, keys, frozenset(keys)))
         return cached[1]
 
     def _keys(self, zero: ZeroKeys, values: Mapping[LabelValues, Any], found: bool,

@@ -1,7 +1,8 @@
 """Render the tracker's aggregates as Prometheus metric families.
 
-The families are built once per poll-loop tick on the loop's thread and swapped in whole; a scrape only
-serialises the latest set, so its cost depends on the number of series, never on the number of runs.
+A snapshot of the tracker is taken on the loop when a scrape asks for a page after a change; the families are
+built from it in the render thread, again only where values moved (familybuild.py). Their cost depends on the
+number of series, never on the number of runs.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def _by_name(items: dict[Key, V]) -> dict[str, dict[LabelValues, V]]:
 
 @dataclass(frozen=True, slots=True)
 class _Build:
-    """One build: the builder, and the snapshot's counters and histograms per metric name."""
+    """One build: each kind of family made by the builder, from the snapshot (counters and histograms grouped
+    by metric name once)."""
 
     b: FamilyBuilder
     counters: dict[str, dict[LabelValues, float]]
@@ -155,12 +157,17 @@ class _Build:
                                 self.b.zero_keys(spec, label_sets, bare=not spec.zeros),
                                 self.histograms.get(spec.name, {}), Histogram.empty(BUCKETS[spec.name]))
 
+    def gauge(self, spec: MetricSpec, extra: tuple[str, ...], values: dict[LabelValues, float],
+              label_sets: Iterable[LabelValues]) -> Metric:
+        like = _gauge(spec, extra)
+        return self.b.simple(like, like.name, tuple(spec.label_names(extra)), self.b.zero_keys(spec, label_sets),
+                             values, found=False)
 
-def _gauge_family(b: FamilyBuilder, spec: MetricSpec, extra: tuple[str, ...], values: dict[LabelValues, float],
-                  label_sets: Iterable[LabelValues]) -> Metric:
-    like = _gauge(spec, extra)
-    return b.simple(like, like.name, tuple(spec.label_names(extra)), b.zero_keys(spec, label_sets), values,
-                    found=False)
+    def single(self, spec: MetricSpec, values: dict[LabelValues, float]) -> Metric:
+        """A gauge of these series, in this order."""
+        like = _gauge(spec)
+        return self.b.simple(like, like.name, tuple(spec.label_names(())), self.b.listed(spec.name, list(values)),
+                             values, found=False)
 
 
 def _label_sets(tracker: Tracker, run_sources: Sequence[str]) -> list[LabelValues]:
@@ -215,18 +222,18 @@ def snapshot(tracker: Tracker, state: ExporterState, now: float, run_sources: Se
 
 
 def _run_families(run: _Build, snap: Snapshot) -> list[Metric]:
-    b, extra, label_sets, ratios = run.b, snap.extra, snap.label_sets, snap.ratios
+    extra, label_sets, ratios = snap.extra, snap.label_sets, snap.ratios
     counts = {key: float(n) for key, n in snap.status_counts.items()}
     ages = {key: round(age, 3) for key, age in snap.oldest_ages.items()}
     return [
-        _gauge_family(b, m.RUNS, extra, counts, label_sets),
+        run.gauge(m.RUNS, extra, counts, label_sets),
         run.counter(m.RUNS_FINISHED, extra, label_sets),
         run.histogram(m.STATUS_DURATION, extra, label_sets),
         run.histogram(m.RUN_DURATION, extra, label_sets),
-        _gauge_family(b, m.OLDEST_AGE, extra, ages, label_sets),
-        _gauge_family(b, m.FAILURE_RATIO, extra,
+        run.gauge(m.OLDEST_AGE, extra, ages, label_sets),
+        run.gauge(m.FAILURE_RATIO, extra,
                       {k[1:]: v for k, v in ratios.items() if k[0] == "failure"}, label_sets),
-        _gauge_family(b, m.EXPIRY_RATIO, extra,
+        run.gauge(m.EXPIRY_RATIO, extra,
                       {k[1:]: v for k, v in ratios.items() if k[0] == "expiry"}, label_sets),
         run.counter(m.ERRORS, extra, label_sets),
         run.counter(m.INCOMPLETE, extra, label_sets),
@@ -234,24 +241,17 @@ def _run_families(run: _Build, snap: Snapshot) -> list[Metric]:
     ]
 
 
-def _single(b: FamilyBuilder, spec: MetricSpec, values: dict[LabelValues, float]) -> Metric:
-    """A gauge of these series, in this order."""
-    like = _gauge(spec)
-    return b.simple(like, like.name, tuple(spec.label_names(())), b.listed(spec.name, list(values)), values,
-                    found=False)
-
-
 def _exporter_families(run: _Build, snap: Snapshot) -> list[Metric]:
-    b, state, api_sources = run.b, snap.state, snap.api_sources
+    state, api_sources = snap.state, snap.api_sources
     none: list[LabelValues] = [()]
     sources = sorted({*api_sources, *state.api_up})
-    fams: list[Metric] = [_single(b, m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}),
+    fams: list[Metric] = [run.single(m.API_UP, {(source,): state.api_up.get(source, 0.0) for source in sources}),
                           run.counter(m.API_REQUESTS, (), ())]
     if state.rate_limit_remaining is not None:
-        fams.append(_single(b, m.RATE_LIMIT_REMAINING, {(): state.rate_limit_remaining}))
+        fams.append(run.single(m.RATE_LIMIT_REMAINING, {(): state.rate_limit_remaining}))
     fams.append(run.histogram(m.POLL_DURATION, (), none))
-    fams.append(_single(b, m.LAST_POLL_SUCCESS, {(): state.last_poll_success}))
-    fams.append(_gauge_family(b, m.THREADS, (), {(k,): float(v) for k, v in snap.scope_states.items()}, none))
+    fams.append(run.single(m.LAST_POLL_SUCCESS, {(): state.last_poll_success}))
+    fams.append(run.gauge(m.THREADS, (), {(k,): float(v) for k, v in snap.scope_states.items()}, none))
     fams.append(run.counter(m.INVALID_OBJECTS, (), none))
     fams.append(run.counter(m.PUSH_REQUESTS, (), ()))
     fams.append(run.counter(m.PUSH_ITEMS, (), none))
@@ -259,8 +259,8 @@ def _exporter_families(run: _Build, snap: Snapshot) -> list[Metric]:
     for spec in (m.DISCOVERED_THREADS, m.STORE_ERRORS):
         fams.append(run.counter(spec, (), none))
     fams.append(run.counter(m.LABEL_OVERFLOW, (), none))
-    fams.append(_single(b, m.SHARD, {(str(state.shard[0]), str(state.shard[1])): 1}))
-    fams.append(_single(b, m.BUILD_INFO, {(__version__,): 1}))
+    fams.append(run.single(m.SHARD, {(str(state.shard[0]), str(state.shard[1])): 1}))
+    fams.append(run.single(m.BUILD_INFO, {(__version__,): 1}))
     return fams
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.samples import Sample
 
@@ -55,8 +55,7 @@ def _assert_pages(warm: list[BuiltFamily], label_sets: list[LabelValues], step: 
 def _build(b: FamilyBuilder, label_sets: list[LabelValues], step: Step) -> list[BuiltFamily]:
     gauge_like = GaugeMetricFamily(GAUGE.name, GAUGE.help, labels=list(GAUGE.label_names(("assistant_id",))))
     names = tuple(GAUGE.label_names(("assistant_id",)))
-    hist_like = GaugeMetricFamily(HIST.name, HIST.help)
-    hist_like.type = "histogram"
+    hist_like = HistogramMetricFamily(HIST.name, HIST.help, labels=list(HIST.label_names(("assistant_id",))))
     return [
         b.simple(gauge_like, GAUGE.name, names, b.zero_keys(GAUGE, label_sets), step.gauge, found=False),
         b.simple(gauge_like, GAUGE.name + "_found", names, b.zero_keys(COUNTER, label_sets), step.counter,
