@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import resource
 import socket
 import threading
@@ -14,7 +13,7 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.connections import MAX_IDLE, IdleConnections, Limits
-from tests.helpers import wait_until
+from tests.helpers import cyclic_garbage, wait_until
 from tests.test_server import HOST, Flags, closed_by_peer, request, running
 
 IDLE = 1000
@@ -154,17 +153,8 @@ def test_closed_connections_leave_no_cyclic_garbage(registry: CollectorRegistry)
     callback)."""
     with running(registry, Flags()) as srv:
         connections = srv.server._server.server_state.connections
-        gc.collect()
-        gc.disable()
-        try:
+        with cyclic_garbage() as garbage:
             for _ in range(30):
                 assert request(srv.port, "GET", "/healthz")[0] == 200
             wait_until(lambda: not connections, what="the server saw every connection close")
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            transports = [o for o in gc.garbage if isinstance(o, asyncio.BaseTransport)]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-    assert transports == []
+    assert [o for o in garbage if isinstance(o, asyncio.BaseTransport)] == []

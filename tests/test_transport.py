@@ -4,7 +4,6 @@ no cookies kept or sent."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ import pytest
 from exporter.sources.api import ApiSettings
 from exporter.sources.http import ApiClient
 from exporter.sources.transport import NoCookies, Urls, transport
+from tests.helpers import cyclic_garbage
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -85,24 +85,18 @@ def test_the_api_clients_requests_leave_no_cyclic_garbage(server: str) -> None:
     """A request's response, stream and request are freed by reference counting once the body is read:
     httpx's response and stream refer to each other, and the cyclic collector's collections hold the loop."""
 
+    garbage: list[object] = []
+
     async def fetch_all() -> list[bytes | None]:
         client = ApiClient(ApiSettings(base_url=server, api_key="k", max_requests_per_second=1000.0))
         try:
             await client.get_page("/warm", {}, "list_runs")  # the connection and the client, made once
-            gc.collect()
-            gc.disable()
-            return [await client.get_page(f"/p{i}", {}, "list_runs") for i in range(30)]
+            with cyclic_garbage() as found:
+                bodies = [await client.get_page(f"/p{i}", {}, "list_runs") for i in range(30)]
+            garbage.extend(found)
+            return bodies
         finally:
             await client.aclose()
 
-    try:
-        bodies = asyncio.run(fetch_all())
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        left = [type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith(("httpx", "httpcore"))]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert bodies == [b'{"ok": true}'] * 30
-    assert left == []
+    assert asyncio.run(fetch_all()) == [b'{"ok": true}'] * 30
+    assert [type(o).__qualname__ for o in garbage if type(o).__module__.startswith(("httpx", "httpcore"))] == []
